@@ -1,0 +1,84 @@
+"""The `provision` command line. Subcommands live in provision/commands/ and load only when used,
+so `provision --help` starts fast. Every ProvisionError becomes one message, a hint and an exit code."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from provision import __version__
+
+# name → (module in provision.commands, attribute, one-line help shown by `provision --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "install": ("install", "install", "Run the numbered stages on the nodes (gather, plan, apply, verify)."),
+    "stages": ("install", "stages", "List the stages in the order they run."),
+    "config": ("config", "config", "Check jhub.env and show the settings (secrets masked)."),
+    "bundle": ("bundle", "bundle", "Check the offline bundle: files, checksums, images."),
+    "render": ("render", "render", "Print what would be deployed (Helm values), without a cluster."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(f"provision.commands.{module}"), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Short help from the table, so `--help` imports no subcommand module.
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="provision")
+def cli() -> None:
+    """Install a multi-user JupyterHub on MicroK8s, with NVIDIA GPUs or Ascend NPUs, from an offline bundle.
+
+    \b
+    Typical use, on the control-plane node:
+      provision config check --env jhub.env     # validate settings
+      provision bundle verify                   # check offline-images/
+      sudo provision install --dry-run          # show the plan, change nothing
+      sudo provision install                    # run every stage; safe to re-run
+
+    Run `provision COMMAND --help` for each command's options.
+    """
+
+
+def main() -> None:
+    from provision.errors import ProvisionError
+
+    try:
+        cli.main(standalone_mode=False)
+    except ProvisionError as e:
+        report_error(e)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted. Re-run the same command to continue; every stage is idempotent.", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+
+
+def report_error(e: "ProvisionError") -> None:
+    from provision.errors import ConfigError
+
+    lines = e.problems if isinstance(e, ConfigError) and len(e.problems) > 1 else [e.message]
+    for line in lines:
+        click.secho(f"error: {line}", fg="red", err=True)
+    if e.hint:
+        click.echo(f"hint: {e.hint}", err=True)
