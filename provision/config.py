@@ -648,8 +648,13 @@ def _build(assignments: list[Assignment], problems: list[str], filename: str, ch
 
     problems.extend(cross_check(settings, at, check_files))
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(sorted(problems, key=_line_of))
     return settings
+
+
+def _line_of(problem: str) -> int:
+    m = re.match(r"[^:]*:(\d+): ", problem)
+    return int(m.group(1)) if m else 1_000_000
 
 
 def cross_check(s: Settings, at: Callable[[str], str], check_files: bool = True) -> list[str]:

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite in one command: installs what the tests need (apt + pip), then runs pytest.
+#   bash scripts/test.sh            # everything
+#   bash scripts/test.sh tests/config -x   # extra arguments go to pytest
+# As root it installs the Debian packages the real-SSH tests use (sshd, containerd, nginx, ...);
+# as a normal user those tests skip with the reason.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(openssh-server openssh-client containerd nginx iptables iproute2 sudo openssl curl procps)
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> apt-get install ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PY" -m venv .venv
+fi
+echo "==> pip install -e .[test]"
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+echo "==> pytest"
+set +e
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+rc=$?
+set -e
+# pytest exits 5 when it collected no test: that is a failure of the suite, not a pass.
+exit $rc
