@@ -57,7 +57,9 @@ def main() -> None:
     from provision.errors import ProvisionError
 
     try:
-        cli.main(standalone_mode=False)
+        rc = cli.main(standalone_mode=False)  # returns ctx.exit(N)'s code instead of exiting
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except ProvisionError as e:
         report_error(e)
         sys.exit(e.exit_code)

@@ -342,6 +342,18 @@ class Settings:
                                    "(AUTH_MODE=ubilink).", A, "https://sso.lab.example/api/auth/me")
     ubilink_login_url: str = key(URL, "", "Ubilink SSO: login page strangers are sent to (AUTH_MODE=ubilink).",
                                  A, "https://sso.lab.example/login")
+    ubilink_next_param: str = key(STR, "next", "Ubilink SSO: query parameter that tells the login page where "
+                                  "to return (empty: send strangers to UBILINK_LOGIN_URL as is).", A, "redirect")
+    allowed_users_csv: tuple = key(USERS, "", "Users who may log in with AUTH_MODE=github/azuread/ubilink "
+                                   "(admins always may). JupyterHub 5 lets nobody in without an allow rule.",
+                                   A, "carol,dave")
+    github_allowed_orgs_csv: tuple = key(_csv(), "", "GitHub organizations whose members may log in "
+                                         "(AUTH_MODE=github).", A, "my-lab")
+    allow_all_users: bool = key(BOOL, "false", "Let everyone the identity provider accepts log in (github: any "
+                                "GitHub account; azuread: anyone in the tenant). native needs no rule (admins "
+                                "approve sign-ups); ubilink lets in whoever the SSO knows unless "
+                                "ALLOWED_USERS_CSV is set.",
+                                A, "true")
 
     # --- Native accounts (AUTH_MODE=native)
     native_open_signup: bool = key(BOOL, "false", "Let anyone sign up and log in at once. false: new "
@@ -364,6 +376,8 @@ class Settings:
                                       C, "docker.io=https://mirror.lab.example:5000")
     wait_timeout: int = key(_duration(10, 86400), "10m", "How long to wait for MicroK8s, pods and rollouts "
                             "before giving up.", C, "20m")
+    hub_namespace: str = key(Kind("str", _hostname, "a Kubernetes namespace name"), "jhub",
+                             "Kubernetes namespace of JupyterHub and its shared-storage claim.", C, "jhub")
 
     # --- GPUs, NPUs and InfiniBand
     use_gpu_operator: bool = key(BOOL, "false", "Install the NVIDIA GPU Operator and offer GPU profiles.", G,
@@ -376,6 +390,8 @@ class Settings:
                                  "huawei.com/ascend910", "Extended resource the Ascend device plugin "
                                  "advertises.", G, "huawei.com/ascend910")
     npu_count: int = key(_int(0, 16), "1", "NPUs per user server in the NPU profile.", G, "1")
+    npu_device_gid: int = key(_int(0, 65535), "1000", "Group owning /dev/davinci* on NPU nodes (HwHiAiUser; "
+                              "`stat -c %g /dev/davinci0`), added to NPU user servers.", G, "1001")
     npu_shared: bool = key(BOOL, "false", "Workshop mode: every user server sees all NPUs through "
                            "ASCEND_RT_VISIBLE_DEVICES instead of reserving them.", G, "true")
     npu_visible_devices: str = key(Kind("str", _npu_devices, "ascending logical ids, e.g. 0,1,2,3"), "0,1,2,3,4,5,6,7",

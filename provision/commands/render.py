@@ -1,0 +1,87 @@
+"""`provision render values`: the Helm values stage 70 would release, for review, without a cluster."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from provision.commands.options import bundle_option, env_option
+
+
+@click.group()
+def render() -> None:
+    """Print what would be deployed (Helm values), without a cluster."""
+
+
+@render.command("values")
+@env_option
+@bundle_option
+@click.option("--show-secrets", is_flag=True, help="Print client secrets and database passwords in clear.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (mode 0600) instead of stdout.")
+def values(env: str, bundle: str, show_secrets: bool, output: str | None) -> None:
+    """Print the JupyterHub chart values built from jhub.env, secrets masked.
+
+    With a bundle (--bundle DIR, or offline-images/ when present) the values are merged over the bundled
+    chart's defaults and validated against its values.schema.json, exactly as Helm will, and every image
+    they need must be in the bundle manifest. Without one, image tags come from the settings.
+
+    \b
+    Examples:
+      provision render values --env jhub.env
+      provision render values --env jhub.env --bundle /media/usb/offline-images -o /root/jhub-values.yaml --show-secrets
+    """
+    from provision.config import load_settings
+    from provision.values import ClusterFacts, default_templates_dir, load_branding, release_values, to_yaml
+
+    settings = load_settings(env, check_files=False)
+    chart, manifest = _bundle_chart(bundle, settings.z2jh_chart_version)
+    rendered = release_values(settings, ClusterFacts(), chart, load_branding(default_templates_dir()))
+    for w in rendered.warnings:
+        click.secho(f"warning: {w}", fg="yellow", err=True)
+    if chart is not None and manifest is not None:
+        from provision.errors import BundleError
+        from provision.values import missing_images
+
+        missing = missing_images(rendered.values, chart.values, manifest)
+        if missing:
+            raise BundleError(f"the bundle lacks {len(missing)} image(s) these values need: {', '.join(missing)}",
+                              "add them to the bundle (images/*.tar) and rebuild its manifest")
+    where = f"chart {chart.name} {chart.version} ({chart.path}), validated against its schema" if chart is not None \
+        else f"chart {settings.z2jh_chart_version}, NOT validated (no bundle: pass --bundle DIR)"
+    head = (f"# JupyterHub Helm values from {env}: release jhub in namespace jhub, {where}.\n"
+            + ("" if show_secrets else "# Secrets are masked; --show-secrets prints them.\n"))
+    text = head + to_yaml(rendered.values, show_secrets=show_secrets)
+    if chart is None:
+        click.secho("note: no bundle found, so the values were not checked against the chart schema",
+                    fg="yellow", err=True)
+    if output:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        sys.stdout.write(text)
+
+
+def _bundle_chart(bundle: str, version: str):
+    """(chart, manifest) from the bundle; (None, None) when the default bundle folder is absent."""
+    from pathlib import Path
+
+    ctx = click.get_current_context()
+    explicit = ctx.get_parameter_source("bundle") not in (click.core.ParameterSource.DEFAULT, None) or \
+        bool(os.environ.get("PROVISION_BUNDLE"))
+    b = Path(bundle)
+    if not explicit and not ((b / "manifest.yaml").is_file() or any(b.glob("charts/jupyterhub-*.tgz"))):
+        return None, None  # the default folder, not filled yet: render from the settings alone
+    from provision.chart import check_jupyterhub_chart, find_chart, open_chart
+
+    chart = check_jupyterhub_chart(open_chart(find_chart(bundle, "jupyterhub", version)))
+    manifest = None
+    if (Path(bundle) / "manifest.yaml").is_file():
+        from provision.bundle import load_manifest
+
+        manifest = load_manifest(bundle)
+    return chart, manifest

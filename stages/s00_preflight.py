@@ -1,0 +1,447 @@
+"""Stage 00: is every node fit for MicroK8s? Checks only; it changes nothing.
+
+All facts come from one probe script per node (one round trip). Every check is a pure function of
+(facts, settings, node) returning one Check whose line says what is wrong and how to fix it; the
+thresholds come from jhub.env (MIN_CPU_CORES, MIN_MEMORY, MIN_DISK_FREE, MAX_CLOCK_SKEW). Checks that
+need every node at once (unique hostnames, name resolution, "some node has the GPU") are in
+`verify_all`. A failed error-level check stops the run with PreflightError (exit 3) before any
+stage changes anything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from provision import facts as F
+from provision.errors import CommandFailed, PreflightError, ProvisionError, TransportError
+from provision.stage import Check, Node, Plan, Role, Scope, Stage
+
+SNAP_DATA_ROOT = "/var/snap"
+MIN_SNAPD = (2, 52)  # microk8s snapcraft.yaml: assumes snapd2.52
+SUPPORTED_UBUNTU = ("22.04", "24.04")
+# Ports MicroK8s opens on every node (microk8s.md: API 16443, cluster agent 25000, kubelet 10250, dqlite 19001).
+MICROK8S_PORTS = {16443: "Kubernetes API server", 25000: "MicroK8s cluster agent", 10250: "kubelet",
+                  19001: "dqlite datastore"}
+# Process names MicroK8s itself listens with (ss shows at most 15 characters of the name).
+MICROK8S_PROCESSES = ("kubelite", "k8s-dqlite", "cluster-agent", "apiserver-proxy", "kube-apiserver",
+                      "kubelet", "kube-proxy", "containerd", "calico-node")
+
+
+def probes() -> list[F.Probe]:
+    """The clock goes first so its reading is taken right after the round trip starts."""
+    return [F.clock, F.os_release, F.arch, F.cpus, F.meminfo, F.swaps, F.disk_free(SNAP_DATA_ROOT),
+            F.default_route, F.hostname, F.listen_ports, F.port_holders, F.snapd, F.microk8s, F.user,
+            F.nvidia_pci, F.nvidia_smi, F.davinci_devices, F.npu_smi]
+
+
+class Preflight(Stage):
+    """Check OS, resources, network, ports, snapd, sudo, bundle and accelerator drivers; change nothing."""
+
+    number = 0
+    title = "Preflight checks"
+    scope = Scope.NODE
+    check_error = PreflightError  # the runner raises this (exit 3) when an error-level check fails
+
+    def __init__(self) -> None:
+        self._bundle_lock = threading.Lock()
+        self._bundle: dict[str, Any] | None = None
+
+    def gather(self, host: Any, settings: Any, node: Node) -> Mapping[str, Any]:
+        before = time.time()
+        sudo_error = ""
+        try:
+            facts = F.gather(host, probes(), sudo=True)
+        except ProvisionError as e:
+            if isinstance(e, TransportError) and not isinstance(e, F.ProbeFailed):
+                raise  # the link, not sudo
+            # sudo itself was refused: gather what an unprivileged user can see, and report sudo as a check.
+            sudo_error = _sudo_reason(e)
+            facts = F.gather(host, probes(), sudo=False)
+        after = time.time()
+        facts["sudo"] = {"ok": not sudo_error, "error": sudo_error}
+        facts["local_clock"] = {"before": before, "after": after}
+        facts["bundle"] = self._bundle_fact(settings) if node.is_control else {"checked": False}
+        return facts
+
+    def plan(self, facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
+        return Plan.noop("preflight only checks")
+
+    def verify(self, facts: Mapping[str, Any], settings: Any, node: Node) -> Sequence[Check]:
+        out = []
+        for check in NODE_CHECKS:
+            result = check(facts, settings, node)
+            out.extend(result if isinstance(result, list) else [result] if result else [])
+        return out
+
+    def verify_all(self, facts_by_node: Mapping[str, Mapping[str, Any]], settings: Any,
+                   nodes: Sequence[Node]) -> dict[str, list[Check]]:
+        return cluster_checks(facts_by_node, settings, nodes)
+
+    def _bundle_fact(self, settings: Any) -> dict[str, Any]:
+        with self._bundle_lock:  # the bundle is on this machine: verify it once per run, not once per node
+            if self._bundle is None:
+                ctx = getattr(self, "context", None)
+                self._bundle = bundle_fact(getattr(ctx, "bundle_dir", None), settings)
+            return self._bundle
+
+
+def _sudo_reason(e: ProvisionError) -> str:
+    """sudo's own complaint ("a password is required"), without the probe script the message may quote."""
+    out = getattr(e, "output", "") or (e.stderr if isinstance(e, CommandFailed) else "")
+    if out.strip():
+        return out.strip().splitlines()[-1]
+    text = re.sub(r"`.*`", "the fact probe", e.message, flags=re.DOTALL).splitlines()[0]
+    return text.split(": ", 1)[1] if ": " in text else text
+
+
+# ---------------------------------------------------------------------------------------------
+# Facts computed on this machine.
+
+
+def bundle_fact(bundle_dir: Any, settings: Any) -> dict[str, Any]:
+    """Verify the offline bundle with provision.bundle.verify_bundle when it exists, else check it is there."""
+    if bundle_dir is None:
+        return {"checked": False}
+    path = Path(bundle_dir)
+    verify: Callable[..., Any] | None
+    try:
+        from provision.bundle import verify_bundle as verify
+    except ImportError:
+        verify = None
+    if verify is None:
+        if not path.is_dir():
+            return {"checked": True, "ok": False, "path": str(path), "problems": [f"{path} does not exist"]}
+        if not any(path.iterdir()):
+            return {"checked": True, "ok": False, "path": str(path), "problems": [f"{path} is empty"]}
+        return {"checked": True, "ok": True, "path": str(path), "problems": [], "verified": False}
+    try:
+        result = verify(path, settings)
+    except ProvisionError as e:
+        return {"checked": True, "ok": False, "path": str(path), "problems": [e.message], "hint": e.hint}
+    problems = _problems_of(result)
+    return {"checked": True, "ok": not problems, "path": str(path), "problems": problems, "verified": True}
+
+
+def _problems_of(result: Any) -> list[str]:
+    """verify_bundle may return None, a list of problems, or an object with .problems / .ok."""
+    if result is None or result is True:
+        return []
+    if isinstance(result, (list, tuple)):
+        return [str(p) for p in result]
+    problems = getattr(result, "problems", None)
+    if problems is not None:
+        return [str(p) for p in problems]
+    if getattr(result, "ok", True) is False:
+        return [str(result)]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure checks. Each returns a Check (or a list of them); the line a user reads is "name: detail — hint".
+
+
+def _gib(n: float) -> str:
+    return f"{n / 1024**3:.1f} GiB"
+
+
+def _size_label(n: int) -> str:
+    return _gib(n) if n >= 1024**3 else f"{n / 1024**2:.0f} MiB"
+
+
+def check_os(facts: Mapping[str, Any], settings: Any, node: Node) -> Check:
+    osr = facts["os_release"]
+    pretty = osr.get("PRETTY_NAME") or " ".join(x for x in (osr.get("NAME"), osr.get("VERSION")) if x)
+    if osr.get("ID") == "ubuntu" and osr.get("VERSION_ID") in SUPPORTED_UBUNTU:
+        return Check("os", True, pretty)
+    what = f"this is {pretty}" if pretty else "cannot tell the operating system (no /etc/os-release)"
+    return Check("os", False, f"{what}; provision supports Ubuntu 22.04 and 24.04",
+                 "install Ubuntu 22.04 or 24.04 LTS on this node")
+
+
+def check_arch(facts: Mapping[str, Any], settings: Any, node: Node) -> Check:
+    a = facts["arch"]
+    if a.get("arch"):
+        return Check("arch", True, a["arch"])
+    return Check("arch", False, f"CPU architecture {a.get('machine') or 'unknown'} is not supported; "
+                 "provision supports amd64 and arm64", "use an amd64 (x86_64) or arm64 (aarch64) machine")
+
+
+def check_cpu(facts: Mapping[str, Any], settings: Any, node: Node) -> Check:
+    n, need = facts["cpus"], settings.min_cpu_cores
+    if n is None:
+        return Check("cpu", False, "could not count the CPU cores (getconf/nproc failed)", "check the node by hand")
+    if n >= need:
+        return Check("cpu", True, f"{n} cores")
+    return Check("cpu", False, f"{n} CPU core{'s' if n != 1 else ''}; at least {need} needed (MIN_CPU_CORES)",
+                 "add CPU cores, or lower MIN_CPU_CORES in jhub.env")
+
+
+def check_memory(facts: Mapping[str, Any], settings: Any, node: Node) -> Check:
+    from provision.config import size_bytes
+
+    have, need = facts["meminfo"].get("mem_total"), size_bytes(settings.min_memory)
+    if have is None:
+        return Check("memory", False, "could not read MemTotal from /proc/meminfo", "check the node by hand")
+    # MemTotal is physical memory minus what the kernel reserves (a few %): a "4 GiB" machine shows ~3.8 GiB.
+    if have >= need * 0.95:
+        return Check("memory", True, _gib(have))
+    return Check("memory", False, f"{_gib(have)} of memory; at least {_gib(need)} needed "
+                 f"(MIN_MEMORY={settings.min_memory})", "add memory, or lower MIN_MEMORY in jhub.env")
+
+
+def check_disk(facts: Mapping[str, Any], settings: Any, node: Node) -> Check:
+    from provision.config import size_bytes
+
+    d, need = facts["disk_free"], size_bytes(settings.min_disk_free)
+    if not d:
+        return Check("disk", False, f"could not read free space under {SNAP_DATA_ROOT} (df failed)",
+                     "check the node by hand: df -h /var")
+    where = SNAP_DATA_ROOT if d["path"] == SNAP_DATA_ROOT else f"{SNAP_DATA_ROOT} (checked at {d['path']})"
+    if d["avail"] >= need:
+        return Check("disk", True, f"{_gib(d['avail'])} free under {where}")
+    return Check("disk", False, f"{_gib(d['avail'])} free under {where} on {d['mount']}; at least {_gib(need)} "
+                 f"needed (MIN_DISK_FREE={settings.min_disk_free})",
+                 f"free space on {d['mount']} or mount a larger disk at /var/snap (snaps and images live there)")
+
+
+def check_swap(facts: Mapping[str, Any], settings: Any, node: Node) -> Check:
+    rows = facts["swaps"]
+    if not rows:
+        return Check("swap", True, "off", warning=True)
+    total = sum(r["size"] for r in rows)
+    devices = ", ".join(r["device"] for r in rows)
+    return Check("swap", False, f"swap is on ({_size_label(total)} on {devices}); Kubernetes memory limits "
+                 "are not enforced as expected with swap", "run `swapoff -a` and remove the swap line from "
+                 "/etc/fstab", warning=True)
+
+
+def check_route(facts: Mapping[str, Any], settings: Any, node: Node) -> Check:
+    r = facts["default_route"]
+    if r.get("ipv4") or r.get("ipv6"):
+        return Check("route", True, f"default route via {r.get('iface') or '?'}")
+    return Check("route", False, "no default route; Calico and kube-proxy need one, even in an air gap",
+                 "add one via your LAN gateway (any local address will do offline) and make it persistent "
+                 "in netplan, e.g. `ip route add default via 10.0.0.1`")
+
+
+def check_hostname_valid(facts: Mapping[str, Any], settings: Any, node: Node) -> Check:
+    h = facts["hostname"]["hostname"]
+    name = h.lower()  # MicroK8s names the node after the lower-cased hostname
+    if re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*", name) \
+            and len(name) <= 253:
+        return Check("hostname", True, h)
+    return Check("hostname", False, f"hostname {h!r} is not a valid Kubernetes node name (letters, digits, "
+                 "'-' and '.')", "rename the node: `hostnamectl set-hostname NEW-NAME`")
+
+
+def check_clock(facts: Mapping[str, Any], settings: Any, node: Node) -> Check:
+    remote, local = facts["clock"], facts["local_clock"]
+    if remote is None:
+        return Check("clock", False, "could not read the node's clock (date failed)", "check `date` on the node",
+                     warning=True)
+    # The node read its clock at some local time in [before, after]: the true skew lies in this interval.
+    low, high = remote - local["after"], remote - local["before"]
+    limit = settings.max_clock_skew
+    if low > limit or high < -limit:
+        skew = (low + high) / 2  # the best estimate; the decision above used the whole interval
+        direction = "ahead of" if skew > 0 else "behind"
+        return Check("clock", False, f"clock is {abs(skew):.0f} s {direction} this machine "
+                     f"(MAX_CLOCK_SKEW={limit}s); certificates and join tokens fail with skewed clocks",
+                     "sync every node to one time source (chrony or systemd-timesyncd against a local NTP "
+                     "server), or set it by hand with `date -s`")
+    return Check("clock", True, f"within {max(abs(low), abs(high)):.1f} s of this machine")
+
+
+def wanted_ports(settings: Any) -> dict[int, str]:
+    ports = dict(MICROK8S_PORTS)
+    ports[settings.nodeport] = "JupyterHub NodePort (NODEPORT)"
+    if settings.enable_nginx_proxy:
+        ports[443] = "Nginx HTTPS (ENABLE_NGINX_PROXY)"
+    return ports
+
+
+def _is_microk8s(holder: str) -> bool:
+    return any(holder.startswith(p) for p in MICROK8S_PROCESSES)
+
+
+def check_ports(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
+    listening = set(facts["listen_ports"])
+    holders: Mapping[int, list[str]] = facts["port_holders"]
+    installed = facts["microk8s"].get("installed", False)
+    out = []
+    for port, purpose in sorted(wanted_ports(settings).items()):
+        if port not in listening:
+            continue
+        who = holders.get(port, [])
+        ours_mk8s = port != 443 and (all(_is_microk8s(h) for h in who) if who else installed)
+        ours_nginx = port == 443 and who and all(h.startswith("nginx") for h in who)
+        if ours_mk8s or ours_nginx:
+            continue  # a re-run: MicroK8s (or our Nginx) already holds it
+        by = f" by {', '.join(who)}" if who else ""
+        out.append(Check(f"port {port}", False, f"port {port} ({purpose}) is already in use{by}",
+                         f"stop or move what listens there (see `ss -tlnp 'sport = :{port}'`)"))
+    if not out:
+        out.append(Check("ports", True, ", ".join(str(p) for p in sorted(wanted_ports(settings))) + " free"))
+    return out
+
+
+def _version_tuple(v: str) -> tuple[int, ...] | None:
+    m = re.match(r"(\d+)\.(\d+)", v)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def check_snapd(facts: Mapping[str, Any], settings: Any, node: Node) -> Check:
+    s = facts["snapd"]
+    if not s.get("present"):
+        return Check("snapd", False, "snapd is not installed; MicroK8s is a snap",
+                     "install the snapd package from your Ubuntu ISO or local mirror (apt install snapd)")
+    version = s.get("version", "")
+    vt = _version_tuple(version)
+    if vt is None:
+        return Check("snapd", False, f"snapd is installed but not answering (snap version: {version or 'no reply'})",
+                     "start it: `systemctl enable --now snapd.socket snapd.service`")
+    if vt < MIN_SNAPD:
+        return Check("snapd", False, f"snapd {version} is older than 2.52, which MicroK8s needs",
+                     "put the snapd snap in the bundle (snap download snapd) so it is installed first",
+                     warning=True)
+    return Check("snapd", True, f"snapd {version}")
+
+
+def check_sudo(facts: Mapping[str, Any], settings: Any, node: Node) -> Check:
+    s, u = facts["sudo"], facts["user"]
+    who = u.get("name") or "this user"
+    if s["ok"]:
+        return Check("sudo", True, "root" if u.get("uid") == 0 else f"sudo works for {who}")
+    return Check("sudo", False, f"sudo does not work for {who}: {s['error']}",
+                 f"give {who} sudo rights (with a password: pass --ask-pass), or connect as root")
+
+
+def check_bundle(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
+    b = facts["bundle"]
+    if not b.get("checked"):
+        return []
+    if b["ok"]:
+        how = "verified" if b.get("verified") else "present (not verified: provision.bundle is missing)"
+        return [Check("bundle", True, f"{b['path']} {how}")]
+    hint = b.get("hint") or "bring the offline bundle (--bundle DIR) and run `provision bundle verify`"
+    return [Check("bundle", False, f"offline bundle: {p}", hint) for p in b["problems"]]
+
+
+def _is_gpu_node(facts: Mapping[str, Any], node: Node) -> bool:
+    return Role.GPU in node.roles or facts["nvidia_pci"] > 0
+
+
+def _is_npu_node(facts: Mapping[str, Any], node: Node) -> bool:
+    return Role.NPU in node.roles or facts["davinci_devices"] > 0
+
+
+def check_gpu_driver(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
+    if not settings.use_gpu_operator or not _is_gpu_node(facts, node):
+        return []
+    smi = facts["nvidia_smi"]
+    if smi["ok"]:
+        g = smi["gpus"]
+        return [Check("gpu driver", True, f"NVIDIA driver {g[0]['driver_version']}, {len(g)} × {g[0]['name']}")]
+    hint = ("install the NVIDIA driver from your offline packages and reboot; the GPU Operator runs with "
+            "driver.enabled=false and uses the host driver")
+    if not smi["present"]:
+        return [Check("gpu driver", False, "nvidia-smi not found on a GPU node (USE_GPU_OPERATOR=true)", hint)]
+    return [Check("gpu driver", False, f"nvidia-smi failed: {smi['error']}",
+                  "load the driver (reboot after installing it; blacklist nouveau), then check `nvidia-smi`")]
+
+
+def check_npu_driver(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
+    if not settings.enable_npu or not _is_npu_node(facts, node):
+        return []
+    smi = facts["npu_smi"]
+    if smi["ok"]:
+        n = smi["npus"]
+        bad = [f"NPU {x['id']} {x['health']}" for x in n if x["health"].upper() != "OK"]
+        if bad:
+            return [Check("npu driver", False, f"npu-smi reports {', '.join(bad)}",
+                          "check the NPUs with `npu-smi info` and the Ascend driver logs", warning=True)]
+        return [Check("npu driver", True, f"Ascend driver {smi['version']}, {len(n)} × {n[0]['name']}")]
+    if not smi["present"]:
+        return [Check("npu driver", False, "npu-smi not found on an NPU node (ENABLE_NPU=true)",
+                      "install the Ascend driver and firmware (npu-smi is in /usr/local/bin) and reboot")]
+    return [Check("npu driver", False, f"npu-smi info failed: {smi['error']}",
+                  "check the Ascend driver install (/usr/local/Ascend/driver) and reboot")]
+
+
+NODE_CHECKS: tuple[Callable[[Mapping[str, Any], Any, Node], Any], ...] = (
+    check_os, check_arch, check_cpu, check_memory, check_disk, check_swap, check_route, check_hostname_valid,
+    check_clock, check_ports, check_snapd, check_sudo, check_bundle, check_gpu_driver, check_npu_driver,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks across nodes (pure).
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _loopback(ip: str) -> bool:
+    return ipaddress.ip_address(ip).is_loopback
+
+
+def check_resolves(facts: Mapping[str, Any], node: Node, single: bool) -> Check:
+    """The hostname must resolve to the address other nodes reach this one at (error when multi-node)."""
+    h = facts["hostname"]
+    name, resolved = h["hostname"], h["resolves_to"]
+    if _is_ip(node.address) and not _loopback(node.address):
+        expected = [node.address]
+    else:
+        expected = [a for a in h["addresses"] if not _loopback(a)]
+    if any(a in expected for a in resolved):
+        return Check("hostname resolves", True, f"{name} → {', '.join(resolved)}")
+    target = expected[0] if expected else "this node's address"
+    fix = f"map it in /etc/hosts on every node (`{target} {name}`, not 127.0.1.1) or in your DNS"
+    if not resolved:
+        return Check("hostname resolves", False, f"hostname {name} does not resolve", fix, warning=single)
+    mine = (f"this node's address {expected[0]}" if len(expected) == 1 else
+            f"any of this node's addresses ({', '.join(expected)})" if expected else "an address of this node")
+    return Check("hostname resolves", False, f"hostname {name} resolves to {', '.join(resolved)}, not to {mine}",
+                 fix, warning=single)
+
+
+def cluster_checks(facts_by_node: Mapping[str, Mapping[str, Any]], settings: Any,
+                   nodes: Sequence[Node]) -> dict[str, list[Check]]:
+    """Hostname unique and resolving; GPU/NPU settings that no node can serve."""
+    by_name = {n.name: n for n in nodes}
+    present = [n for n in nodes if n.name in facts_by_node]
+    out: dict[str, list[Check]] = {n.name: [] for n in present}
+    single = len(nodes) == 1
+    owners: dict[str, list[str]] = {}
+    for n in present:
+        h = facts_by_node[n.name]["hostname"]["hostname"].lower()
+        owners.setdefault(h, []).append(n.name)
+        out[n.name].append(check_resolves(facts_by_node[n.name], n, single))
+    for h, names in owners.items():
+        if len(names) > 1:
+            for name in names:
+                others = ", ".join(x for x in names if x != name)
+                out[name].append(Check("hostname unique", False, f"hostname {h} is also the hostname of {others}; "
+                                       "Kubernetes node names must be unique",
+                                       "give every node its own name: `hostnamectl set-hostname NEW-NAME`"))
+    if present:
+        control = next((n for n in present if by_name[n.name].is_control), present[0])
+        if settings.use_gpu_operator and not any(_is_gpu_node(facts_by_node[n.name], n) for n in present):
+            out[control.name].append(Check("gpu nodes", False, "USE_GPU_OPERATOR=true but no node has an NVIDIA "
+                                           "GPU (no PCI device of vendor 10de)",
+                                           "set USE_GPU_OPERATOR=false, or add the GPU nodes"))
+        if settings.enable_npu and not any(_is_npu_node(facts_by_node[n.name], n) for n in present):
+            out[control.name].append(Check("npu nodes", False, "ENABLE_NPU=true but no node has an Ascend NPU "
+                                           "(no /dev/davinci*)", "set ENABLE_NPU=false, or add the NPU nodes"))
+    return out

@@ -1,0 +1,284 @@
+"""Stage 10: MicroK8s from the offline bundle, refreshes held, containerd configured, node ready.
+
+Offline snaps are installed the snapd way: `snap ack X.assert` first, then `snap install X.snap`
+(MicroK8s `--classic`), so no `--dangerous` is needed (microk8s.md §10). Refreshes are held because an
+auto-refresh restarts or upgrades a running cluster. containerd settings go into
+containerd-template.toml only: containerd.toml is regenerated from it on every start (§7), and
+registry mirrors are certs.d/<registry>/hosts.toml files read at pull time (no restart).
+
+A node only becomes Ready once Calico runs, and in an air gap Calico and the pod sandbox (pause) image
+exist only in the bundle. So this stage imports those few images before it waits for readiness;
+stage 20 imports everything else. An installed MicroK8s on another track is refused, never reinstalled.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from provision import facts as F
+from provision.errors import ConfigError, ConflictError, PreflightError
+from provision.stage import Action, ApplyContext, Check, Node, Plan, PutFile, RunCommand, Scope, Stage
+from stages import _microk8s as M
+
+_REGISTRY_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?")
+
+
+class MicroK8s(Stage):
+    """Install MicroK8s and its base snap from the bundle; hold refreshes; containerd template; wait ready."""
+
+    number = 10
+    title = "Install MicroK8s"
+    scope = Scope.NODE
+
+    def __init__(self) -> None:
+        self._manifest = M.ManifestCache()
+
+    def gather(self, host: Any, settings: Any, node: Node) -> Mapping[str, Any]:
+        manifest = self._manifest.get(self)
+        facts = dict(F.gather(host, probes(settings), sudo=True))
+        facts["bundle"] = manifest
+        return facts
+
+    def plan(self, facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
+        return plan(facts, settings, node)
+
+    def verify(self, facts: Mapping[str, Any], settings: Any, node: Node) -> Sequence[Check]:
+        return verify(facts, settings, node)
+
+
+def probes(settings: Any) -> list[F.Probe]:
+    return [F.arch, M.snap_list, M.status, M.file_probe("template", M.TEMPLATE),
+            mirrors_probe(settings), M.ctr_images]
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry mirrors (certs.d/<registry>/hosts.toml)
+
+
+def registry_dir(registry: str) -> str:
+    if not _REGISTRY_RE.fullmatch(registry):
+        raise ConfigError(f"REGISTRY_MIRRORS_CSV: {registry!r} is not a registry host name",
+                          "use REGISTRY=URL pairs such as docker.io=https://mirror.lab.example:5000")
+    return f"{M.CERTS_D}/{registry}"
+
+
+def hosts_toml(registry: str, mirror: str) -> str:
+    """containerd hosts.toml sending pulls for `registry` to `mirror` first (upstream stays the fallback)."""
+    server = "https://registry-1.docker.io" if registry == "docker.io" else f"https://{registry}"
+    return ("# Written by provision from REGISTRY_MIRRORS_CSV; edit jhub.env, not this file.\n"
+            f'server = "{server}"\n\n'
+            f'[host."{mirror}"]\n'
+            '  capabilities = ["pull", "resolve"]\n')
+
+
+def mirrors_probe(settings: Any) -> F.Probe:
+    regs = [reg for reg, _ in settings.registry_mirrors_csv]
+    script = "".join(F.quoted("printf '== %s\\n' {r}; cat -- {p}/hosts.toml 2>/dev/null; printf '\\n'\n",
+                              r=r, p=registry_dir(r)) for r in regs) or "true"
+    return F.Probe("mirrors", script, parse_mirrors)
+
+
+def parse_mirrors(raw: F.Raw) -> dict[str, str]:
+    out: dict[str, str] = {}
+    current = None
+    for ln in raw.out.splitlines(keepends=True):
+        if ln.startswith("== "):
+            current = ln[3:].strip()
+            out[current] = ""
+        elif current is not None:
+            out[current] += ln
+    return {k: v.removesuffix("\n") for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# containerd template
+
+
+_SANDBOX_RE = re.compile(r'^(?P<indent>[ \t]*)sandbox_image[ \t]*=[ \t]*"(?P<value>[^"]*)"', re.MULTILINE)
+
+
+def template_sandbox(text: str) -> str | None:
+    m = _SANDBOX_RE.search(text)
+    return m.group("value") if m else None
+
+
+def set_sandbox_image(text: str, image: str) -> str:
+    """The template with its CRI sandbox_image set to `image`; everything else untouched."""
+    if not _SANDBOX_RE.search(text):
+        raise ConflictError(f"{M.TEMPLATE} has no sandbox_image line",
+                            "this MicroK8s' containerd template is not the one provision knows (microk8s.md §7); "
+                            "restore it from /snap/microk8s/current/default-args/containerd-template.toml")
+    if '"' in image or "\n" in image:
+        raise ConfigError(f"SANDBOX_IMAGE: {image!r} cannot go into a TOML string")
+    return _SANDBOX_RE.sub(lambda m: f'{m.group("indent")}sandbox_image = "{image}"', text, count=1)
+
+
+@dataclass(frozen=True)
+class ConfigureContainerd(Action):
+    """Set the sandbox image in containerd-template.toml and restart MicroK8s only if the file changed.
+
+    Read-modify-write at apply time, because on a fresh node the template only exists once the snap is in.
+    """
+
+    sandbox_image: str
+
+    def describe(self) -> str:
+        return (f"set sandbox_image = {self.sandbox_image} in {M.TEMPLATE}; restart MicroK8s "
+                "(microk8s stop; microk8s start) if it changed")
+
+    def apply(self, host: Any, ctx: ApplyContext) -> None:
+        text = host.run(["cat", "--", M.TEMPLATE], sudo=True).stdout
+        new = set_sandbox_image(text, self.sandbox_image)
+        if new == text:
+            return
+        host.put_bytes(new.encode(), M.TEMPLATE, mode=0o644, sudo=True)
+        host.run(list(M.mk("stop")), sudo=True, timeout=300)
+        host.run(list(M.mk("start")), sudo=True, timeout=300)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan
+
+
+def readiness_images(manifest: Any, settings: Any) -> list[str]:
+    """What a node needs before it can turn Ready: the sandbox image and Calico's images."""
+    from provision.images import normalize_ref
+
+    refs = [normalize_ref(settings.sandbox_image)]
+    refs += [r for r in manifest.core_image_refs() if "/calico/" in r]
+    return list(dict.fromkeys(refs))
+
+
+def installed_track_conflict(installed: Mapping[str, Any], manifest: Any) -> str:
+    """'' when the installed microk8s is on the bundle's track, else why not."""
+    from provision.bundle import track_of
+
+    have = track_of(installed.get("version", ""))
+    tracking = installed.get("tracking", "-")
+    tracking_track = track_of(tracking) if tracking not in ("-", "") else ""
+    want = manifest.track
+    if have and have != want:
+        return f"MicroK8s {installed.get('version')} (track {have}) is installed, the bundle carries {want}"
+    if tracking_track and tracking_track != want:
+        return f"MicroK8s is installed tracking {tracking}, the bundle carries {manifest.microk8s_channel}"
+    return ""
+
+
+def plan(facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
+    from provision.bundle import base_snap_for
+
+    manifest = facts["bundle"]
+    snapd = facts["snap_list"]
+    if not snapd["present"]:
+        raise PreflightError(f"{node.name}: snap is not installed", "install snapd from the Ubuntu "
+                             "installation media (apt install snapd), then re-run")
+    snaps = snapd["snaps"]
+    actions: list[Action] = []
+
+    def install(name: str, classic: bool) -> None:
+        snap = manifest.snap(name)
+        if snap is None:
+            from provision.errors import BundleError
+
+            raise BundleError(f"the bundle has no {name} snap", "add snaps/NAME_REV.snap and .assert "
+                              "(`snap download`), then `provision bundle manifest`")
+        remote = [M.REMOTE_IMAGE_DIR.rsplit("/", 1)[0] + "/snaps/" + p.rsplit("/", 1)[-1]
+                  for p in (snap.assert_file, snap.file)]
+        actions.append(SendSnap(snap.assert_file, snap.file, remote[0], remote[1]))
+        actions.append(RunCommand(("snap", "ack", remote[0]), f"trust the {name} assertion"))
+        argv = ("snap", "install", remote[1]) + (("--classic",) if classic else ())
+        actions.append(RunCommand(argv, f"install {name} from the bundle", timeout=900))
+
+    base = base_snap_for(manifest.track)
+    if base not in snaps:
+        install(base, False)
+    installed = snaps.get("microk8s")
+    if installed is not None:
+        why = installed_track_conflict(installed, manifest)
+        if why:
+            raise ConflictError(f"{node.name}: {why}; provision will not reinstall or upgrade it",
+                                "upgrade it deliberately (snap refresh microk8s --channel=...) or remove it "
+                                "(sudo snap remove microk8s: this deletes the cluster), or bring a bundle for "
+                                "the installed track; then re-run")
+    else:
+        install("microk8s", True)
+    if installed is None or "held" not in installed.get("notes", []):
+        actions.append(RunCommand(("snap", "refresh", "--hold", "microk8s"),
+                                  "hold MicroK8s refreshes (an auto-refresh restarts the cluster)"))
+
+    template = facts.get("template")
+    if template is None or set_sandbox_image(template, settings.sandbox_image) != template:
+        actions.append(ConfigureContainerd(settings.sandbox_image))
+
+    mirrors = facts.get("mirrors") or {}
+    for reg, url in settings.registry_mirrors_csv:
+        want = hosts_toml(reg, url)
+        if mirrors.get(reg, "") != want:
+            d = registry_dir(reg)
+            actions.append(RunCommand(("mkdir", "-p", d), f"create containerd registry dir for {reg}"))
+            actions.append(PutFile(f"{d}/hosts.toml", want.encode(), 0o644, f"send {reg} pulls to {url}"))
+
+    ctr = facts.get("ctr_images") or {}
+    present = ctr.get("images") if ctr.get("available") else None
+    arch = (facts.get("arch") or {}).get("arch", "")
+    actions += M.import_actions(manifest, readiness_images(manifest, settings), present, arch, node,
+                              "import the images a node needs to turn Ready")
+
+    st = facts.get("status") or {}
+    if st.get("installed") and not st.get("running"):
+        actions.append(RunCommand(M.mk("start"), "start MicroK8s", timeout=300))
+    if actions or not st.get("running"):
+        t = settings.wait_timeout
+        actions.append(RunCommand(M.mk("status", "--wait-ready", "--timeout", str(t)),
+                                  "wait until MicroK8s is ready", timeout=t + 60))
+    if not actions:
+        return Plan.noop("MicroK8s installed, held, configured and ready")
+    return Plan(tuple(actions))
+
+
+@dataclass(frozen=True)
+class SendSnap(Action):
+    """Put a snap and its assertion on the node (once: skipped when the sha256 matches)."""
+
+    assert_file: str
+    snap_file: str
+    remote_assert: str
+    remote_snap: str
+
+    def describe(self) -> str:
+        return f"send {self.snap_file} and {self.assert_file} to the node"
+
+    def apply(self, host: Any, ctx: ApplyContext) -> None:
+        from pathlib import Path
+
+        base = Path(ctx.bundle_dir)
+        host.run(["mkdir", "-p", "-m", "0700", self.remote_snap.rsplit("/", 1)[0]], sudo=True)
+        host.put(base / self.assert_file, self.remote_assert, mode=0o600, sudo=True)
+        host.put(base / self.snap_file, self.remote_snap, mode=0o600, sudo=True)
+
+
+def verify(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
+    manifest = facts["bundle"]
+    snaps = (facts.get("snap_list") or {}).get("snaps") or {}
+    mk = snaps.get("microk8s")
+    st = facts.get("status") or {}
+    checks = [
+        Check("microk8s installed", mk is not None, f"{mk['version']} rev {mk['rev']}" if mk else "not installed"),
+        Check("microk8s refreshes held", bool(mk) and "held" in mk.get("notes", []),
+              hint="sudo snap refresh --hold microk8s"),
+        Check("microk8s ready", bool(st.get("running")), hint="microk8s inspect"),
+    ]
+    bundled = manifest.snap("microk8s")
+    if mk and bundled and bundled.revision and mk.get("rev") != bundled.revision:
+        checks.append(Check("microk8s revision matches the bundle", False,
+                            f"installed rev {mk.get('rev')}, bundle rev {bundled.revision}",
+                            "same track, so provision keeps it; refresh deliberately if you want the bundle's",
+                            warning=True))
+    template = facts.get("template")
+    if template is not None:
+        have = template_sandbox(template)
+        checks.append(Check("containerd sandbox image", have == settings.sandbox_image, f"{have}"))
+    return checks

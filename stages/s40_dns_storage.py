@@ -1,0 +1,296 @@
+"""Stage 40: CoreDNS with a local upstream, and storage that fits the cluster's size.
+
+DNS: MicroK8s' dns addon silently forwards to 8.8.8.8/8.8.4.4 when it finds no usable resolver
+(microk8s.md §6), which in an air gap means every external name lookup hangs. CoreDNS forwards to
+DNS_SERVERS_CSV, else to the node's own non-loopback resolvers; a well-known public resolver is never
+picked on its own, and with none left the stage refuses and asks for DNS_SERVERS_CSV.
+
+Storage: a single node gets the hostpath-storage addon (the hub database needs a default
+StorageClass). User homes on several nodes must be shared, or a user's files vanish when their server
+lands elsewhere: with SHARED_STORAGE_ENABLED a static ReadWriteMany PV + PVC (hostPath mounted on every
+node, or NFS) is created, and a multi-node cluster without it, or with a hostPath on a local disk, is
+refused. Manifests are built as data and validated with kubernetes-validate --strict in the tests.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from provision import facts as F
+from provision.errors import ConfigError, ConflictError
+from provision.stage import Action, Check, Node, Plan, RunCommand, Scope, Stage
+from stages import _microk8s as M
+
+SHARED_PV = "jhub-homes"  # PV and PVC name; stage 70 mounts the claim with subPath {username}
+PUBLIC_RESOLVERS = frozenset({
+    "8.8.8.8", "8.8.4.4", "1.1.1.1", "1.0.0.1", "9.9.9.9", "149.112.112.112", "208.67.222.222",
+    "208.67.220.220", "2001:4860:4860::8888", "2001:4860:4860::8844", "2606:4700:4700::1111",
+    "2606:4700:4700::1001"})
+LOCAL_FS = frozenset({"ext2/ext3", "ext4", "ext2", "ext3", "xfs", "btrfs", "zfs", "tmpfs", "overlayfs", "overlay",
+                      "f2fs", "vfat", "msdos", "ramfs"})
+_NS_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_FORWARD_RE = re.compile(r"^(?P<i>[ \t]*)forward[ \t]+\.[ \t]+(?P<up>[^{\n]*?)(?P<tail>[ \t]*\{[ \t]*)?$",
+                         re.MULTILINE)
+
+
+class DnsStorage(Stage):
+    """CoreDNS forwarding to site resolvers; hostpath-storage (1 node) or a shared PV + PVC."""
+
+    number = 40
+    title = "DNS and storage"
+    scope = Scope.CLUSTER
+
+    def gather(self, host: Any, settings: Any, node: Node) -> Mapping[str, Any]:
+        return F.gather(host, probes(settings), sudo=True)
+
+    def plan(self, facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
+        return plan(facts, settings, node)
+
+    def verify(self, facts: Mapping[str, Any], settings: Any, node: Node) -> Sequence[Check]:
+        return verify(facts, settings, node)
+
+
+def namespace(settings: Any) -> str:
+    ns = settings.hub_namespace
+    if not _NS_RE.fullmatch(ns):
+        raise ConfigError(f"HUB_NAMESPACE: {ns!r} is not a Kubernetes namespace name",
+                          "use lower-case letters, digits and '-', at most 63 characters")
+    return ns
+
+
+def parse_shared_path(raw: F.Raw) -> dict[str, Any]:
+    f = raw.out.split()
+    return {"exists": raw.ok and bool(f), "fstype": f[0] if f else ""}
+
+
+def probes(settings: Any) -> list[F.Probe]:
+    out = [M.status,
+           F.Probe("resolv", "cat /etc/resolv.conf 2>/dev/null; printf -- '---\\n'; "
+                   "cat /run/systemd/resolve/resolv.conf 2>/dev/null; true", parse_resolv),
+           M.kube_probe("coredns_cm", "configmap", "coredns", "-n", "kube-system"),
+           M.kube_probe("pods", "pods", "-n", "kube-system"),
+           M.kube_probe("nodes", "nodes"),
+           M.kube_probe("pv", "pv", SHARED_PV),
+           M.kube_probe("pvc", "pvc", SHARED_PV, "-n", namespace(settings))]
+    if settings.shared_storage_enabled and settings.shared_storage_type == "hostpath" and settings.shared_storage_path:
+        out.append(F.Probe("shared_path", F.quoted("[ -d {p} ] || exit 1\nstat -f -c %T -- {p}",
+                                                   p=settings.shared_storage_path), parse_shared_path))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# DNS
+
+
+def parse_resolv(raw: F.Raw) -> dict[str, list[str]]:
+    """nameserver lines of /etc/resolv.conf and of systemd-resolved's upstream file."""
+    etc, _, resolved = raw.out.partition("---\n")
+
+    def servers(text: str) -> list[str]:
+        out = []
+        for ln in text.splitlines():
+            f = ln.split()
+            if len(f) >= 2 and f[0] == "nameserver":
+                out.append(f[1].split("%")[0])
+        return out
+
+    return {"etc": servers(etc), "systemd": servers(resolved)}
+
+
+def _usable(ip: str) -> bool:
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return not (a.is_loopback or a.is_unspecified or a.is_link_local) and ip not in PUBLIC_RESOLVERS
+
+
+def upstream_servers(facts: Mapping[str, Any], settings: Any, node: Node) -> list[str]:
+    """DNS_SERVERS_CSV, else the node's own resolvers (like MicroK8s' find-resolv-conf.py, minus the
+    8.8.8.8 fallback): /etc/resolv.conf unless it only has loopback stubs, then systemd-resolved's list."""
+    if settings.dns_servers_csv:
+        return list(settings.dns_servers_csv)
+    resolv = facts.get("resolv") or {}
+    for source in ("etc", "systemd"):
+        found = [s for s in resolv.get(source) or [] if _usable(s)]
+        if found:
+            return list(dict.fromkeys(found))
+    seen = sorted(set((resolv.get("etc") or []) + (resolv.get("systemd") or [])))
+    raise ConflictError(f"{node.name}: no site DNS server for CoreDNS to forward to (found: "
+                        f"{', '.join(seen) or 'none'}); an air-gapped cluster must not use a public resolver",
+                        "set DNS_SERVERS_CSV in jhub.env to your internal DNS servers "
+                        "(e.g. DNS_SERVERS_CSV=10.0.0.2,10.0.0.3), then re-run")
+
+
+def corefile_upstreams(corefile: str) -> list[str] | None:
+    m = _FORWARD_RE.search(corefile)
+    return m.group("up").split() if m else None
+
+
+def set_corefile_upstreams(corefile: str, servers: Sequence[str]) -> str:
+    if not _FORWARD_RE.search(corefile):
+        raise ConflictError("the CoreDNS Corefile has no `forward .` line",
+                            "it was edited by hand; `microk8s disable dns && microk8s enable dns:SERVERS` "
+                            "restores the MicroK8s one")
+    return _FORWARD_RE.sub(lambda m: f"{m.group('i')}forward . {' '.join(servers)}{m.group('tail') or ''}",
+                           corefile, count=1)
+
+
+def coredns_configmap(live: Mapping[str, Any], corefile: str) -> dict[str, Any]:
+    """The live ConfigMap with only its Corefile replaced (labels kept, so kubectl apply removes nothing)."""
+    meta = live.get("metadata") or {}
+    out_meta: dict[str, Any] = {"name": "coredns", "namespace": "kube-system"}
+    if meta.get("labels"):
+        out_meta["labels"] = dict(meta["labels"])
+    data = dict(live.get("data") or {})
+    data["Corefile"] = corefile
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": out_meta, "data": data}
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage
+
+
+def node_count(facts: Mapping[str, Any]) -> int | None:
+    nodes = facts.get("nodes")
+    return None if nodes is None else len(nodes.get("items") or [])
+
+
+def volume_source(settings: Any) -> dict[str, Any]:
+    if settings.shared_storage_type == "nfs":
+        return {"nfs": {"server": settings.nfs_server, "path": settings.shared_storage_path}}
+    # Directory (not DirectoryOrCreate): a missing mount fails the pod instead of filling the local disk
+    return {"hostPath": {"path": settings.shared_storage_path, "type": "Directory"}}
+
+
+def shared_storage_docs(settings: Any) -> list[dict[str, Any]]:
+    """Namespace, PersistentVolume and PersistentVolumeClaim for shared user homes, as data."""
+    ns = namespace(settings)
+    labels = {"app.kubernetes.io/managed-by": "provision", "app.kubernetes.io/part-of": "jupyterhub"}
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume",
+          "metadata": {"name": SHARED_PV, "labels": labels},
+          "spec": {"capacity": {"storage": settings.pvc_size}, "accessModes": ["ReadWriteMany"],
+                   "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                   "volumeMode": "Filesystem", **volume_source(settings)}}
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+           "metadata": {"name": SHARED_PV, "namespace": ns, "labels": labels},
+           "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": SHARED_PV,
+                    "volumeMode": "Filesystem", "resources": {"requests": {"storage": settings.pvc_size}}}}
+    return [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}, pv, pvc]
+
+
+def _source_of(pv: Mapping[str, Any]) -> dict[str, Any]:
+    spec = pv.get("spec") or {}
+    if "nfs" in spec:
+        return {"nfs": {"server": spec["nfs"].get("server"), "path": spec["nfs"].get("path")}}
+    if "hostPath" in spec:
+        return {"hostPath": {"path": spec["hostPath"].get("path"), "type": spec["hostPath"].get("type", "")}}
+    return {"other": sorted(k for k in spec if k not in ("capacity", "accessModes", "claimRef"))}
+
+
+def storage_actions(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Action]:
+    n = node_count(facts)
+    if n is None:
+        raise ConflictError(f"{node.name}: the Kubernetes API does not answer", "check `microk8s status`, "
+                            "then re-run (stage 30 waits for the network first)")
+    actions: list[Action] = []
+    addons = (facts.get("status") or {}).get("addons") or {}
+    if n == 1 and addons.get("hostpath-storage") != "enabled":
+        actions.append(RunCommand(M.mk("enable", "hostpath-storage"),
+                                  "enable hostpath-storage (default StorageClass for a single node)", timeout=300))
+    if not settings.shared_storage_enabled:
+        if n > 1:
+            raise ConflictError(f"the cluster has {n} nodes but SHARED_STORAGE_ENABLED=false: user homes would be "
+                                "node-local and a user's files would vanish when their server starts on another "
+                                "node", "set SHARED_STORAGE_ENABLED=true and SHARED_STORAGE_PATH (a CephFS/NFS "
+                                "mount on every node, or SHARED_STORAGE_TYPE=nfs with NFS_SERVER), then re-run")
+        return actions
+    if settings.shared_storage_type == "hostpath":
+        sp = facts.get("shared_path") or {}
+        if not sp.get("exists"):
+            raise ConflictError(f"{node.name}: SHARED_STORAGE_PATH {settings.shared_storage_path} does not exist",
+                                "mount the shared filesystem there on every node (or create the directory on a "
+                                "single node), then re-run")
+        if n > 1 and sp.get("fstype") in LOCAL_FS:
+            raise ConflictError(f"SHARED_STORAGE_PATH {settings.shared_storage_path} is on a local "
+                                f"{sp.get('fstype')} filesystem of {node.name}, but the cluster has {n} nodes: "
+                                "homes would be node-local", "mount CephFS/NFS at that path on every node, or "
+                                "use SHARED_STORAGE_TYPE=nfs with NFS_SERVER, then re-run")
+    docs = shared_storage_docs(settings)
+    pv, pvc = facts.get("pv"), facts.get("pvc")
+    if pv is not None and _source_of(pv) != volume_source(settings):
+        raise ConflictError(f"PersistentVolume {SHARED_PV} already points at {_source_of(pv)}, the settings say "
+                            f"{volume_source(settings)}; changing it would move every user's home",
+                            f"move the data, then `microk8s kubectl delete pvc -n {namespace(settings)} "
+                            f"{SHARED_PV}; microk8s kubectl delete pv {SHARED_PV}` and re-run")
+    pv_size = ((pv or {}).get("spec") or {}).get("capacity", {}).get("storage")
+    pvc_spec = (pvc or {}).get("spec") or {}
+    if (pv is None or pvc is None or pv_size != settings.pvc_size
+            or pvc_spec.get("volumeName") != SHARED_PV):
+        actions.append(M.KubectlApply(M.to_yaml(*docs), f"shared storage PV + PVC {SHARED_PV} "
+                                      f"({settings.pvc_size}, {next(iter(volume_source(settings)))} "
+                                      f"{settings.shared_storage_path}) in namespace {namespace(settings)}"))
+    return actions
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def plan(facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
+    st = facts.get("status") or {}
+    if not st.get("installed"):
+        raise ConflictError(f"{node.name}: MicroK8s is not installed", "stage 10 installs it: run "
+                            "`provision install` without --only/--from")
+    servers = upstream_servers(facts, settings, node)
+    actions: list[Action] = []
+    cm = facts.get("coredns_cm")
+    if (st.get("addons") or {}).get("dns") != "enabled" or cm is None:
+        actions.append(RunCommand(M.mk("enable", "dns:" + ",".join(servers)),
+                                  f"enable CoreDNS forwarding to {', '.join(servers)}", timeout=300))
+    else:
+        corefile = (cm.get("data") or {}).get("Corefile", "")
+        if corefile_upstreams(corefile) != servers:
+            new = set_corefile_upstreams(corefile, servers)
+            actions.append(M.KubectlApply(M.to_yaml(coredns_configmap(cm, new)),
+                                          f"CoreDNS Corefile forwarding to {', '.join(servers)}"))
+            if not re.search(r"^\s*reload\b", corefile, re.MULTILINE):
+                actions.append(RunCommand(M.kubectl("-n", "kube-system", "rollout", "restart", "deployment/coredns"),
+                                          "restart CoreDNS (its Corefile has no reload plugin)"))
+    if actions or M.not_ready_pods(facts.get("pods"), None, "coredns-", per_node=False):
+        actions.append(M.WaitPods("kube-system", "coredns-", False, float(settings.wait_timeout), "CoreDNS"))
+    storage = storage_actions(facts, settings, node)
+    actions += storage
+    if any(isinstance(a, RunCommand) and "hostpath-storage" in a.argv for a in storage) or (
+            node_count(facts) == 1 and M.not_ready_pods(facts.get("pods"), None, "hostpath-provisioner-", False)):
+        actions.append(M.WaitPods("kube-system", "hostpath-provisioner-", False, float(settings.wait_timeout),
+                                  "the hostpath provisioner"))
+    if not actions:
+        return Plan.noop(f"CoreDNS forwards to {', '.join(servers)}; storage in place")
+    return Plan(tuple(actions))
+
+
+def verify(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
+    cm = facts.get("coredns_cm") or {}
+    ups = corefile_upstreams((cm.get("data") or {}).get("Corefile", "")) or []
+    public = [u for u in ups if u in PUBLIC_RESOLVERS]
+    checks = [Check("CoreDNS upstream is not a public resolver", not public or bool(settings.dns_servers_csv),
+                    f"forwards to {' '.join(ups) or 'nothing'}", "set DNS_SERVERS_CSV"),
+              Check("CoreDNS ready", not M.not_ready_pods(facts.get("pods"), None, "coredns-", False),
+                    hint="microk8s kubectl -n kube-system describe pod -l k8s-app=kube-dns")]
+    n = node_count(facts) or 0
+    addons = (facts.get("status") or {}).get("addons") or {}
+    if n == 1:
+        checks.append(Check("hostpath-storage enabled", addons.get("hostpath-storage") == "enabled"))
+    elif addons.get("hostpath-storage") == "enabled":
+        checks.append(Check("hostpath-storage on a multi-node cluster", False,
+                            "volumes it provisions live on one node only", "use the shared PV for user data",
+                            warning=True))
+    if settings.shared_storage_enabled:
+        pvc = facts.get("pvc") or {}
+        phase = (pvc.get("status") or {}).get("phase", "missing")
+        checks.append(Check(f"PVC {SHARED_PV} bound", phase == "Bound", phase,
+                            f"microk8s kubectl -n {namespace(settings)} describe pvc {SHARED_PV}", warning=True))
+    return checks

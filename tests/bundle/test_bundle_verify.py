@@ -1,0 +1,188 @@
+"""The bundle manifest and `provision bundle verify`, on real tiny bundles built in the test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from provision.bundle import (
+    check_bundle,
+    images_for_roles,
+    load_manifest,
+    parse_manifest,
+    verify_bundle,
+    write_manifest,
+)
+from provision.config import Settings
+from provision.errors import BundleError
+from tests.bundle import bundletools as bt
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    root = tmp_path / "offline-images"
+    bt.build_bundle(root)
+    return root
+
+
+def settings(**kw) -> Settings:
+    return Settings(**kw)
+
+
+def test_complete_bundle_has_no_problems(bundle: Path):
+    assert verify_bundle(bundle, settings()) == []
+    m = check_bundle(bundle, settings())
+    assert m.snap("microk8s").classic and m.snap("microk8s").revision == "7394"
+    assert m.chart("jupyterhub", "4.2.0") is not None
+
+
+def test_docker_save_bundle_verifies_too(tmp_path: Path):
+    bt.build_bundle(tmp_path, docker_format=True)
+    assert verify_bundle(tmp_path, settings()) == []
+
+
+def test_missing_and_corrupted_files_are_each_named(bundle: Path):
+    (bundle / "charts" / "jupyterhub-4.2.0.tgz").unlink()
+    snap = bundle / "snaps" / "core20_2264.snap"
+    data = bytearray(snap.read_bytes())
+    data[10] ^= 0xFF  # same size, different bytes
+    snap.write_bytes(bytes(data))
+    tar = bundle / "images" / "jupyterhub.tar"
+    tar.write_bytes(tar.read_bytes()[:-1024])  # truncated
+    problems = verify_bundle(bundle, settings())
+    text = "\n".join(problems)
+    assert "charts/jupyterhub-4.2.0.tgz: missing" in text
+    assert "snaps/core20_2264.snap: sha256" in text and "corrupted" in text
+    assert "images/jupyterhub.tar: size" in text
+    assert len(problems) >= 3  # every problem at once, not just the first
+
+
+def test_image_a_role_needs_but_the_bundle_lacks_is_named(tmp_path: Path):
+    bt.build_bundle(tmp_path)
+    s = settings(singleuser_image="registry.lab.example/ml/notebook:2026.1")
+    problems = verify_bundle(tmp_path, s)
+    assert problems == ["image registry.lab.example/ml/notebook:2026.1 (SINGLEUSER_IMAGE) is not in the bundle"]
+
+
+def test_core_image_marked_for_gpu_only_is_reported(tmp_path: Path):
+    bt.build_bundle(tmp_path)
+    write_manifest(tmp_path, images={"images/microk8s-core.tar": ["control-plane", "worker"],
+                                     "images/jupyterhub.tar": ["control-plane", "worker"],
+                                     "images/gpu.tar": ["gpu"]},
+                   image_roles={"docker.io/calico/node:v3.25.1": ["gpu"]})
+    problems = verify_bundle(tmp_path, settings())
+    assert any("docker.io/calico/node:v3.25.1" in p and "control-plane, worker" in p for p in problems), problems
+
+
+def test_manifest_ref_not_inside_tarball_is_caught(bundle: Path):
+    """The manifest claims an image the tarball does not hold: refs come from the archive, not the name."""
+    doc = yaml.safe_load((bundle / "manifest.yaml").read_text())
+    doc["images"][0]["ref"] = "docker.io/calico/node:v9.9.9"
+    (bundle / "manifest.yaml").write_text(yaml.safe_dump(doc))
+    problems = verify_bundle(bundle)
+    assert any("does not contain docker.io/calico/node:v9.9.9" in p for p in problems), problems
+
+
+def test_wrong_digest_is_caught(bundle: Path):
+    doc = yaml.safe_load((bundle / "manifest.yaml").read_text())
+    doc["images"][1]["digest"] = "sha256:" + "0" * 64
+    (bundle / "manifest.yaml").write_text(yaml.safe_dump(doc))
+    problems = verify_bundle(bundle)
+    assert len(problems) == 1 and "manifest says sha256:0000" in problems[0]
+
+
+def test_snap_not_matching_its_assertion(bundle: Path):
+    other = bundle / "snaps" / "microk8s_7394.snap"
+    other.write_bytes(b"x" * other.stat().st_size)  # same size, re-listed with a fresh checksum
+    write_manifest(bundle, images={"images/microk8s-core.tar": ["control-plane", "worker"],
+                                   "images/jupyterhub.tar": ["control-plane", "worker"],
+                                   "images/gpu.tar": ["gpu"]})
+    problems = verify_bundle(bundle)
+    assert problems == [("snaps/microk8s_7394.snap: snap-sha3-384 differs from snaps/microk8s_7394.assert: "
+                        "they are not a pair (snap install would refuse it)")]
+
+
+def test_settings_mismatches(bundle: Path):
+    s = settings(microk8s_channel="1.31/stable", z2jh_chart_version="4.3.0", use_gpu_operator=True)
+    problems = verify_bundle(bundle, s)
+    assert any("MICROK8S_CHANNEL=1.31/stable" in p for p in problems)
+    assert any("chart jupyterhub 4.3.0" in p for p in problems)
+    assert any("chart gpu-operator v25.10.0" in p for p in problems)
+
+
+def test_malformed_manifest_lists_every_problem():
+    _m, problems = parse_manifest({"format": 2, "microk8s": {"channel": "x"},
+                                  "files": [{"path": "../etc/passwd", "sha256": "0" * 64, "size": 1}],
+                                  "images": [{"ref": "a:1", "file": "images/a.tar", "digest": "sha256:1",
+                                              "roles": ["gpu"]},
+                                             {"ref": "b:1", "file": "images/b.tar", "digest": "sha256:" + "a" * 64,
+                                              "roles": ["nope"]}]})
+    text = "\n".join(problems)
+    assert "format" in text and "microk8s.channel" in text and "files[0]" in text
+    assert "images[0]" in text and "images[1]" in text and "roles must be" in text
+
+
+def test_images_for_roles(bundle: Path):
+    m = load_manifest(bundle)
+    worker = {i.ref for i in images_for_roles(m, {"worker"})}
+    gpu_worker = {i.ref for i in images_for_roles(m, {"worker", "gpu"})}
+    assert bt.GPU not in worker and bt.GPU in gpu_worker
+    assert "docker.io/calico/node:v3.25.1" in worker
+    assert {i.ref for i in images_for_roles(m, {"npu"})} == set()
+
+
+def test_unnamed_oci_image_is_refused(tmp_path: Path):
+    (tmp_path / "images").mkdir()
+    bt.oci_archive(tmp_path / "images" / "noname.tar", ["docker.io/library/x:2.0"], name_annotation=False)
+    with pytest.raises(BundleError, match="without a name"):
+        write_manifest(tmp_path, snaps=[], charts=[])
+
+
+def test_missing_manifest_and_dir(tmp_path: Path):
+    assert verify_bundle(tmp_path / "nope") == [f"{tmp_path / 'nope'}: the bundle directory does not exist"]
+    problems = verify_bundle(tmp_path)
+    assert len(problems) == 1 and "no bundle manifest" in problems[0]
+
+
+def test_cache_skips_rehash_but_notices_changes(bundle: Path, tmp_path: Path):
+    cache = tmp_path / "cache.json"
+    assert verify_bundle(bundle, cache_file=cache) == []
+    assert cache.is_file()
+    assert verify_bundle(bundle, cache_file=cache) == []
+    tgz = bundle / "charts" / "jupyterhub-4.2.0.tgz"
+    data = bytearray(tgz.read_bytes())
+    data[-1] ^= 1
+    tgz.write_bytes(bytes(data))  # mtime changes with the write
+    assert any("corrupted" in p for p in verify_bundle(bundle, cache_file=cache))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "provision", *args], check=False, capture_output=True, text=True, timeout=60)
+
+
+def test_cli_verify_ok_and_exit_3(bundle: Path, tmp_path: Path):
+    env = tmp_path / "jhub.env"
+    env.write_text("SINGLEUSER_IMAGE=quay.io/jupyterhub/k8s-singleuser-sample:4.2.0\n")
+    ok = _cli("bundle", "verify", "--bundle", str(bundle), "--env", str(env))
+    assert ok.returncode == 0, ok.stderr
+    assert "OK: 8 files" in ok.stdout
+    (bundle / "images" / "gpu.tar").unlink()
+    (bundle / "snaps" / "core20_2264.assert").write_text("tampered")
+    bad = _cli("bundle", "verify", "--bundle", str(bundle), "--env", str(env))
+    assert bad.returncode == 3
+    assert "images/gpu.tar: missing" in bad.stderr and "snaps/core20_2264.assert" in bad.stderr
+    assert "Traceback" not in bad.stderr and "2 problems" in bad.stderr
+
+
+def test_cli_list_and_manifest(bundle: Path):
+    (bundle / "manifest.yaml").unlink()
+    made = _cli("bundle", "manifest", "--bundle", str(bundle), "--roles", "images/gpu.tar=gpu")
+    assert made.returncode == 0, made.stderr
+    out = _cli("bundle", "list", "--bundle", str(bundle), "--role", "gpu")
+    assert out.returncode == 0 and bt.GPU in out.stdout and "calico" not in out.stdout
+    bad = _cli("bundle", "manifest", "--bundle", str(bundle), "--roles", "images/gpu.tar=gpus")
+    assert bad.returncode == 2 and "expected TARBALL=ROLE" in bad.stderr

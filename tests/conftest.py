@@ -1,0 +1,43 @@
+"""Shared fixtures: test hosts with a real sshd (see tests/harness/README.md).
+
+`ssh_hosts`: a session-wide pool of 3 Ubuntu 24.04 hosts (login `ubuntu`, key auth, NOPASSWD sudo);
+tests must leave them as they found them. `fresh_hosts(n, **options)`: hosts of your own for
+destructive tests, removed when the test ends. Both skip the test when not root or a tool is missing.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def _harness_or_skip(path):
+    from tests.harness.hosts import Harness, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    return Harness(path)
+
+
+@pytest.fixture(scope="session")
+def ssh_hosts(tmp_path_factory):
+    harness = _harness_or_skip(tmp_path_factory.mktemp("ssh-hosts"))
+    try:
+        yield harness.up(3, ubuntu="24.04")
+    finally:
+        harness.down()
+
+
+@pytest.fixture
+def fresh_hosts(tmp_path_factory):
+    """Factory: fresh_hosts(n=1, ubuntu="24.04", sudo="nopasswd"|"password"|"none", password_auth=False, ...)."""
+    harness = _harness_or_skip(tmp_path_factory.mktemp("fresh-hosts"))
+
+    def make(n: int = 1, **options):
+        return harness.up(n, **options)
+
+    make.harness = harness
+    try:
+        yield make
+    finally:
+        harness.down()

@@ -1,0 +1,233 @@
+"""The long-running MicroK8s services of one node, as one process started by `microk8s start`:
+
+* kubelet stand-in on :10250 (plain HTTP, /sim/status): readiness, the images in this node's REAL
+  containerd, CPU/memory and the accelerators the device plugins would advertise;
+* cluster agent on :25000 (TLS with certs/server.crt, whose DER sha256 the join string carries):
+  token check and consumption for `microk8s join`, image import for `microk8s images import`;
+* kube-apiserver stand-in on :16443 plus the reconcile loop, unless this node joined as a worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from . import paths
+from .state import host_config, read_json, updating
+
+
+def ctr_images() -> list[dict]:
+    """(ref, digest) of every image in namespace k8s.io, from `ctr images ls` of the real containerd."""
+    try:
+        out = subprocess.run(["ctr", "--address", paths.CONTAINERD_SOCK, "--namespace", "k8s.io", "images", "ls"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    images = []
+    for line in out.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 3:
+            images.append({"ref": parts[0], "digest": parts[2]})
+    return images
+
+
+def sandbox_image() -> str:
+    try:
+        for line in Path(paths.ARGS, "containerd-template.toml").read_text().splitlines():
+            if line.strip().startswith("sandbox_image"):
+                return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return "registry.k8s.io/pause:3.7"
+
+
+def node_info() -> dict:
+    os_image = "Linux"
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_image = line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return {"kubeletVersion": "v1.30.14", "kubeProxyVersion": "v1.30.14", "containerRuntimeVersion":
+            "containerd://" + _containerd_version(), "osImage": os_image, "kernelVersion": os.uname().release,
+            "operatingSystem": "linux", "architecture": "amd64", "machineID": "", "systemUUID": "", "bootID": ""}
+
+
+def _containerd_version() -> str:
+    try:
+        out = subprocess.run(["containerd", "--version"], capture_output=True, text=True, timeout=5).stdout.split()
+        return out[2].split("~")[0] if len(out) > 2 else "1.6.20"
+    except (OSError, subprocess.TimeoutExpired):
+        return "1.6.20"
+
+
+def kubelet_status(master: str) -> dict:
+    cfg = host_config()
+    cluster = read_json(paths.SIM_CLUSTER, {}) or {}
+    my_master = cluster.get("master") or cfg.get("ip")
+    from . import faults
+    mem_kib = cfg.get("memory_kib") or _meminfo_kib()
+    return {"name": cfg.get("name"), "ready": not faults.armed("not-ready"), "cluster_ok": master == my_master,
+            "images": ctr_images(), "sandbox_image": sandbox_image(), "cpu": cfg.get("cpu") or os.cpu_count(),
+            "memory_kib": mem_kib, "gpus": cfg.get("gpus", 0), "gpu_model": cfg.get("gpu_model", ""),
+            "npus": cfg.get("npus", 0), "npu_resource": cfg.get("npu_resource", "huawei.com/Ascend910"),
+            "rdma": cfg.get("rdma", False), "node_info": node_info()}
+
+
+def _meminfo_kib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1])
+    return 8 * 2**20
+
+
+class KubeletHandler(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        if not self.path.startswith("/sim/status"):
+            self.send_error(404)
+            return
+        master = self.path.partition("master=")[2] or self.client_address[0]
+        body = json.dumps(kubelet_status(master)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+# ---- cluster agent -------------------------------------------------------------------------------
+
+def read_tokens() -> list[tuple[str, float | None]]:
+    out = []
+    try:
+        for line in Path(paths.CLUSTER_TOKENS).read_text().splitlines():
+            tok, _, exp = line.strip().partition("|")
+            if tok:
+                out.append((tok, float(exp) if exp else None))
+    except OSError:
+        pass
+    return out
+
+
+def consume_token(token: str) -> bool:
+    """Valid if listed and unexpired; a token without expiry is removed on use (ConsumeClusterToken)."""
+    from .state import locked
+    with locked(paths.CLUSTER_TOKENS):
+        tokens = read_tokens()
+        ok = False
+        keep = []
+        for tok, exp in tokens:
+            if tok == token and (exp is None or exp > time.time()):
+                ok = True
+                if exp is not None:
+                    keep.append((tok, exp))
+            elif exp is None or exp > time.time():
+                keep.append((tok, exp))
+        Path(paths.CLUSTER_TOKENS).write_text("".join(f"{t}|{int(e)}\n" if e else f"{t}\n" for t, e in keep))
+        os.chmod(paths.CLUSTER_TOKENS, 0o600)
+        return ok
+
+
+class AgentHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def _reply(self, code: int, obj: dict) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n) if n else b""
+        if self.path.startswith("/cluster/api/v2.0/join"):
+            return self._join(json.loads(body or b"{}"))
+        if self.path.startswith("/cluster/api/v2.0/image/import"):
+            tmp = Path(paths.SIM_RUN, f"import-{os.getpid()}-{threading.get_ident()}.tar")
+            tmp.write_bytes(body)
+            r = subprocess.run(["ctr", "--address", paths.CONTAINERD_SOCK, "--namespace", "k8s.io", "images",
+                                "import", str(tmp)], capture_output=True, text=True)
+            tmp.unlink(missing_ok=True)
+            return self._reply(200 if r.returncode == 0 else 500, {"output": r.stdout + r.stderr})
+        self._reply(404, {"error": "not found"})
+
+    def _join(self, req: dict) -> None:
+        server = self.server
+        if getattr(server, "api", None) is None:
+            return self._reply(500, {"error": "This node is not a control plane node."})
+        if not consume_token(req.get("token", "")):
+            return self._reply(500, {"error": "Invalid token"})
+        name, ip, worker = req["hostname"].lower(), self.client_address[0], bool(req.get("worker"))
+        from .nodes import register_node
+        register_node(server.api.store, name, ip, worker=worker)
+        if not worker:
+            with updating(paths.SIM_CLUSTER, {}) as c:
+                c.setdefault("voters", [host_config().get("ip")])
+                if ip not in c["voters"]:
+                    c["voters"].append(ip)
+        server.api.kick.set()
+        ca = Path(paths.CERTS, "ca.crt").read_text()
+        self._reply(200, {"ca": ca, "master_ip": host_config().get("ip"), "api_port": paths.API_PORT,
+                          "voters": (read_json(paths.SIM_CLUSTER, {}) or {}).get("voters", [])})
+
+
+class AgentServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    api = None
+
+
+def main() -> int:
+    cfg = host_config()
+    Path(paths.SIM_RUN).mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    servers = []
+    kubelet = ThreadingHTTPServer(("0.0.0.0", paths.KUBELET_PORT), KubeletHandler)
+    kubelet.daemon_threads = True
+    servers.append(kubelet)
+    agent = AgentServer(("0.0.0.0", paths.AGENT_PORT), AgentHandler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(f"{paths.CERTS}/server.crt", f"{paths.CERTS}/server.key")
+    agent.socket = ctx.wrap_socket(agent.socket, server_side=True)
+    servers.append(agent)
+    cluster = read_json(paths.SIM_CLUSTER, {}) or {}
+    if cluster.get("role") != "worker":
+        from .apiserver import ApiServer
+        from .nodes import bootstrap
+        from .store import Store
+        store = Store(paths.SIM_APISTORE)
+        bootstrap(store, cfg)
+        api = ApiServer(("0.0.0.0", paths.API_PORT), store, paths.CERTS)
+        agent.api = api
+        servers.append(api)
+        threading.Thread(target=api.reconcile_forever, args=(stop,), daemon=True).start()
+    for s in servers:
+        threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+    print(f"sim daemon up on {socket.gethostname()}: {[s.server_address[1] for s in servers]}", flush=True)
+    stop.wait()
+    for s in servers:
+        s.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

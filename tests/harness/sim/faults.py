@@ -1,0 +1,130 @@
+"""Faults on demand, per host: files under the host's /var/lib/provision-sim/faults that the stand-ins
+read. Tests call the functions here from outside, with `root` = the host's root directory as the test
+process sees it (e.g. /proc/<host init pid>/root); the stand-ins call `take_command_fault` and
+`armed` from inside.
+
+Kinds:
+  command       the next N invocations whose argv starts with `match` fail with rc and stderr
+  join-halfway  `microk8s join` fails after the control node consumed the token (the token is gone)
+  not-ready     the node's kubelet reports NotReady (cleared with `clear`)
+  link-down     (network) eth0 of the host goes down; done with `ip`, not with a file
+  image-missing (containerd) the image is really removed from the node's containerd
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import uuid
+from pathlib import Path
+
+from . import paths
+
+
+def _dir(root: Path | str) -> Path:
+    return Path(root) / paths.SIM_FAULTS.lstrip("/")
+
+
+def _arm(root: Path | str, kind: str, **data) -> Path:
+    d = _dir(root)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{kind}-{uuid.uuid4().hex[:8]}.json"
+    path.write_text(json.dumps(dict(data, kind=kind)))
+    return path
+
+
+def fail_command(root: Path | str, match: str, *, rc: int = 1, stderr: str = "", stdout: str = "",
+                 times: int = 1) -> Path:
+    """Make the next `times` commands whose argv starts with `match` (e.g. "snap install") fail."""
+    return _arm(root, "command", match=shlex.split(match), rc=rc, stderr=stderr, stdout=stdout, times=times)
+
+
+def join_fails_halfway(root: Path | str) -> Path:
+    """Arm on the JOINING host: its next join consumes the token on the control node, then fails."""
+    return _arm(root, "join-halfway", times=1)
+
+
+def node_not_ready(root: Path | str) -> Path:
+    """The host's kubelet stops reporting Ready until `clear(root, "not-ready")`."""
+    return _arm(root, "not-ready", times=-1)
+
+
+def clear(root: Path | str, kind: str | None = None) -> None:
+    for f in _dir(root).glob("*.json"):
+        if kind is None or f.name.startswith(kind + "-"):
+            f.unlink(missing_ok=True)
+
+
+def link_down(netns: str, ifname: str = "eth0") -> None:
+    """Take the host's link down (its SSH, API and agent become unreachable)."""
+    subprocess.run(["ip", "-n", netns, "link", "set", ifname, "down"], check=True)
+
+
+def link_up(netns: str, ifname: str = "eth0", gateway: str | None = None) -> None:
+    subprocess.run(["ip", "-n", netns, "link", "set", ifname, "up"], check=True)
+    if gateway:  # bringing a link down drops its routes
+        subprocess.run(["ip", "-n", netns, "route", "replace", "default", "via", gateway], check=True)
+
+
+def remove_image(root: Path | str, ref: str) -> subprocess.CompletedProcess:
+    """Really delete an image from the host's containerd (through the socket under its root)."""
+    sock = str(Path(root) / paths.CONTAINERD_SOCK.lstrip("/"))
+    return subprocess.run(["ctr", "--address", sock, "--namespace", "k8s.io", "images", "rm", ref],
+                          capture_output=True, text=True)
+
+
+# ---- used by the stand-ins, inside the host --------------------------------------------------------
+
+def _consume(path: Path, data: dict) -> None:
+    times = data.get("times", 1)
+    if times == -1:
+        return
+    if times <= 1:
+        path.unlink(missing_ok=True)
+    else:
+        data["times"] = times - 1
+        path.write_text(json.dumps(data))
+
+
+def take_command_fault(argv: list[str]) -> dict | None:
+    """The armed command fault matching argv (consumed), or None."""
+    for path in sorted(_dir("/").glob("command-*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        match = data.get("match", [])
+        if argv[: len(match)] == match:
+            _consume(path, data)
+            return data
+    return None
+
+
+def take(kind: str) -> bool:
+    """True (and consumed, unless permanent) when a fault of `kind` is armed on this host."""
+    for path in sorted(_dir("/").glob(f"{kind}-*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        _consume(path, data)
+        return True
+    return False
+
+
+def armed(kind: str) -> bool:
+    return any(_dir("/").glob(f"{kind}-*.json"))
+
+
+def apply_command_fault(argv: list[str]) -> None:
+    """Entry hook of every stand-in: exit with the armed fault's rc/output when one matches."""
+    fault = take_command_fault(argv)
+    if fault is not None:
+        import sys
+        if fault.get("stdout"):
+            sys.stdout.write(fault["stdout"])
+        sys.stderr.write(fault.get("stderr") or f"simulated failure of {' '.join(argv)}\n")
+        sys.stdout.flush()
+        os._exit(fault.get("rc", 1))

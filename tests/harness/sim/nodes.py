@@ -1,0 +1,69 @@
+"""Bootstrap of a fresh control plane's objects and Node registration (what kubelite, the install hook,
+the reconcile hook and the cluster agent do on a real node)."""
+
+from __future__ import annotations
+
+import os
+
+from . import addons, paths
+from .store import Store, now
+
+
+def node_object(name: str, ip: str, worker: bool) -> dict:
+    role = ("node.kubernetes.io/microk8s-worker", "microk8s-worker") if worker else \
+        ("node.kubernetes.io/microk8s-controlplane", "microk8s-controlplane")
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {
+                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                "beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": "amd64",
+                "microk8s.io/cluster": "true", role[0]: role[1]},
+                "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
+            "spec": {},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+                       "conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady",
+                                       "message": "container runtime network not ready",
+                                       "lastHeartbeatTime": now(), "lastTransitionTime": now()}],
+                       "daemonEndpoints": {"kubeletEndpoint": {"Port": paths.KUBELET_PORT}}}}
+
+
+def register_node(store: Store, name: str, ip: str, worker: bool) -> None:
+    res = store.kind("Node")
+    if store.find(res, "", name) is None:
+        store.put_internal(node_object(name, ip, worker))
+        store.save()
+
+
+def bootstrap(store: Store, cfg: dict) -> None:
+    """First start: namespaces, service/kubernetes, this node, Calico (90-calico-apply, once) and the dns
+    addon when the default launch configuration applies (no /etc/microk8s.yaml etc.)."""
+    ns_res = store.kind("Namespace")
+    for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
+        if store.find(ns_res, "", ns) is None:
+            store.put_internal({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+                "name": ns, "labels": {"kubernetes.io/metadata.name": ns}}, "spec": {"finalizers": ["kubernetes"]},
+                "status": {"phase": "Active"}})
+    svc = store.kind("Service")
+    if store.find(svc, "default", "kubernetes") is None:
+        store.put_internal({"apiVersion": "v1", "kind": "Service", "metadata": {
+            "name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": "10.152.183.1", "type": "ClusterIP",
+                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": paths.API_PORT}]}})
+    register_node(store, cfg["name"], cfg["ip"], worker=False)
+    lock = os.path.join(paths.LOCKS, "cni-loaded")
+    if not os.path.exists(lock):
+        for obj in addons.calico():
+            _create(store, obj)
+        open(lock, "w").close()
+    dns_lock = os.path.join(paths.SIM, "dns-bootstrapped")
+    if not os.path.exists(dns_lock):
+        if not any(os.path.exists(p) for p in ("/etc/microk8s.yaml", paths.SNAP_COMMON + "/.microk8s.yaml")):
+            for obj in addons.coredns(addons.find_upstreams()):
+                _create(store, obj)
+        open(dns_lock, "w").close()
+    store.save()
+
+
+def _create(store: Store, obj: dict) -> None:
+    res = store.kind(obj["kind"], obj["apiVersion"])
+    if store.find(res, obj["metadata"].get("namespace", ""), obj["metadata"]["name"]) is None:
+        store.create(res, obj["metadata"].get("namespace", ""), obj)

@@ -1,0 +1,41 @@
+"""What a simulated host has: accelerators per node from `--gpu NODE=COUNTxMODEL` / `--npu NODE=...`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+NPU_RESOURCES = (("310P", "huawei.com/Ascend310P"), ("310", "huawei.com/Ascend310"), ("910", "huawei.com/Ascend910"))
+
+
+@dataclass
+class SimSpec:
+    gpus: dict[str, tuple[int, str]] = field(default_factory=dict)   # node ref -> (count, model)
+    npus: dict[str, tuple[int, str]] = field(default_factory=dict)
+    firewalld: set[str] = field(default_factory=set)                  # node refs with firewalld instead of ufw
+
+    @staticmethod
+    def parse_device(text: str) -> tuple[str, int, str]:
+        m = re.fullmatch(r"([\w.-]+)=(\d+)x([\w.-]+)", text)
+        if not m:
+            raise ValueError(f"expected NODE=COUNTxMODEL (e.g. node2=8xH100), got {text!r}")
+        return m.group(1), int(m.group(2)), m.group(3)
+
+
+def matches(ref: str, name: str, index: int) -> bool:
+    """A node ref names a host by name (h2), or by position as nodeN / N (1-based)."""
+    return ref == name or ref in (f"node{index}", str(index))
+
+
+def host_config(spec: SimSpec, name: str, index: int, ip: str, python: str) -> dict:
+    from .standins.nvidia_smi import MODELS
+    cfg: dict = {"name": name, "ip": ip, "python": python, "gpus": 0, "npus": 0}
+    for ref, (count, model) in spec.gpus.items():
+        if matches(ref, name, index):
+            cfg.update(gpus=count, gpu_model_key=model, gpu_model=MODELS.get(model, (model,))[0])
+    for ref, (count, model) in spec.npus.items():
+        if matches(ref, name, index):
+            resource = next(r for k, r in NPU_RESOURCES if k in model or k == "910")
+            cfg.update(npus=count, npu_model=model, npu_resource=resource)
+    cfg["firewall"] = "firewalld" if any(matches(r, name, index) for r in spec.firewalld) else "ufw"
+    return cfg

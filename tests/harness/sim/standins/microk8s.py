@@ -1,0 +1,595 @@
+"""`microk8s` stand-in, following microk8s.md section by section: wrapper dispatch and permission
+check (§1), status (§2), add-node (§3), join over the network to the control node's agent (§4), leave /
+remove-node (§5), enable/disable (§6), ctr / images import backed by the real containerd (§7), config,
+kubectl and helm3 (§8)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .. import paths, services
+from ..state import host_config, read_json, updating
+
+NOT_RUNNING = "microk8s is not running, try microk8s start"
+WORKER_MSG = "This MicroK8s deployment is acting as a node in a cluster. Please use the microk8s {} on the master."
+PERMS = ("Insufficient permissions to access MicroK8s.\nYou can either try again with sudo or add the user {user} "
+         "to the 'microk8s' group:\n\n    sudo usermod -a -G microk8s {user}\n    sudo chown -R $USER ~/.kube\n\n"
+         "After this, reload the user groups either via a reboot or by running 'newgrp microk8s'.\n")
+INVALID_CONN = "Invalid connection: Expected format: <master_IP>:<master_PORT>/<token>[/<fingerprint>]"
+
+
+def _is_worker() -> bool:
+    return os.path.exists(paths.CLUSTERED_LOCK)
+
+
+def _stopped() -> bool:
+    return os.path.exists(paths.STOPPED_LOCK)
+
+
+def _check_permissions() -> bool:
+    if os.access(paths.CLIENT_CONFIG, os.R_OK):
+        return True
+    import getpass
+    sys.stderr.write(PERMS.format(user=getpass.getuser()))
+    return False
+
+
+def _api():
+    from ..kube import Api
+    return Api()
+
+
+# ---- status --------------------------------------------------------------------------------------
+
+def cluster_ready(api) -> bool:
+    """is_cluster_ready: service/kubernetes exists and a node is ' Ready '."""
+    try:
+        svc = api.request("GET", "/api/v1/namespaces/default/services/kubernetes")
+        nodes = api.request("GET", "/api/v1/nodes")["items"]
+    except Exception:   # API down or refusing: "not ready", exactly as the kubectl probe would see it
+        return False
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for n in nodes
+                for c in n.get("status", {}).get("conditions", []))
+    return bool(svc) and ready
+
+
+def addon_states(api) -> list[tuple[str, str, str, str, bool]]:
+    from ..addons import CORE_ADDONS
+    found = set()
+    try:
+        for path in ("/api/v1/pods", "/apis/apps/v1/deployments"):
+            kind = "pod" if "pods" in path else "deployment.apps"
+            for o in api.request("GET", path)["items"]:
+                found.add(f"{kind}/{o['metadata']['name']}")
+    except Exception:
+        pass
+    out = []
+    for name, (desc, version, check) in sorted(CORE_ADDONS.items()):
+        if check.startswith("${"):
+            path = check.replace("${SNAP_DATA}", paths.SNAP_DATA).replace("${SNAP_COMMON}", paths.SNAP_COMMON) \
+                .replace("${SNAP}", paths.SNAP)
+            enabled = os.path.exists(path)
+        else:
+            enabled = any(f.startswith(check) for f in found)
+        out.append((name, "core", desc, version, enabled))
+    return out
+
+
+def _ha_nodes() -> list[tuple[str, str]]:
+    ip = host_config().get("ip")
+    voters = (read_json(paths.SIM_CLUSTER, {}) or {}).get("voters") or [ip]
+    return [(f"{v}:19001", "voter") for v in voters]
+
+
+def cmd_status(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="microk8s status", add_help=True)
+    p.add_argument("--format", choices=["pretty", "yaml", "short"], default="pretty")
+    p.add_argument("-w", "--wait-ready", action="store_true")
+    p.add_argument("-t", "--timeout", type=int, default=0)
+    p.add_argument("-a", "--addon")
+    p.add_argument("--yaml", action="store_true")
+    a = p.parse_args(argv)
+    if _is_worker():
+        print("This MicroK8s deployment is acting as a node in a cluster.\nPlease use the control plane node.")
+        return 0
+    if not _check_permissions():
+        return 1
+    if _stopped():
+        print(NOT_RUNNING)
+        return 0
+    if os.path.exists(os.path.join(paths.LOCKS, "low-memory-guard.lock")):
+        print("This node does not have enough RAM to host the Kubernetes control plane services")
+        return 1
+    api = _api()
+    ready = cluster_ready(api)
+    if a.wait_ready:
+        start = time.monotonic()
+        while not ready and (a.timeout == 0 or time.monotonic() - start < a.timeout):
+            time.sleep(2)
+            ready = cluster_ready(api)
+    ha = os.path.exists(paths.HA_LOCK)
+    if not ready:
+        if a.format == "yaml":
+            print(f"microk8s:\n  running: False\nhigh-availability:\n  enabled: {ha}\n  message: microk8s is not "
+                  "running. Use microk8s inspect for a deeper inspection.")
+        else:
+            print("microk8s is not running. Use microk8s inspect for a deeper inspection.")
+        return 1
+    states = addon_states(api)
+    if a.addon:
+        name = a.addon.split("/")[-1]
+        match = [s for s in states if s[0] == name]
+        if not match:
+            print(f"Addon {a.addon} not found")
+            return 1
+        print("enabled" if match[0][4] else "disabled")
+        return 0
+    nodes = _ha_nodes()
+    if a.format == "yaml":
+        out = ["microk8s:", "  running: True", "high-availability:", f"  enabled: {ha}"]
+        if ha:
+            out.append("  nodes:")
+            for addr, role in nodes:
+                out += [f"    - address: {addr}", f"      role: {role}"]
+        out.append("addons:")
+        for name, repo, desc, version, enabled in states:
+            out += [f"  - name: {name}", f"    repository: {repo}", f"    description: {desc}",
+                    f"    version: {version}", f"    status: {'enabled' if enabled else 'disabled'}"]
+        print("\n".join(out))
+    elif a.format == "short" or a.yaml:
+        print("microk8s is running\naddons:")
+        for name, repo, _, _, enabled in states:
+            print(f"{repo}/{name}: {'enabled' if enabled else 'disabled'}")
+    else:
+        voters = [n for n, r in nodes if r == "voter"]
+        print("microk8s is running")
+        print(f"high-availability: {'yes' if len(voters) >= 3 else 'no'}")
+        print(f"  datastore master nodes: {' '.join(voters)}")
+        print("  datastore standby nodes: none")
+        print("addons:")
+        for label, want in (("enabled", True), ("disabled", False)):
+            print(f"  {label}:")
+            for name, repo, desc, _, enabled in states:
+                if enabled == want:
+                    print("{:>3} {:<20} # ({}) {}".format("", name, repo, desc))
+    return 0
+
+
+# ---- start / stop --------------------------------------------------------------------------------
+
+def cmd_start(argv: list[str]) -> int:
+    Path(paths.STOPPED_LOCK).unlink(missing_ok=True)
+    services.start_all()
+    return 0
+
+
+def cmd_stop(argv: list[str]) -> int:
+    services.stop_all()
+    Path(paths.STOPPED_LOCK).touch()
+    print("Stopped.")
+    return 0
+
+
+# ---- add-node / join / leave / remove-node -------------------------------------------------------
+
+def _server_check() -> str:
+    from ..certs import der_sha256
+    return der_sha256(Path(paths.CERTS, "server.crt").read_bytes())[:12]
+
+
+def _all_ips() -> list[str]:
+    out = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+    return [ip for ip in out if ":" not in ip and not ip.startswith("169.254.")]
+
+
+def cmd_add_node(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="microk8s add-node")
+    p.add_argument("-l", "--token-ttl", type=int, default=-1)
+    p.add_argument("-t", "--token")
+    p.add_argument("--format", choices=["pretty", "short", "token", "token-check", "json", "yaml"], default="pretty")
+    a = p.parse_args(argv)
+    if _is_worker():
+        print("This MicroK8s deployment is acting as a node in a cluster. Please use the microk8s add-node on "
+              "the master.")
+        return 1
+    token = a.token or secrets.token_hex(16)
+    if len(token) < 32:
+        print("Invalid token size.  It must be 32 characters long.")
+        return 1
+    with updating(paths.CLUSTER_TOKENS + ".sim", {}):   # serialise with the agent's consumption
+        with open(paths.CLUSTER_TOKENS, "a") as f:
+            f.write(f"{token}|{int(time.time() + a.token_ttl)}\n" if a.token_ttl > 0 else f"{token}\n")
+    check = _server_check()
+    default = host_config().get("ip")
+    ips = [default] + [ip for ip in _all_ips() if ip != default]
+    urls = [f"{ip}:{paths.AGENT_PORT}/{token}/{check}" for ip in ips]
+    if a.format == "json":
+        print(json.dumps({"token": f"{token}/{check}", "urls": urls}, indent=2))
+    elif a.format == "yaml":
+        import yaml
+        print(yaml.dump({"token": f"{token}/{check}", "urls": urls}), end="")
+    elif a.format == "token":
+        print(token)
+    elif a.format == "token-check":
+        print(f"{token}/{check}")
+    elif a.format == "short":
+        for u in urls:
+            print(f"microk8s join {u}")
+    else:
+        print("From the node you wish to join to this cluster, run the following:")
+        print(f"microk8s join {urls[0]}\n")
+        print("Use the '--worker' flag to join a node as a worker not running the control plane, eg:")
+        print(f"microk8s join {urls[0]} --worker\n")
+        print("If the node you are adding is not reachable through the default interface you can use one of the "
+              "following:")
+        for u in urls:
+            print(f"microk8s join {u}")
+    return 0
+
+
+def _parse_connection(conn: str) -> tuple[str, int, str, str] | str:
+    import ipaddress
+    parts = conn.split("/")
+    if len(parts) not in (2, 3):
+        return INVALID_CONN
+    hostport = parts[0].split(":")
+    if len(hostport) != 2:
+        return INVALID_CONN
+    try:
+        ipaddress.ip_address(hostport[0])
+    except ValueError:
+        return f"{INVALID_CONN}\nInvalid master IP"
+    try:
+        port = int(hostport[1])
+        assert 0 < port < 65536
+    except (ValueError, AssertionError):
+        return f"{INVALID_CONN}\nInvalid master port"
+    if len(parts[1]) < 32:
+        return f"{INVALID_CONN}\nInvalid token size"
+    if len(parts) == 3 and len(parts[2]) < 12:
+        return f"{INVALID_CONN}\nInvalid fingerprint size"
+    return hostport[0], port, parts[1], parts[2] if len(parts) == 3 else ""
+
+
+def cmd_join(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="microk8s join")
+    p.add_argument("connection")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--worker", action="store_true")
+    g.add_argument("--controlplane", action="store_true")
+    p.add_argument("--skip-verify", action="store_true")
+    p.add_argument("--disable-low-memory-guard", action="store_true")
+    a = p.parse_args(argv)
+    parsed = _parse_connection(a.connection)
+    if isinstance(parsed, str):
+        print(parsed)
+        return 1
+    ip, port, token, fingerprint = parsed
+    if os.path.exists(paths.SNAP_COMMON + "/default-storage"):
+        print("WARNING: Hostpath storage is enabled and is not suitable for multi node clusters.\n")
+    if os.path.exists(os.path.join(paths.LOCKS, "low-memory-guard.lock")) and not (a.worker or a.disable_low_memory_guard):
+        print("This node does not have enough RAM to host the Kubernetes control plane services, use --worker")
+        return 1
+    print(f"Contacting cluster at {ip}")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    body = json.dumps({"token": token, "hostname": socket.gethostname(), "port": paths.AGENT_PORT,
+                       "worker": a.worker}).encode()
+    try:
+        with socket.create_connection((ip, port), timeout=30) as raw, ctx.wrap_socket(raw) as tls:
+            if fingerprint and not a.skip_verify:
+                import hashlib
+                peer = hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
+                if not peer.startswith(fingerprint):
+                    print(f"Join failed. Certificate fingerprint mismatch ({fingerprint}).")
+                    return 1
+            tls.sendall(b"POST /cluster/api/v2.0/join HTTP/1.1\r\nHost: " + ip.encode() +
+                        b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() +
+                        b"\r\nConnection: close\r\n\r\n" + body)
+            resp = b""
+            while chunk := tls.recv(65536):
+                resp += chunk
+    except OSError as e:
+        print(f"Connection failed. {e}")
+        return 1
+    head, _, payload = resp.partition(b"\r\n\r\n")
+    code = int(head.split()[1]) if head else 500
+    data = json.loads(payload or b"{}")
+    if code != 200:
+        print(f"Connection failed. {data.get('error', 'unknown error')} ({code}).")
+        return 1
+    from .. import faults
+    if faults.take("join-halfway"):
+        print("Failed to join cluster. Error code 500.")
+        return 1
+    services.stop("daemon")
+    with updating(paths.SIM_CLUSTER, {}) as c:
+        c.update(role="worker" if a.worker else "controlplane", master=data["master_ip"],
+                 voters=data.get("voters", []))
+    Path(paths.CERTS, "ca.remote.crt").write_text(data["ca"])
+    if a.worker:
+        Path(paths.CLUSTERED_LOCK).touch()
+        Path(paths.ARGS, "apiserver-proxy").write_text(f"--traefik-config {paths.SNAP_DATA}/args/traefik/provider.yaml\n")
+        Path(paths.ARGS, "traefik").mkdir(exist_ok=True)
+        Path(paths.ARGS, "traefik", "provider.yaml").write_text(
+            f"tcp:\n  routers:\n    Router-1:\n      rule: HostSNI(`*`)\n      service: kube-apiserver\n"
+            f"  services:\n    kube-apiserver:\n      loadBalancer:\n        servers:\n"
+            f"        - address: {data['master_ip']}:{paths.API_PORT}\n")
+    else:
+        print("Waiting for this node to finish joining the cluster. .. .. ")
+        from ..services import write_client_config
+        write_client_config(paths.CERTS, paths.CLIENT_CONFIG)
+    services.start_daemon()
+    if a.worker:
+        print("\nThe node has joined the cluster and will appear in the nodes list in a few seconds.\n\n"
+              "This worker node gets automatically configured with the API server endpoints.\n"
+              "If the API servers are behind a loadbalancer please set the '--refresh-interval' to '0s' in:\n"
+              "    /var/snap/microk8s/current/args/apiserver-proxy\n"
+              "and replace the API server endpoints with the one provided by the loadbalancer in:\n"
+              "    /var/snap/microk8s/current/args/traefik/provider.yaml\n")
+    print("Successfully joined the cluster.")
+    return 0
+
+
+def cmd_leave(argv: list[str]) -> int:
+    cluster = read_json(paths.SIM_CLUSTER, {}) or {}
+    if cluster.get("role") not in ("worker", "controlplane"):
+        print("This MicroK8s deployment is not acting as a node in a cluster.")
+        return 1
+    if _stopped():
+        sys.stderr.write(NOT_RUNNING + "\n")
+        return 1
+    print("Generating new cluster certificates.\nWaiting for node to start. ")
+    services.stop("daemon")
+    Path(paths.CLUSTERED_LOCK).unlink(missing_ok=True)
+    Path(paths.SIM_APISTORE).unlink(missing_ok=True)
+    for f in ("cni-loaded",):
+        Path(paths.LOCKS, f).unlink(missing_ok=True)
+    Path(paths.SIM, "dns-bootstrapped").unlink(missing_ok=True)
+    with updating(paths.SIM_CLUSTER, {}) as c:
+        c.clear()
+        c["role"] = "standalone"
+    services.start_daemon()
+    return 0
+
+
+def cmd_remove_node(argv: list[str]) -> int:
+    if _is_worker():
+        print("This MicroK8s deployment is acting as a node in a cluster. Please use the microk8s remove-node on "
+              "the master.")
+        return 1
+    args = [a for a in argv if a != "--force"]
+    force = "--force" in argv
+    if len(args) != 1:
+        print("Please provide the node you want to remove.")
+        return 1
+    target = args[0]
+    api = _api()
+    nodes = api.request("GET", "/api/v1/nodes")["items"]
+    name = None
+    for n in nodes:
+        ips = [x["address"] for x in n.get("status", {}).get("addresses", []) if x["type"] == "InternalIP"]
+        if n["metadata"]["name"] == target or target in ips:
+            name, ip = n["metadata"]["name"], (ips or [""])[0]
+    if name is None:
+        print(f"Node {target} does not exist in Kubernetes.")
+        return 1
+    cluster = read_json(paths.SIM_CLUSTER, {}) or {}
+    if ip in (cluster.get("voters") or []) and ip != host_config().get("ip"):
+        if not force:
+            print(f"Removal failed. Node {target} is registered with dqlite. Please, run first 'microk8s leave' on "
+                  "the departing node. \nIf the node is not available anymore and will never attempt to join the "
+                  "cluster in the future use the '--force' flag \nto unregister the node while removing it.")
+            return 1
+        with updating(paths.SIM_CLUSTER, {}) as c:
+            c["voters"] = [v for v in c.get("voters", []) if v != ip]
+    api.request("DELETE", f"/api/v1/nodes/{name}")
+    return 0
+
+
+# ---- enable / disable ----------------------------------------------------------------------------
+
+def cmd_enable(argv: list[str], enable: bool = True) -> int:
+    from ..addons import CORE_ADDONS, coredns, find_upstreams, hostpath_storage
+    if not argv:
+        print("Usage: microk8s enable ADDON")
+        return 1
+    names = [i.split(":")[0].split("/")[-1] for i in argv]
+    if len(argv) > 1 and all(n in CORE_ADDONS for n in names):
+        items, extra = argv, []
+        sys.stderr.write("WARNING: Do not enable or disable multiple addons in one command.\n"
+                         "         This form of chained operations on addons will be DEPRECATED in the future.\n")
+    else:
+        items, extra = [argv[0]], argv[1:]
+    api = _api()
+    rc = 0
+    for item in items:
+        name, _, colon_args = item.partition(":")
+        repo, _, short = name.rpartition("/")
+        if short not in CORE_ADDONS:
+            print(f"Addon {name} was not found in any repository")
+            return 1
+        if not repo:
+            sys.stderr.write(f"Infer repository core for addon {short}\n")
+        states = {s[0]: s[4] for s in addon_states(api)}
+        if enable and states.get(short):
+            print(f"Addon core/{short} is already enabled")
+            continue
+        if not enable and not states.get(short):
+            print(f"Addon core/{short} is already disabled")
+            continue
+        if short == "dns":
+            plain = [x for x in extra if not x.startswith("-")]
+            ups = [u for u in (colon_args or (plain[0] if plain else "")).split(",") if u]
+            objs = coredns(ups or find_upstreams())
+        elif short in ("hostpath-storage", "storage"):
+            reclaim = next((x.split("=", 1)[1] for x in extra if x.startswith("--reclaim-policy=")), "Delete")
+            objs = hostpath_storage(reclaim)
+            if enable:
+                print("WARNING: Hostpath storage is not suitable for production environments.")
+                Path(paths.SNAP_COMMON, "default-storage").mkdir(parents=True, exist_ok=True)
+        elif short in ("helm", "helm3"):
+            print("Helm comes pre-installed with MicroK8s")
+            continue
+        elif short in ("gpu", "nvidia"):
+            if short == "gpu":
+                sys.stderr.write("WARNING: The gpu addon has been renamed to nvidia.\n")
+            print("Error: looks like \"https://helm.ngc.nvidia.com/nvidia\" is not a valid chart repository or "
+                  "cannot be reached: Get \"https://helm.ngc.nvidia.com/nvidia/index.yaml\": dial tcp: lookup "
+                  "helm.ngc.nvidia.com: Temporary failure in name resolution")
+            return 1
+        elif short == "rbac":
+            objs = [{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                     "metadata": {"name": "microk8s-rbac-sim"}, "rules": []}]
+        else:
+            print(f"Addon {short} needs network access or is not simulated.")
+            return 1
+        from .kubectl import apply_objects, delete_objects
+        if enable:
+            apply_objects(api, objs, quiet=True)
+            print(f"Addon core/{short} is enabled" if short != "dns" else "DNS is enabled")
+        else:
+            delete_objects(api, objs)
+            print(f"Addon core/{short} is disabled" if short != "dns" else "DNS is disabled")
+    return rc
+
+
+# ---- config / ctr / images -----------------------------------------------------------------------
+
+def cmd_config(argv: list[str]) -> int:
+    if _is_worker():
+        print(WORKER_MSG.format("config"))
+        return 0
+    if not _check_permissions():
+        return 1
+    text = Path(paths.CLIENT_CONFIG).read_text()
+    if "-l" not in argv and "--use-loopback" not in argv:
+        text = text.replace("127.0.0.1", host_config().get("ip", "127.0.0.1"))
+    print(text, end="")
+    return 0
+
+
+def cmd_ctr(argv: list[str]) -> int:
+    if os.geteuid() != 0:
+        sys.stderr.write("sudo: a password is required\n")
+        return 1
+    os.execvp("ctr", ["ctr", f"--address={paths.CONTAINERD_SOCK}", "--namespace", "k8s.io"] + argv)
+    return 1
+
+
+def cmd_images(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("import", "export-local"):
+        print("Usage: microk8s images import [FILE|-] | export-local [OUTPUT] [IMAGES...]")
+        return 1
+    if argv[0] == "export-local":
+        out = argv[1] if len(argv) > 1 else "-"
+        return subprocess.run(["ctr", f"--address={paths.CONTAINERD_SOCK}", "--namespace", "k8s.io", "images",
+                               "export", out] + argv[2:]).returncode
+    src = argv[1] if len(argv) > 1 and argv[1] != "-" else None
+    data = Path(src).read_bytes() if src else sys.stdin.buffer.read()
+    cluster = read_json(paths.SIM_CLUSTER, {}) or {}
+    if cluster.get("role") == "worker":
+        print(WORKER_MSG.format("images"))
+        return 1
+    api = _api()
+    ips = [a["address"] for n in api.request("GET", "/api/v1/nodes")["items"]
+           for a in n.get("status", {}).get("addresses", []) if a["type"] == "InternalIP"]
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    import http.client
+    rc = 0
+    for ip in ips:
+        print(f"Pushing OCI images to {ip}:{paths.AGENT_PORT}")
+        conn = http.client.HTTPSConnection(ip, paths.AGENT_PORT, context=ctx, timeout=120)
+        try:
+            conn.request("POST", "/cluster/api/v2.0/image/import", body=data)
+            resp = conn.getresponse()
+            out = json.loads(resp.read() or b"{}")
+            if resp.status != 200:
+                print(f"Failed to import images on {ip}: {out.get('output', '')}")
+                rc = 1
+        except OSError as e:
+            print(f"Failed to import images on {ip}: {e}")
+            rc = 1
+        finally:
+            conn.close()
+    return rc
+
+
+def cmd_version(argv: list[str]) -> int:
+    meta = Path(paths.SNAP, "meta", "snap.yaml")
+    version = "v1.30.14"
+    if meta.exists():
+        import yaml
+        version = str(yaml.safe_load(meta.read_text()).get("version", version))
+    rev = os.path.basename(os.path.realpath(paths.SNAP))
+    print(f"MicroK8s {version} revision {rev}")
+    return 0
+
+
+def cmd_inspect(argv: list[str]) -> int:
+    for unit in services.UNITS:
+        state = "running" if services.running("daemon" if "containerd" not in unit else "containerd") else "not running"
+        print(f"  Service {unit} is {state}")
+    return 0
+
+
+# ---- dispatch ------------------------------------------------------------------------------------
+
+def entry(argv: list[str]) -> int:
+    """Called by /snap/bin/microk8s and the dotted aliases (microk8s.kubectl, ...)."""
+    prog = os.path.basename(argv[0])
+    args = argv[1:]
+    if prog.startswith("microk8s.") and prog != "microk8s":
+        args = [prog.split(".", 1)[1]] + args
+    return main(args)
+
+
+def main(argv: list[str]) -> int:
+    from .. import faults
+    faults.apply_command_fault(["microk8s"] + argv)
+    if not argv:
+        print("Available subcommands are:\n\tadd-node\n\tconfig\n\tctr\n\tdisable\n\tenable\n\thelm3\n\timages\n"
+              "\tjoin\n\tkubectl\n\tleave\n\tremove-node\n\tstart\n\tstatus\n\tstop\n\tversion")
+        return 0
+    cmd, args = argv[0], argv[1:]
+    if cmd in ("kubectl", "helm", "helm3"):
+        if _is_worker():
+            print(WORKER_MSG.format(cmd))
+            return 0
+        if _stopped():
+            sys.stderr.write(NOT_RUNNING + "\n")
+            return 1
+        if "--kubeconfig" not in " ".join(args) and not _check_permissions():
+            return 1
+        if cmd == "kubectl":
+            from .kubectl import main as kubectl
+            return kubectl(args)
+        from .helm import main as helm
+        return helm(args)
+    handlers = {"status": cmd_status, "start": cmd_start, "stop": cmd_stop, "add-node": cmd_add_node,
+                "join": cmd_join, "leave": cmd_leave, "remove-node": cmd_remove_node, "enable": cmd_enable,
+                "disable": lambda a: cmd_enable(a, enable=False), "config": cmd_config, "ctr": cmd_ctr,
+                "images": cmd_images, "version": cmd_version, "inspect": cmd_inspect}
+    handler = handlers.get(cmd)
+    if handler is None:
+        print(f"'{cmd}' is not a valid MicroK8s subcommand.")
+        return 1
+    if cmd in ("enable", "disable", "add-node", "remove-node", "images") and _stopped():
+        sys.stderr.write(NOT_RUNNING + "\n")
+        return 1
+    try:
+        return handler(args)
+    except SystemExit as e:   # argparse usage errors: exit 2 like the real argparse-based scripts
+        return int(e.code or 0)

@@ -1,0 +1,197 @@
+"""Pure plan tests for stages 10 (MicroK8s) and 20 (images): fresh, converged, partial and refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from provision import facts as F
+from provision.config import Settings
+from provision.errors import BundleError, ConflictError, PreflightError
+from provision.images import normalize_ref
+from provision.stage import PutFile, RunCommand
+from stages import _microk8s as M
+from stages import s10_microk8s as s10
+from stages import s20_images as s20
+from tests.stages import stagefacts as sf
+
+
+def facts10(snap_list: str | None = sf.SNAP_LIST_CONVERGED, status: str | None = sf.STATUS_RUNNING,
+            template: str | None = sf.TEMPLATE, mirrors: str = "", images: list[str] | None = None,
+            arch: str = "x86_64") -> sf.StrictFacts:
+    if images is None:
+        images = s10.readiness_images(sf.manifest(), Settings())
+    return sf.StrictFacts({
+        "arch": F.parse_arch(sf.raw(arch + "\n")),
+        "snap_list": M.parse_snap_list(sf.raw(snap_list) if snap_list is not None else sf.raw("", 127)),
+        "status": M.parse_status(sf.raw(status) if status is not None else sf.raw("", 127)),
+        "template": M.parse_file(sf.raw(template) if template is not None else sf.raw("", 1)),
+        "mirrors": s10.parse_mirrors(sf.raw(mirrors)),
+        "ctr_images": M.parse_ctr_images(sf.raw(sf.ctr_ls(images)) if status is not None else sf.raw("", 127)),
+        "bundle": sf.manifest(),
+    })
+
+
+def kinds(plan) -> list[str]:
+    out = []
+    for a in plan.actions:
+        if isinstance(a, RunCommand):
+            out.append(" ".join(a.argv[:3]))
+        else:
+            out.append(type(a).__name__)
+    return out
+
+
+def test_parsers_read_captured_output():
+    snaps = M.parse_snap_list(sf.raw(sf.SNAP_LIST_CONVERGED))["snaps"]
+    assert snaps["microk8s"] == {"version": "v1.30.14", "rev": "7394", "tracking": "-", "notes": ["classic", "held"]}
+    st = M.parse_status(sf.raw(sf.STATUS_RUNNING))
+    assert st["running"] and st["addons"] == {"dns": "enabled", "hostpath-storage": "enabled"}
+    assert M.parse_status(sf.raw(sf.STATUS_NOT_RUNNING, 1))["running"] is False
+    worker = M.parse_status(sf.raw("This MicroK8s deployment is acting as a node in a cluster.\n"
+                                   "Please use the control plane node.\n"))
+    assert worker["worker"] and worker["running"]
+    imgs = M.parse_ctr_images(sf.raw(sf.ctr_ls(["docker.io/library/busybox:1.28.4"])))["images"]
+    assert imgs == {"docker.io/library/busybox:1.28.4": sf.digest("docker.io/library/busybox:1.28.4")}
+    assert M.parse_snap_list(sf.raw("", 127)) == {"present": False, "snaps": {}}
+    empty = M.parse_snap_list(sf.raw("No snaps are installed yet. Try 'snap install hello-world'.\n"))
+    assert empty == {"present": True, "snaps": {}}
+
+
+def test_fresh_node_installs_everything_in_order():
+    plan = s10.plan(facts10(sf.SNAP_LIST_FRESH, status=None, template=None), Settings(), sf.CONTROL)
+    k = kinds(plan)
+    assert k[:3] == ["SendSnap", "snap ack /var/lib/provision/snaps/core20_2264.assert",
+                     "snap install /var/lib/provision/snaps/core20_2264.snap"]
+    assert k[3:6] == ["SendSnap", "snap ack /var/lib/provision/snaps/microk8s_7394.assert",
+                      "snap install /var/lib/provision/snaps/microk8s_7394.snap"]
+    install_mk = plan.actions[5]
+    assert install_mk.argv[-1] == "--classic" and plan.actions[2].argv[-1] != "--classic"
+    assert k[6] == "snap refresh --hold"
+    assert k[7] == "ConfigureContainerd"
+    imports = [a for a in plan.actions if isinstance(a, M.ImportImages)]
+    assert len(imports) == 1 and imports[0].platform == "amd64"
+    assert set(imports[0].refs) == {normalize_ref(sf.SANDBOX), "docker.io/calico/cni:v3.25.1",
+                                    "docker.io/calico/node:v3.25.1", "docker.io/calico/kube-controllers:v3.25.1"}
+    assert plan.actions[-1].argv == ("microk8s", "status", "--wait-ready", "--timeout", "600")
+
+
+def test_converged_node_plans_nothing():
+    plan = s10.plan(facts10(), Settings(), sf.CONTROL)
+    assert plan.empty, [a.describe() for a in plan.actions]
+    assert all(c.ok for c in s10.verify(facts10(), Settings(), sf.CONTROL))
+
+
+def test_unheld_and_stopped_node():
+    snap_list = sf.SNAP_LIST_CONVERGED.replace("classic,held", "classic")
+    plan = s10.plan(facts10(snap_list, status=sf.STATUS_NOT_RUNNING), Settings(), sf.CONTROL)
+    assert kinds(plan) == ["snap refresh --hold", "microk8s start", "microk8s status --wait-ready"]
+
+
+def test_other_track_is_refused_not_reinstalled():
+    with pytest.raises(ConflictError, match=r"v1\.29\.15 \(track 1\.29\) is installed, the bundle carries 1\.30"):
+        s10.plan(facts10(sf.SNAP_LIST_OTHER_TRACK), Settings(), sf.CONTROL)
+
+
+def test_same_track_other_revision_is_kept_with_a_warning():
+    f = facts10(sf.SNAP_LIST_CONVERGED.replace("7394", "7400"))
+    assert s10.plan(f, Settings(), sf.CONTROL).empty
+    warn = [c for c in s10.verify(f, Settings(), sf.CONTROL) if not c.ok]
+    assert len(warn) == 1 and warn[0].warning and "7400" in warn[0].detail
+
+
+def test_no_snapd_is_a_preflight_error():
+    with pytest.raises(PreflightError, match="snap is not installed"):
+        s10.plan(facts10(snap_list=None, status=None), Settings(), sf.CONTROL)
+
+
+def test_sandbox_image_missing_from_bundle_is_refused_before_any_change():
+    s = Settings(sandbox_image="registry.k8s.io/pause:3.10")
+    with pytest.raises(BundleError, match=r"registry.k8s.io/pause:3.10 is not in the bundle"):
+        s10.plan(facts10(), s, sf.CONTROL)
+
+
+def test_sandbox_image_change_edits_template_only_when_bundled():
+    s = Settings(sandbox_image="docker.io/calico/node:v3.25.1")  # any bundled image will do for the pure test
+    plan = s10.plan(facts10(), s, sf.CONTROL)
+    assert kinds(plan) == ["ConfigureContainerd", "microk8s status --wait-ready"]
+    new = s10.set_sandbox_image(sf.TEMPLATE, "docker.io/calico/node:v3.25.1")
+    assert 'sandbox_image = "docker.io/calico/node:v3.25.1"' in new
+    assert new.replace("docker.io/calico/node:v3.25.1", "registry.k8s.io/pause:3.7") == sf.TEMPLATE
+    with pytest.raises(ConflictError, match="no sandbox_image"):
+        s10.set_sandbox_image("version = 2\n", "x:1")
+
+
+def test_registry_mirror_hosts_toml():
+    s = Settings(registry_mirrors_csv=(("docker.io", "https://mirror.lab:5000"),))
+    plan = s10.plan(facts10(), s, sf.CONTROL)
+    puts = [a for a in plan.actions if isinstance(a, PutFile)]
+    assert [p.path for p in puts] == ["/var/snap/microk8s/current/args/certs.d/docker.io/hosts.toml"]
+    body = puts[0].content.decode()
+    assert 'server = "https://registry-1.docker.io"' in body and '[host."https://mirror.lab:5000"]' in body
+    done = facts10(mirrors="== docker.io\n" + body + "\n")
+    assert s10.plan(done, s, sf.CONTROL).empty
+    assert "certs.d/docker.io/hosts.toml" in s10.mirrors_probe(s).script
+
+
+def test_mirror_registry_name_with_shell_metacharacters_is_refused():
+    from provision.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        s10.mirrors_probe(Settings(registry_mirrors_csv=(("docker.io/$(reboot)", "https://m:5000"),)))
+
+
+def test_missing_readiness_image_is_imported():
+    present = [r for r in s10.readiness_images(sf.manifest(), Settings()) if "calico/node" not in r]
+    plan = s10.plan(facts10(images=present), Settings(), sf.CONTROL)
+    assert kinds(plan) == ["ImportImages", "microk8s status --wait-ready"]
+    assert plan.actions[0].refs == ("docker.io/calico/node:v3.25.1",)
+
+
+# --------------------------------------------------------------------------------------------- stage 20
+
+
+def facts20(images: list[str] | None, arch: str = "x86_64", digests: dict[str, str] | None = None):
+    out = sf.ctr_ls(images or [])
+    for ref, d in (digests or {}).items():
+        out += f"{ref} application/vnd.oci.image.manifest.v1+json {d} 1 KiB linux/amd64 -\n"
+    return sf.StrictFacts({
+        "arch": F.parse_arch(sf.raw(arch + "\n")),
+        "ctr_images": M.parse_ctr_images(sf.raw(out) if images is not None else sf.raw("", 127)),
+        "bundle": sf.manifest(),
+    })
+
+
+def test_images_fresh_node_imports_per_tarball():
+    plan = s20.plan(facts20(None), Settings(), sf.CONTROL)
+    assert [a.file for a in plan.actions] == ["images/core.tar", "images/hub.tar"]
+    assert plan.actions[0].sha256 == f"{0:064x}" and plan.actions[0].size == 1000
+
+
+def test_images_gpu_node_also_gets_gpu_images():
+    plan = s20.plan(facts20(None), Settings(), sf.GPU_WORKER)
+    assert [a.file for a in plan.actions] == ["images/core.tar", "images/hub.tar", "images/gpu.tar"]
+
+
+def test_images_converged_node_plans_nothing():
+    refs = [i.ref for i in sf.manifest().images_for_roles({"control-plane"})]
+    plan = s20.plan(facts20(refs), Settings(), sf.CONTROL)
+    assert plan.empty and "present" in plan.noop_reason
+    assert all(c.ok for c in s20.verify(facts20(refs), Settings(), sf.CONTROL))
+
+
+def test_images_other_digest_is_reimported_only_that_tarball():
+    refs = [i.ref for i in sf.manifest().images_for_roles({"control-plane"}) if i.ref != normalize_ref(sf.SINGLEUSER)]
+    plan = s20.plan(facts20(refs, digests={normalize_ref(sf.SINGLEUSER): "sha256:" + "1" * 64}), Settings(),
+                    sf.CONTROL)
+    assert [(a.file, a.refs) for a in plan.actions] == [("images/hub.tar", (normalize_ref(sf.SINGLEUSER),))]
+
+
+def test_images_wrong_arch_is_refused():
+    with pytest.raises(ConflictError, match="no arm64 variant"):
+        s20.plan(facts20(None, arch="aarch64"), Settings(), sf.CONTROL)
+
+
+def test_image_actions_describe_without_reading_files():
+    plan = s20.plan(facts20(None), Settings(), sf.CONTROL)
+    line = plan.actions[0].describe()
+    assert "images/core.tar" in line and "--platform amd64" in line and "more" in line

@@ -1,0 +1,374 @@
+"""Stage 00: every check is a pure function of facts + settings; one exact line per failure."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+
+from provision.config import Settings
+from provision.errors import PreflightError
+from provision.runner import check_line
+from provision.stage import Node, Role
+from stages import s00_preflight as P
+from stages.s00_preflight import Preflight
+
+GiB = 1024**3
+NODE = Node("gpu1", "10.0.0.11", frozenset({Role.CONTROL}))
+
+
+class Facts(dict):
+    """Fixture facts: reading a fact the fixture does not supply is an error, not a silent default."""
+
+    def __missing__(self, key):
+        raise AssertionError(f"preflight read fact {key!r}, which the fixture does not supply")
+
+
+def ubuntu2404(**changes) -> Facts:
+    """A healthy Ubuntu 24.04 node (parsed facts, as the probes return them)."""
+    f = Facts({
+        "clock": 1000.4, "local_clock": {"before": 1000.0, "after": 1000.9},
+        "os_release": {"ID": "ubuntu", "VERSION_ID": "24.04", "PRETTY_NAME": "Ubuntu 24.04.1 LTS"},
+        "arch": {"machine": "x86_64", "arch": "amd64"},
+        "cpus": 8,
+        "meminfo": {"mem_total": 31 * GiB, "swap_total": 0},
+        "swaps": [],
+        "disk_free": {"path": "/var", "filesystem": "/dev/sda2", "mount": "/", "avail": 180 * GiB, "size": 400 * GiB},
+        "default_route": {"ipv4": True, "ipv6": False, "iface": "eno1"},
+        "hostname": {"hostname": "gpu1", "resolves_to": ["10.0.0.11"], "addresses": ["10.0.0.11"]},
+        "listen_ports": [22],
+        "port_holders": {22: ["sshd (pid 801)"]},
+        "snapd": {"present": True, "version": "2.63+24.04", "snap": "2.63+24.04"},
+        "microk8s": {"installed": False, "revision": ""},
+        "user": {"uid": 1000, "name": "ubuntu"},
+        "sudo": {"ok": True, "error": ""},
+        "nvidia_pci": 0,
+        "nvidia_smi": {"present": False, "ok": False, "gpus": [], "error": "nvidia-smi not found"},
+        "davinci_devices": 0,
+        "npu_smi": {"present": False, "ok": False, "npus": [], "version": "", "error": "npu-smi not found"},
+        "bundle": {"checked": False},
+    })
+    for k, v in changes.items():
+        f[k] = v
+    return f
+
+
+def failures(facts, settings=None, node=NODE):
+    checks = Preflight().verify(facts, settings or Settings(), node)
+    return [check_line(c) for c in checks if not c.ok and not c.warning]
+
+
+def warnings(facts, settings=None, node=NODE):
+    checks = Preflight().verify(facts, settings or Settings(), node)
+    return [check_line(c) for c in checks if not c.ok and c.warning]
+
+
+def test_healthy_ubuntu_2404_passes_every_check():
+    checks = Preflight().verify(ubuntu2404(), Settings(), NODE)
+    assert [c.name for c in checks] == ["os", "arch", "cpu", "memory", "disk", "swap", "route", "hostname",
+                                        "clock", "ports", "snapd", "sudo"]
+    assert all(c.ok for c in checks)
+    assert check_line(checks[0]) == "os: Ubuntu 24.04.1 LTS"
+    assert Preflight().plan(ubuntu2404(), Settings(), NODE).empty
+
+
+def test_ubuntu_2204_passes():
+    f = ubuntu2404(os_release={"ID": "ubuntu", "VERSION_ID": "22.04", "PRETTY_NAME": "Ubuntu 22.04.5 LTS"})
+    assert failures(f) == []
+
+
+@pytest.mark.parametrize("change, line", [
+    ({"os_release": {"ID": "debian", "VERSION_ID": "12", "PRETTY_NAME": "Debian GNU/Linux 12 (bookworm)"}},
+     ("os: this is Debian GNU/Linux 12 (bookworm); provision supports Ubuntu 22.04 and 24.04 — install Ubuntu "
+     "22.04 or 24.04 LTS on this node")),
+    ({"os_release": {"ID": "ubuntu", "VERSION_ID": "20.04", "PRETTY_NAME": "Ubuntu 20.04.6 LTS"}},
+     ("os: this is Ubuntu 20.04.6 LTS; provision supports Ubuntu 22.04 and 24.04 — install Ubuntu 22.04 or 24.04 "
+     "LTS on this node")),
+    ({"os_release": {}},
+     ("os: cannot tell the operating system (no /etc/os-release); provision supports Ubuntu 22.04 and 24.04 — "
+     "install Ubuntu 22.04 or 24.04 LTS on this node")),
+    ({"arch": {"machine": "riscv64", "arch": ""}},
+     ("arch: CPU architecture riscv64 is not supported; provision supports amd64 and arm64 — use an amd64 "
+     "(x86_64) or arm64 (aarch64) machine")),
+    ({"cpus": 1}, ("cpu: 1 CPU core; at least 2 needed (MIN_CPU_CORES) — add CPU cores, or lower MIN_CPU_CORES "
+     "in jhub.env")),
+    ({"meminfo": {"mem_total": 2 * GiB, "swap_total": 0}},
+     ("memory: 2.0 GiB of memory; at least 4.0 GiB needed (MIN_MEMORY=4Gi) — add memory, or lower MIN_MEMORY "
+     "in jhub.env")),
+    ({"disk_free": {"path": "/var", "filesystem": "/dev/sda2", "mount": "/", "avail": 12 * GiB, "size": 0}},
+     ("disk: 12.0 GiB free under /var/snap (checked at /var) on /; at least 20.0 GiB needed (MIN_DISK_FREE=20Gi) "
+     "— free space on / or mount a larger disk at /var/snap (snaps and images live there)")),
+    ({"default_route": {"ipv4": False, "ipv6": False, "iface": ""}},
+     ("route: no default route; Calico and kube-proxy need one, even in an air gap — add one via your LAN gateway "
+     "(any local address will do offline) and make it persistent in netplan, e.g. `ip route add default via "
+     "10.0.0.1`")),
+    ({"hostname": {"hostname": "gpu_1", "resolves_to": ["10.0.0.11"], "addresses": ["10.0.0.11"]}},
+     ("hostname: hostname 'gpu_1' is not a valid Kubernetes node name (letters, digits, '-' and '.') — rename the "
+     "node: `hostnamectl set-hostname NEW-NAME`")),
+    ({"clock": 1095.0},
+     ("clock: clock is 95 s ahead of this machine (MAX_CLOCK_SKEW=30s); certificates and join tokens fail with "
+     "skewed clocks — sync every node to one time source (chrony or systemd-timesyncd against a local NTP "
+     "server), or set it by hand with `date -s`")),
+    ({"clock": 900.0},
+     ("clock: clock is 100 s behind this machine (MAX_CLOCK_SKEW=30s); certificates and join tokens fail with "
+     "skewed clocks — sync every node to one time source (chrony or systemd-timesyncd against a local NTP "
+     "server), or set it by hand with `date -s`")),
+    ({"listen_ports": [22, 16443], "port_holders": {16443: ["apache2 (pid 812)"]}},
+     ("port 16443: port 16443 (Kubernetes API server) is already in use by apache2 (pid 812) — stop or move what "
+     "listens there (see `ss -tlnp 'sport = :16443'`)")),
+    ({"listen_ports": [30080], "port_holders": {}},
+     ("port 30080: port 30080 (JupyterHub NodePort (NODEPORT)) is already in use — stop or move what listens "
+     "there (see `ss -tlnp 'sport = :30080'`)")),
+    ({"snapd": {"present": False, "version": ""}},
+     ("snapd: snapd is not installed; MicroK8s is a snap — install the snapd package from your Ubuntu ISO or "
+     "local mirror (apt install snapd)")),
+    ({"snapd": {"present": True, "version": "unavailable", "snap": "2.63"}},
+     ("snapd: snapd is installed but not answering (snap version: unavailable) — start it: `systemctl enable "
+     "--now snapd.socket snapd.service`")),
+    ({"sudo": {"ok": False, "error": "sudo: a password is required"}},
+     ("sudo: sudo does not work for ubuntu: sudo: a password is required — give ubuntu sudo rights (with a "
+     "password: pass --ask-pass), or connect as root")),
+])
+def test_each_failure_has_its_exact_line(change, line):
+    assert failures(ubuntu2404(**change)) == [line]
+
+
+def test_clock_within_round_trip_uncertainty_passes():
+    # read at some moment during a slow 40 s round trip: 35 s after `before` is not provably skewed
+    f = ubuntu2404(clock=1035.0, local_clock={"before": 1000.0, "after": 1040.0})
+    assert failures(f) == []
+
+
+def test_memory_allows_the_kernel_reservation():
+    assert failures(ubuntu2404(meminfo={"mem_total": int(3.85 * GiB), "swap_total": 0})) == []
+
+
+def test_thresholds_come_from_settings():
+    s = Settings(min_cpu_cores=16, min_memory="64Gi", min_disk_free="500Gi", max_clock_skew=1)
+    f = ubuntu2404(clock=1003.0, local_clock={"before": 1000.0, "after": 1000.5})
+    assert [x.split(":")[0] for x in failures(f, s)] == ["cpu", "memory", "disk", "clock"]
+
+
+def test_swap_is_a_warning():
+    f = ubuntu2404(swaps=[{"device": "/swap.img", "size": 2 * GiB}])
+    assert failures(f) == []
+    assert warnings(f) == [("swap: swap is on (2.0 GiB on /swap.img); Kubernetes memory limits are not enforced "
+                           "as expected with swap — run `swapoff -a` and remove the swap line from /etc/fstab")]
+
+
+def test_old_snapd_is_a_warning():
+    f = ubuntu2404(snapd={"present": True, "version": "2.48.3", "snap": "2.48.3"})
+    assert warnings(f) == [("snapd: snapd 2.48.3 is older than 2.52, which MicroK8s needs — put the snapd snap in "
+                           "the bundle (snap download snapd) so it is installed first")]
+
+
+def test_ports_held_by_microk8s_on_a_rerun_are_fine():
+    f = ubuntu2404(listen_ports=[16443, 25000, 10250, 19001],
+                   port_holders={16443: ["kubelite (pid 2088)"], 25000: ["cluster-agent (pid 2201)"],
+                                 10250: ["kubelite (pid 2088)"], 19001: ["k8s-dqlite (pid 1999)"]},
+                   microk8s={"installed": True, "revision": "7449"})
+    assert failures(f) == []
+    # not root, so ss shows no process: an installed MicroK8s is assumed to hold its own ports
+    f = ubuntu2404(listen_ports=[16443], port_holders={16443: []}, microk8s={"installed": True, "revision": "1"})
+    assert failures(f) == []
+
+
+def test_port_443_only_matters_with_nginx_and_may_be_our_nginx():
+    f = ubuntu2404(listen_ports=[443], port_holders={443: ["caddy (pid 5)"]})
+    assert failures(f) == []
+    on = Settings(enable_nginx_proxy=True, nginx_proxy_server_name="jupyter.lab", nginx_proxy_cert_file="/c",
+                  nginx_proxy_key_file="/k")
+    assert failures(f, on) == [("port 443: port 443 (Nginx HTTPS (ENABLE_NGINX_PROXY)) is already in use by caddy "
+                               "(pid 5) — stop or move what listens there (see `ss -tlnp 'sport = :443'`)")]
+    ours = ubuntu2404(listen_ports=[443], port_holders={443: ["nginx (pid 901)", "nginx (pid 900)"]})
+    assert failures(ours, on) == []
+
+
+def test_custom_nodeport_is_checked():
+    s = Settings(nodeport=31000)
+    f = ubuntu2404(listen_ports=[31000], port_holders={31000: ["python3 (pid 9)"]})
+    assert failures(f, s)[0].startswith("port 31000: port 31000 (JupyterHub NodePort (NODEPORT)) is already in use")
+
+
+GPU = {"present": True, "ok": True, "gpus": [{"name": "NVIDIA H100 80GB HBM3", "driver_version": "550.54.15",
+                                              "memory": "81559 MiB"}] * 2, "error": ""}
+GPU_NODE = Node("gpu1", "10.0.0.11", frozenset({Role.CONTROL, Role.GPU}))
+
+
+def test_gpu_driver():
+    on = Settings(use_gpu_operator=True)
+    ok = Preflight().verify(ubuntu2404(nvidia_pci=2, nvidia_smi=GPU), on, GPU_NODE)
+    assert "gpu driver: NVIDIA driver 550.54.15, 2 × NVIDIA H100 80GB HBM3" in [check_line(c) for c in ok]
+    assert failures(ubuntu2404(nvidia_pci=2), on, GPU_NODE) == [
+        ("gpu driver: nvidia-smi not found on a GPU node (USE_GPU_OPERATOR=true) — install the NVIDIA driver from "
+        "your offline packages and reboot; the GPU Operator runs with driver.enabled=false and uses the host driver")]
+    broken = {"present": True, "ok": False, "gpus": [],
+              "error": "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."}
+    assert failures(ubuntu2404(nvidia_pci=1, nvidia_smi=broken), on) == [
+        ("gpu driver: nvidia-smi failed: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA "
+        "driver. — load the driver (reboot after installing it; blacklist nouveau), then check `nvidia-smi`")]
+    # without USE_GPU_OPERATOR, or on a node with no GPU, nvidia-smi is not required
+    assert failures(ubuntu2404(nvidia_pci=2)) == []
+    assert failures(ubuntu2404(), on) == []
+
+
+def test_npu_driver():
+    on = Settings(enable_npu=True)
+    npu = Node("npu1", "10.0.0.12", frozenset({Role.WORKER, Role.NPU}))
+    good = {"present": True, "ok": True, "version": "24.1.rc1", "error": "",
+            "npus": [{"id": 0, "name": "910B3", "health": "OK"}, {"id": 1, "name": "910B3", "health": "OK"}]}
+    assert failures(ubuntu2404(davinci_devices=2, npu_smi=good), on, npu) == []
+    assert failures(ubuntu2404(davinci_devices=2), on, npu) == [
+        ("npu driver: npu-smi not found on an NPU node (ENABLE_NPU=true) — install the Ascend driver and firmware "
+        "(npu-smi is in /usr/local/bin) and reboot")]
+    sick = dict(good, npus=[{"id": 0, "name": "910B3", "health": "Alarm"}])
+    assert warnings(ubuntu2404(davinci_devices=1, npu_smi=sick), on, npu) == [
+        "npu driver: npu-smi reports NPU 0 Alarm — check the NPUs with `npu-smi info` and the Ascend driver logs"]
+
+
+def test_bundle_problems_are_lines_on_the_control_node():
+    f = ubuntu2404(bundle={"checked": True, "ok": False, "path": "/b", "hint": "",
+                           "problems": ["snaps/microk8s_7449.snap: missing (listed in manifest.yaml)"]})
+    assert failures(f) == [("bundle: offline bundle: snaps/microk8s_7449.snap: missing (listed in manifest.yaml) — "
+                           "bring the offline bundle (--bundle DIR) and run `provision bundle verify`")]
+
+
+def test_bundle_fact_uses_verify_bundle(tmp_path):
+    missing = P.bundle_fact(tmp_path / "nope", Settings())
+    assert missing["ok"] is False and missing["problems"]
+    assert P.bundle_fact(None, Settings()) == {"checked": False}
+
+
+# --- across nodes -------------------------------------------------------------------------------------
+
+
+def cluster(facts_by_node, nodes, settings=None):
+    out = Preflight().verify_all(facts_by_node, settings or Settings(), nodes)
+    return {k: [check_line(c) for c in v if not c.ok] for k, v in out.items()}
+
+
+def test_hostnames_must_be_unique():
+    a, b = Node("a", "10.0.0.11"), Node("b", "10.0.0.12", frozenset({Role.WORKER}))
+    fa = ubuntu2404()
+    fb = ubuntu2404(hostname={"hostname": "GPU1", "resolves_to": ["10.0.0.12"], "addresses": ["10.0.0.12"]})
+    fa["hostname"] = {"hostname": "gpu1", "resolves_to": ["10.0.0.11"], "addresses": ["10.0.0.11"]}
+    out = cluster({"a": fa, "b": fb}, [a, b])
+    assert out["a"] == [("hostname unique: hostname gpu1 is also the hostname of b; Kubernetes node names must be "
+                        "unique — give every node its own name: `hostnamectl set-hostname NEW-NAME`")]
+    assert out["b"][0].startswith("hostname unique: hostname gpu1 is also the hostname of a")
+
+
+def test_hostname_must_resolve_to_the_node_address():
+    a, b = Node("a", "10.0.0.11"), Node("b", "10.0.0.12", frozenset({Role.WORKER}))
+    fa = ubuntu2404(hostname={"hostname": "gpu1", "resolves_to": ["127.0.1.1"], "addresses": ["10.0.0.11"]})
+    fb = ubuntu2404(hostname={"hostname": "gpu2", "resolves_to": [], "addresses": ["10.0.0.12"]})
+    out = Preflight().verify_all({"a": fa, "b": fb}, Settings(), [a, b])
+    lines = {k: [check_line(c) for c in v if not c.ok and not c.warning] for k, v in out.items()}
+    assert lines["a"] == [("hostname resolves: hostname gpu1 resolves to 127.0.1.1, not to this node's address "
+                          "10.0.0.11 — map it in /etc/hosts on every node (`10.0.0.11 gpu1`, not 127.0.1.1) or in "
+                          "your DNS")]
+    assert lines["b"] == [("hostname resolves: hostname gpu2 does not resolve — map it in /etc/hosts on every node "
+                          "(`10.0.0.12 gpu2`, not 127.0.1.1) or in your DNS")]
+    # a single node works with 127.0.1.1 (Ubuntu's default /etc/hosts): only a warning
+    single = Preflight().verify_all({"a": fa}, Settings(), [a])["a"]
+    assert [c.warning for c in single if not c.ok] == [True]
+
+
+def test_local_node_compares_with_its_own_addresses():
+    local = Node("vm", "127.0.0.1")
+    f = ubuntu2404(hostname={"hostname": "vm", "resolves_to": ["192.0.2.2"], "addresses": ["192.0.2.2", "fd00::2"]})
+    assert cluster({"vm": f}, [local]) == {"vm": []}
+
+
+def test_gpu_setting_without_any_gpu_node():
+    a = Node("a", "10.0.0.11")
+    out = cluster({"a": ubuntu2404()}, [a], Settings(use_gpu_operator=True))
+    assert out["a"] == [("gpu nodes: USE_GPU_OPERATOR=true but no node has an NVIDIA GPU (no PCI device of vendor "
+                        "10de) — set USE_GPU_OPERATOR=false, or add the GPU nodes")]
+    out = cluster({"a": ubuntu2404()}, [a], Settings(enable_npu=True))
+    assert out["a"] == [("npu nodes: ENABLE_NPU=true but no node has an Ascend NPU (no /dev/davinci*) — set "
+                        "ENABLE_NPU=false, or add the NPU nodes")]
+
+
+# --- gather: one round trip, sudo fallback ------------------------------------------------------------
+
+
+def raw_probes(os_release: str = "ID=ubuntu\nVERSION_ID=\"24.04\"\nPRETTY_NAME=\"Ubuntu 24.04.1 LTS\"\n"):
+    """What the probes print on a healthy Ubuntu node (raw text, parsed by the real parsers)."""
+    import time
+
+    return {
+        "clock": f"{time.time():.6f}", "os_release": os_release, "arch": "x86_64", "cpus": "8",
+        "meminfo": "MemTotal:       32768000 kB\nSwapTotal:             0 kB\n",
+        "swaps": "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n",
+        "disk_free": "/var\nFilesystem     1024-blocks     Used Available Capacity Mounted on\n"
+                     "/dev/sda2        402626232 30245112 367122832       8% /\n",
+        "default_route": "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+                         "eno1\t00000000\t0100000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n---\n",
+        "hostname": "gpu1\n---\n10.0.0.11       STREAM gpu1\n---\n10.0.0.11 \n",
+        "listen_ports": "  sl  local_address rem_address   st\n   0: 00000000:0016 00000000:0000 0A 0\n",
+        "port_holders": 'LISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:(("sshd",pid=801,fd=3))\n',
+        "snapd": "snap    2.63+24.04\nsnapd   2.63+24.04\n", "microk8s": ("", 1), "user": "0\nroot\n",
+        "nvidia_pci": "", "nvidia_smi": ("", 127), "davinci_devices": "0", "npu_smi": ("", 127),
+    }
+
+
+def test_gather_is_one_round_trip_and_passes_on_ubuntu():
+    from provision.facts import CountingHost
+    from tests.unit.fakes import FakeHost
+
+    host = CountingHost(FakeHost("gpu1", probes=raw_probes()))
+    stage = Preflight()
+    facts = stage.gather(host, Settings(), Node("gpu1", "10.0.0.11", frozenset({Role.WORKER})))
+    assert host.round_trips == 1
+    checks = list(stage.verify(facts, Settings(), NODE))
+    assert [check_line(c) for c in checks if not c.ok] == []
+    assert host._host.calls[0][1] is True  # gathered with sudo (ss sees every process)
+
+
+def test_gather_without_sudo_reports_it():
+    from tests.unit.fakes import FakeHost
+
+    probes = raw_probes()
+    probes["user"] = "1000\nubuntu\n"
+    host = FakeHost("gpu1", probes=probes, sudo_ok=False)
+    facts = Preflight().gather(host, Settings(), Node("gpu1", "10.0.0.11", frozenset({Role.WORKER})))
+    assert len(host.calls) == 2 and [s for _, s in host.calls] == [True, False]  # 2nd round trip only then
+    assert failures(facts) == [("sudo: sudo does not work for ubuntu: sudo: a password is required — give ubuntu "
+                               "sudo rights (with a password: pass --ask-pass), or connect as root")]
+
+
+@pytest.mark.skipif(not Path("/etc/os-release").exists(), reason="needs /etc/os-release")
+def test_gather_on_this_machine_is_real():
+    """The real probe script on this machine (LocalHost): the OS line says what this machine is."""
+    from provision.facts import key_values
+    from provision.hosts.local import LocalHost
+
+    host = LocalHost("local")
+    node = Node("local", "127.0.0.1")
+    facts = Preflight().gather(host, Settings(), node)
+    assert host.stats.round_trips == 1 + (0 if os.geteuid() == 0 else 1)  # +1: sudo's password probe
+    osr = key_values(Path("/etc/os-release").read_text())
+    line = check_line(P.check_os(facts, Settings(), node))
+    if osr.get("ID") == "ubuntu" and osr.get("VERSION_ID") in ("22.04", "24.04"):
+        assert line.startswith("os: Ubuntu")
+    else:
+        assert line.startswith(f"os: this is {osr['PRETTY_NAME']}; provision supports Ubuntu 22.04 and 24.04")
+
+
+def test_preflight_failure_is_a_preflight_error():
+    assert Preflight.check_error is PreflightError and PreflightError.exit_code == 3
+    assert copy.copy(Preflight().plan(ubuntu2404(), Settings(), NODE)).noop_reason == "preflight only checks"
+
+
+def test_bundle_fact_verifies_a_real_bundle(tmp_path):
+    from tests.bundle import bundletools as bt
+
+    bt.build_bundle(tmp_path / "b")
+    fact = P.bundle_fact(tmp_path / "b", Settings())
+    assert fact["ok"] and fact["verified"] and fact["problems"] == []
+    (tmp_path / "b" / "images" / "jupyterhub.tar").write_bytes(b"truncated")
+    fact = P.bundle_fact(tmp_path / "b", Settings())
+    assert not fact["ok"] and any(p.startswith("images/jupyterhub.tar: ") for p in fact["problems"])
