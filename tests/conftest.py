@@ -11,12 +11,15 @@ import pytest
 
 
 def _harness_or_skip(path):
-    from tests.harness.hosts import Harness, unavailable_reason
+    import os
+
+    from tests.harness.hosts import Harness, collect_garbage, unavailable_reason
 
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    return Harness(path)
+    collect_garbage()  # hosts left by a killed earlier run
+    return Harness(path, owner_pid=os.getpid())
 
 
 @pytest.fixture(scope="session")

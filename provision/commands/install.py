@@ -47,7 +47,7 @@ def install(env: str, bundle: str, dry_run: bool, from_stage: str | None,
       sudo provision install --yes --json > result.json # unattended; summary as JSON
       provision install --host ubuntu@10.0.0.5 --dry-run   # a control-plane node over SSH
       sudo provision install --only 20                  # re-import images (after preflight)
-      sudo provision install --from 30 --to 50 -v       # a range of stages, commands shown
+      sudo provision install --from 10 --to 20 -v       # a range of stages, commands shown
 
     Exit codes: 0 done, 1 a stage failed, 2 bad settings or options, 3 preflight failed,
     4 another run holds the lock, 5 a stage did not converge, 130 interrupted.

@@ -91,9 +91,18 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gc(args: argparse.Namespace) -> int:
+    from tests.harness.hosts import collect_garbage
+
+    for d in collect_garbage():
+        print(f"removed the test hosts of {d}")
+    return 0
+
+
 CLI.command("up", "start test hosts; prints JSON once every sshd answers", _up_args, _up)
 CLI.command("down", "remove every host, link, netns and process of a --dir", _dir_arg, _down)
 CLI.command("status", "show the hosts of a --dir", _dir_arg, _status)
+CLI.command("gc", "remove harnesses whose test run died (killed pytest)", lambda p: None, _gc)
 
 
 def _load_extensions() -> None:

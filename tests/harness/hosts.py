@@ -26,6 +26,7 @@ from pathlib import Path
 
 BOOT_SCRIPT = Path(__file__).with_name("boot.sh")
 LOCK_FILE = "/run/lock/provision-harness.lock"
+REGISTRY = "/run/lock/provision-harness.d"  # one <id>.json per live harness: for `gc` after a crash
 TOOLS = ("ip", "nsenter", "unshare", "ssh-keygen", "openssl", "mount", "useradd")
 SSHD = "/usr/sbin/sshd"
 READY_TIMEOUT = 15.0
@@ -222,7 +223,10 @@ class Harness:
     seed_dir appear in the host's root (e.g. seed_dir/usr/local/bin/snap).
     """
 
-    def __init__(self, dir: str | Path):
+    def __init__(self, dir: str | Path, owner_pid: int | None = None):
+        """owner_pid: the process whose death makes this harness garbage (`python -m tests.harness gc`);
+        None (the CLI's `up`) keeps it until `down`."""
+        self.owner_pid = owner_pid
         self.dir = Path(dir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_file = self.dir / "harness.json"
@@ -283,6 +287,9 @@ class Harness:
             _run(["ip", "link", "add", self.bridge, "type", "bridge"])
             _run(["ip", "addr", "add", f"{net[1]}/24", "dev", self.bridge])
             _run(["ip", "link", "set", self.bridge, "up"])
+        os.makedirs(REGISTRY, exist_ok=True)
+        owner = {"pid": self.owner_pid, "start": _starttime(self.owner_pid)} if self.owner_pid else None
+        Path(REGISTRY, f"{self.id}.json").write_text(json.dumps({"dir": str(self.dir), "owner": owner}))
         self._save()
 
     def _host_net(self, i: int) -> tuple[str, str, str]:
@@ -457,6 +464,8 @@ class Harness:
                 self.hosts.remove(h)
         if hosts is None and self.id:
             _run(["ip", "link", "del", self.bridge], check=False)
+            with contextlib.suppress(OSError):
+                os.unlink(Path(REGISTRY, f"{self.id}.json"))
             self.state_file.unlink(missing_ok=True)
             self.id, self.subnet = "", ""
         elif self.id:
@@ -483,6 +492,24 @@ class Harness:
 
     def __exit__(self, *exc) -> None:
         self.down()
+
+
+def collect_garbage() -> list[str]:
+    """Tear down harnesses whose owner process died (a killed pytest run). Returns their dirs."""
+    removed = []
+    for entry in sorted(Path(REGISTRY).glob("*.json")) if os.path.isdir(REGISTRY) else ():
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            info = json.loads(entry.read_text())
+            owner = info.get("owner")
+            if not owner or _starttime(owner["pid"]) == owner["start"]:
+                continue  # kept until `down`, or its owner still runs
+            if Path(info["dir"], "harness.json").exists():
+                Harness(info["dir"]).down()
+            else:
+                _run(["ip", "link", "del", f"pvb{entry.stem}"], check=False)
+            entry.unlink(missing_ok=True)
+            removed.append(info["dir"])
+    return removed
 
 
 def _used_subnets() -> list[ipaddress.IPv4Network]:

@@ -107,3 +107,24 @@ def test_cli_up_prints_json_and_down_cleans_up(tmp_path):
     assert down.returncode == 0, down.stderr
     assert not (tmp_path / "harness.json").exists()
     assert bridge not in _links()
+
+
+def test_gc_removes_hosts_of_a_killed_run(tmp_path):
+    from tests.harness.hosts import collect_garbage, unavailable_reason
+
+    if unavailable_reason():
+        pytest.skip(unavailable_reason())
+    code = ("import os, sys, time; from tests.harness.hosts import Harness; "
+            "h = Harness(sys.argv[1], owner_pid=os.getpid()); h.up(1); print(h.hosts[0].netns, flush=True); "
+            "time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        netns = p.stdout.readline().strip()
+        assert netns and netns in _netns()
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+    assert str(tmp_path) in collect_garbage()
+    assert netns not in _netns()
+    assert not (tmp_path / "harness.json").exists()

@@ -17,10 +17,13 @@ def build(**keys):
 
 
 def pod_for(values, profile, admin=False, user="alice"):
-    sp = kubespawner_from_values(values, username=user, admin=admin, modify_pod_hook=modify_pod_hook)
-    sp.user_options = {"profile": profile}
-    asyncio.run(sp.load_user_options())
-    return asyncio.run(pod_dict(sp))
+    async def go():
+        sp = kubespawner_from_values(values, username=user, admin=admin, modify_pod_hook=modify_pod_hook)
+        sp.user_options = {"profile": profile}
+        await sp.load_user_options()
+        return await pod_dict(sp)
+
+    return asyncio.run(go())
 
 
 def validate(pod):

@@ -51,8 +51,11 @@ def spawner_for(values, portal_url, user):
 
 
 def slugs(values, url, user):
-    sp = spawner_for(values, url, user)
-    return [p["slug"] for p in asyncio.run(sp._get_profile_list())]
+    async def go():  # KubeSpawner is made inside a running loop, as in the hub
+        sp = spawner_for(values, url, user)
+        return [p["slug"] for p in await sp._get_profile_list()]
+
+    return asyncio.run(go())
 
 
 def test_only_profiles_that_fit_what_is_left(server, values):
@@ -64,19 +67,24 @@ def test_only_profiles_that_fit_what_is_left(server, values):
 
 
 def test_a_hidden_profile_cannot_be_requested_and_a_shown_one_applies(server, values):
-    sp = spawner_for(values, server.url, "alice")
-    sp.user_options = {"profile": "gpu-4"}
+    async def load(profile):
+        sp = spawner_for(values, server.url, "alice")
+        sp.user_options = {"profile": profile}
+        await sp.load_user_options()
+        return sp
+
     with pytest.raises(ValueError, match="No such profile: gpu-4"):
-        asyncio.run(sp.load_user_options())
-    sp = spawner_for(values, server.url, "alice")
-    sp.user_options = {"profile": "gpu-2"}
-    asyncio.run(sp.load_user_options())
+        asyncio.run(load("gpu-4"))
+    sp = asyncio.run(load("gpu-2"))
     assert sp.extra_resource_limits == {"nvidia.com/gpu": "2"}
     assert sp.extra_pod_config == {"runtimeClassName": "nvidia"}
 
 
 def test_spawn_form_lists_only_what_fits(server, values):
-    html = asyncio.run(spawner_for(values, server.url, "alice").get_options_form())
+    async def form():
+        return await spawner_for(values, server.url, "alice").get_options_form()
+
+    html = asyncio.run(form())
     assert "gpu-2" in html and "gpu-4" not in html
 
 

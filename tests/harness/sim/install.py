@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -20,9 +21,15 @@ ENTRY = {"snap": ("snap", "main"), "systemctl": ("systemctl", "main"), "ufw": ("
          "npu-smi": ("npu_smi", "main")}
 
 
-def _wrapper(python: str, module: str, func: str) -> str:
-    return (f"#!{python}\nimport sys\nsys.path.insert(0, {paths.SIM_LIB!r})\n"
-            f"from provision_sim.standins.{module} import {func}\nsys.exit({func}(sys.argv[1:]))\n")
+def launcher(python: str, module: str, func: str) -> str:
+    """A /bin/sh launcher: the harness's Python (it has kubernetes-validate, jsonschema) when this user
+    may run it, else the host's /usr/bin/python3 (non-root users cannot enter a venv under /root)."""
+    code = (f"import os, sys; sys.path.insert(0, {paths.SIM_LIB!r}); "
+            f"from provision_sim.standins.{module} import {func}; "
+            f"sys.exit({func}([os.environ.pop('SIM_ARGV0', 'x')] + sys.argv[1:]) if {func!r} == 'entry' "
+            f"else {func}(sys.argv[1:]))")
+    return (f"#!/bin/sh\nP={shlex.quote(python)}\n[ -x \"$P\" ] || P=/usr/bin/python3\n"
+            f"SIM_ARGV0=\"$0\" exec \"$P\" -c {shlex.quote(code)} \"$@\"\n")
 
 
 def install_into_seed(seed: Path, cfg: dict) -> None:
@@ -46,7 +53,7 @@ def install_into_seed(seed: Path, cfg: dict) -> None:
         module, func = ENTRY[name]
         dest = seed / target.lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(_wrapper(cfg["python"], module, func))
+        dest.write_text(launcher(cfg["python"], module, func))
         os.chmod(dest, 0o755)
     conf = seed / paths.SIM_CONFIG.lstrip("/")
     conf.parent.mkdir(parents=True, exist_ok=True)

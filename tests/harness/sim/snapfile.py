@@ -60,7 +60,7 @@ def _assertion(headers: list[tuple[str, str]], body: str = "") -> str:
     text = "".join(f"{k}: {v}\n" for k, v in headers)
     if body:
         text = text.replace("sign-key-sha3-384", f"body-length: {len(body)}\nsign-key-sha3-384", 1)
-        text += "\n" + body
+        text += "\n" + body + "\n"
     return text + "\n" + SIGNATURE + "\n"
 
 

@@ -27,9 +27,7 @@ BASES = ("core", "core18", "core20", "core22", "core24", "snapd", "bare")
 
 
 def _err(msg: str, rc: int = 1) -> int:
-    sys.stderr.write(msg if msg.startswith("error:") else f"error: {msg}\n")
-    if not msg.endswith("\n"):
-        sys.stderr.write("\n")
+    sys.stderr.write((msg if msg.startswith("error:") else f"error: {msg}").rstrip("\n") + "\n")
     return rc
 
 
@@ -159,10 +157,8 @@ def _link_commands() -> None:
     from ..state import host_config
     bin_dir = Path(paths.SNAP_BIN)
     bin_dir.mkdir(parents=True, exist_ok=True)
-    python = host_config().get("python", sys.executable)
-    script = (f"#!{python}\nimport sys\nsys.path.insert(0, {paths.SIM_LIB!r})\n"
-              "from provision_sim.standins.microk8s import entry\nsys.exit(entry(sys.argv))\n")
-    (bin_dir / "microk8s").write_text(script)
+    from ..install import launcher
+    (bin_dir / "microk8s").write_text(launcher(host_config().get("python", sys.executable), "microk8s", "entry"))
     os.chmod(bin_dir / "microk8s", 0o755)
     for app in MICROK8S_APPS:
         link = bin_dir / f"microk8s.{app}"

@@ -1,0 +1,154 @@
+"""The test bundle: `python -m tests.harness bundle --dir DIR` writes a complete offline bundle in the
+layout of offline-images/README.md: core20 + microk8s snaps with .assert files the snap stand-in
+accepts, genuine tiny image tarballs (OCI and docker-save, correct digests) for every image the stages
+and the charts need, the charts (z2jh 4.2.0 with its REAL values.yaml and values.schema.json, the GPU
+operator v25.10.0 with its real values.yaml), and manifest.yaml written by provision.bundle.write_manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tarfile
+from pathlib import Path
+
+from tests.harness import images as imgs
+
+REPO = Path(__file__).resolve().parents[2]
+CORE20_REV, MICROK8S_REV = 2264, 7394
+MICROK8S_VERSION = "v1.30.14"
+
+# microk8s.md §10 (branch 1.30 images.txt) + the sandbox image
+MICROK8S_CORE = [
+    "docker.io/calico/cni:v3.25.1", "docker.io/calico/kube-controllers:v3.25.1", "docker.io/calico/node:v3.25.1",
+    "docker.io/cdkbot/hostpath-provisioner:1.5.0", "docker.io/coredns/coredns:1.10.1",
+    "docker.io/library/busybox:1.28.4", "registry.k8s.io/ingress-nginx/controller:v1.11.5",
+    "registry.k8s.io/metrics-server/metrics-server:v0.6.3", "registry.k8s.io/pause:3.7",
+]
+# z2jh-4.2.0-images.txt, default install without autohttps
+JUPYTERHUB = [
+    "quay.io/jupyterhub/k8s-hub:4.2.0", "quay.io/jupyterhub/configurable-http-proxy:4.6.3",
+    "quay.io/jupyterhub/k8s-network-tools:4.2.0", "quay.io/jupyterhub/k8s-image-awaiter:4.2.0",
+    "registry.k8s.io/pause:3.10", "registry.k8s.io/kube-scheduler:v1.30.11",
+]
+SINGLEUSER = ["quay.io/jupyterhub/k8s-singleuser-sample:4.2.0"]
+# gpu-operator.md §2, minimal air-gap set for driver.enabled=false (+ MIG manager for H100/A100)
+GPU_OPERATOR = [
+    "nvcr.io/nvidia/gpu-operator:v25.10.0", "registry.k8s.io/nfd/node-feature-discovery:v0.18.2",
+    "nvcr.io/nvidia/k8s/container-toolkit:v1.18.0", "nvcr.io/nvidia/k8s-device-plugin:v0.18.0",
+    "nvcr.io/nvidia/k8s/dcgm-exporter:4.4.1-4.6.0-distroless", "nvcr.io/nvidia/cloud-native/k8s-mig-manager:v0.13.0",
+]
+ASCEND = ["docker.io/library/ascend-k8sdeviceplugin:v3.0.0"]
+
+TARBALLS = {  # file -> (refs, roles, format)
+    "images/microk8s-core.tar": (MICROK8S_CORE, ["control-plane", "worker"], "oci"),
+    "images/jupyterhub.tar": (JUPYTERHUB, ["control-plane", "worker"], "oci"),
+    "images/singleuser.tar": (SINGLEUSER, ["control-plane", "worker"], "docker"),
+    "images/gpu-operator.tar": (GPU_OPERATOR, ["gpu"], "oci"),
+    "images/ascend.tar": (ASCEND, ["npu"], "oci"),
+}
+
+
+def _multi_oci(path: Path, refs: list[str]) -> None:
+    """One OCI archive holding several images (what `ctr images export` of many refs writes)."""
+    import json
+    files: dict[str, bytes] = {"oci-layout": b'{"imageLayoutVersion":"1.0.0"}'}
+    manifests = []
+    for ref in refs:
+        parts = imgs.image_parts(ref)
+        man = imgs._manifest(parts)
+        for b in (parts.layer_gz, parts.config, man):
+            files["blobs/sha256/" + imgs.sha256_digest(b)[7:]] = b
+        manifests.append({"mediaType": imgs.OCI_MANIFEST, "digest": imgs.sha256_digest(man), "size": len(man),
+                          "annotations": {"io.containerd.image.name": ref,
+                                          "org.opencontainers.image.ref.name": imgs.split_ref(ref)[1]},
+                          "platform": {"architecture": "amd64", "os": "linux"}})
+    files["index.json"] = json.dumps({"schemaVersion": 2, "mediaType": imgs.OCI_INDEX, "manifests": manifests},
+                                     sort_keys=True).encode()
+    path.write_bytes(imgs.tar_bytes(files))
+
+
+def _multi_docker(path: Path, refs: list[str]) -> None:
+    import hashlib
+    import json
+    files: dict[str, bytes] = {}
+    entries = []
+    for ref in refs:
+        parts = imgs.image_parts(ref)
+        lid = hashlib.sha256(parts.layer).hexdigest()
+        cfg = hashlib.sha256(parts.config).hexdigest() + ".json"
+        files.update({cfg: parts.config, f"{lid}/layer.tar": parts.layer, f"{lid}/VERSION": b"1.0"})
+        entries.append({"Config": cfg, "RepoTags": [ref], "Layers": [f"{lid}/layer.tar"]})
+    files["manifest.json"] = json.dumps(entries).encode()
+    path.write_bytes(imgs.tar_bytes(files))
+
+
+def _tgz(path: Path, root: str, files: dict[str, bytes]) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(f"{root}/{name}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(buf.getvalue())
+
+
+def write_charts(out: Path) -> list[str]:
+    data = REPO / "tests" / "data"
+    z2jh = data / "z2jh-4.2.0"
+    chart_yaml = (b"apiVersion: v2\nname: jupyterhub\nversion: 4.2.0\nappVersion: 5.3.0\n"
+                  b"kubeVersion: '>=1.28.0-0'\ndescription: Multi-user Jupyter installation\n")
+    _tgz(out / "jupyterhub-4.2.0.tgz", "jupyterhub", {
+        "Chart.yaml": chart_yaml, "values.yaml": (z2jh / "values.yaml").read_bytes(),
+        "values.schema.json": (z2jh / "values.schema.json").read_bytes()})
+    gpu = data / "gpu-operator-v25.10.0"
+    gpu_chart = (b"apiVersion: v2\nname: gpu-operator\nversion: v25.10.0\nappVersion: v25.10.0\n"
+                 b"kubeVersion: '>= 1.16.0-0'\ndescription: NVIDIA GPU Operator\n")
+    _tgz(out / "gpu-operator-v25.10.0.tgz", "gpu-operator", {
+        "Chart.yaml": gpu_chart, "values.yaml": (gpu / "values.yaml").read_bytes()})
+    return ["jupyterhub-4.2.0.tgz", "gpu-operator-v25.10.0.tgz"]
+
+
+def write_snaps(out: Path) -> None:
+    from tests.harness.sim.snapfile import assertion_text, snap_yaml, write_snap
+    core = out / f"core20_{CORE20_REV}.snap"
+    write_snap(core, snap_yaml("core20", "20250213", confinement="strict", snap_type="base"))
+    (out / f"core20_{CORE20_REV}.assert").write_text(assertion_text("core20", CORE20_REV, core))
+    mk = out / f"microk8s_{MICROK8S_REV}.snap"
+    write_snap(mk, snap_yaml("microk8s", MICROK8S_VERSION, base="core20", confinement="classic"))
+    (out / f"microk8s_{MICROK8S_REV}.assert").write_text(assertion_text("microk8s", MICROK8S_REV, mk))
+
+
+def write_bundle(dir: str | Path, *, gpu: bool = True, npu: bool = True, manifest: bool = True) -> Path:
+    """Write the whole bundle into `dir` (created); returns the directory. Deterministic output."""
+    out = Path(dir)
+    for sub in ("snaps", "images", "charts"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    write_snaps(out / "snaps")
+    roles: dict[str, list[str]] = {}
+    for rel, (refs, r, fmt) in TARBALLS.items():
+        if (rel.endswith("gpu-operator.tar") and not gpu) or (rel.endswith("ascend.tar") and not npu):
+            continue
+        (_multi_oci if fmt == "oci" else _multi_docker)(out / rel, refs)
+        roles[rel] = r
+    write_charts(out / "charts")
+    if manifest:
+        from provision.bundle import write_manifest
+        write_manifest(out, microk8s_channel="1.30/stable", images=roles)
+    return out
+
+
+def _add(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", required=True, help="where to write the bundle (offline-images layout)")
+    p.add_argument("--no-gpu", action="store_true", help="leave out the GPU operator images")
+    p.add_argument("--no-npu", action="store_true", help="leave out the Ascend device plugin image")
+
+
+def _run(args: argparse.Namespace) -> int:
+    out = write_bundle(args.dir, gpu=not args.no_gpu, npu=not args.no_npu)
+    print(f"bundle written to {out}")
+    return 0
+
+
+def register(cli) -> None:
+    cli.command("bundle", "write a complete offline test bundle (snaps, images, charts, manifest)", _add, _run)
