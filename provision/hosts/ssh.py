@@ -72,7 +72,6 @@ class SSHHost(HostBase):
         self.allow_agent = (self.identity is None) if allow_agent is None else allow_agent
         self._client = None
         self._sftp = None
-        self._lost: str | None = None
         self._lock = threading.Lock()
 
     @property
@@ -189,7 +188,6 @@ class SSHHost(HostBase):
     # -- commands --------------------------------------------------------------------------------
     def _lost_error(self, display: str) -> TransportError:
         what = f" while running `{display}`" if display else ""
-        self._lost = self._lost or display or "a command"
         return TransportError(f"lost connection to {self.name} ({self.target}){what}; re-run to continue",
                               "check the node and the network link; every stage is safe to re-run")
 

@@ -53,7 +53,7 @@ def spawner_for(values, portal_url, user):
 def slugs(values, url, user):
     async def go():  # KubeSpawner is made inside a running loop, as in the hub
         sp = spawner_for(values, url, user)
-        return [p["slug"] for p in await sp._get_profile_list()]
+        return [p["slug"] for p in await sp.profile_list(sp)]  # as KubeSpawner 7.0 calls it
 
     return asyncio.run(go())
 

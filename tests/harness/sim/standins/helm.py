@@ -244,7 +244,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("-o", "--output", default="table")
     p.add_argument("--all", action="store_true")
     p.add_argument("--kubeconfig")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)
     if a.cmd == "version":
         print('version.BuildInfo{Version:"v3.9.1", GitCommit:"a7c043acb5ff905c261cfdc923a35776ba5e66e4", '
               'GitTreeState:"clean", GoVersion:"go1.17.5"}')
