@@ -427,7 +427,7 @@ class Runner:
             rec.status, rec.reason = "conditional", f"{len(errors)} check(s) fail before earlier stages have run"
             return
         if errors:
-            err_cls = error or getattr(stage, "check_error", VerifyFailed)
+            err_cls = error or stage.check_error or VerifyFailed
             rec.status, rec.exit_code, rec.error_type = "failed", err_cls.exit_code, err_cls
             rec.error = "\n".join(check_line(c) for c in errors)
             return

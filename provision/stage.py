@@ -132,6 +132,10 @@ class Stage:
     number: ClassVar[int]
     title: ClassVar[str]
     scope: ClassVar[Scope] = Scope.NODE
+    # Error raised when checks fail after apply; preflight uses PreflightError (exit 3).
+    check_error: ClassVar[type[Exception] | None] = None
+    # Set by the runner before gather: settings and bundle dir for stages that read the bundle.
+    context: ApplyContext | None = None
 
     def applies_to(self, node: Node, settings: Settings) -> bool:
         """Pure. Default: every node."""
@@ -148,6 +152,9 @@ class Stage:
     def verify(self, facts: Facts, settings: Settings, node: Node) -> Sequence[Check]:
         """Pure over re-gathered facts."""
         return ()
+
+    # Optional: `verify_all(facts_by_node, settings, nodes) -> {node_name: [Check]}` for checks that
+    # need every node at once (unique hostnames). The runner calls it when a stage defines it.
 
 
 _STAGE_FILE = re.compile(r"^s(\d\d)_[a-z0-9_]+$")
