@@ -109,15 +109,16 @@ def masked(values: Any) -> Any:
     return values
 
 
-def to_yaml(values: Mapping[str, Any], show_secrets: bool = False) -> str:
-    """YAML text for screens (masked) or for the values file (show_secrets=True)."""
+def to_yaml(values: Mapping[str, Any], show_secrets: bool = False, quote_all: bool = False) -> str:
+    """YAML text for screens (masked) or for the values file (show_secrets=True). quote_all double-quotes
+    every one-line string, so Helm's Go YAML parser cannot read a string as a number or a boolean."""
     import yaml
 
     class Dumper(yaml.SafeDumper):
         pass
 
     def text(dumper: yaml.SafeDumper, s: str) -> yaml.Node:
-        style = "|" if "\n" in s else None
+        style = "|" if "\n" in s else ('"' if quote_all else None)
         return dumper.represent_scalar("tag:yaml.org,2002:str", s, style=style)
 
     Dumper.add_representer(str, text)

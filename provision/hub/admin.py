@@ -81,7 +81,7 @@ def signup(hub_url: str, username: str, password: str) -> dict:
     status, _, page = _open(opener, f"{hub_url}/signup", {
         "username": username, "signup_password": password, "signup_password_confirmation": password,
         "_xsrf": _xsrf(jar)})
-    m = re.search(r'class="alert ([a-z-]+)[^"]*"[^>]*>(.*?)</', page, re.S)
+    m = re.search(r'class="alert ([a-z-]+)[^"]*"[^>]*>(.*?)</', page, re.DOTALL)
     alert, message = (m.group(1), " ".join(m.group(2).split())) if m else ("", f"HTTP {status}")
     exists = "already in use" in message
     created = alert == "alert-success"

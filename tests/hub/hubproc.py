@@ -111,7 +111,7 @@ class HubProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "PROVISION_"))}
         env.update({k: str(v) for k, v in self.values.get("hub", {}).get("extraEnv", {}).items()})
         env.update(self.env)
-        self.log = open(self.dir / "hub.log", "wb")
+        self.log = open(self.dir / "hub.log", "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", "jupyterhub_config.py"],
                                      cwd=self.dir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

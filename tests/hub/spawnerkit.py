@@ -11,14 +11,14 @@ def kubespawner_from_values(values: dict, username: str = "alice", admin: bool =
 
     su = values["singleuser"]
     st = su["storage"]
-    cfg = dict(
-        image=f"{su['image']['name']}:{su['image']['tag']}" if su["image"]["tag"] else su["image"]["name"],
-        image_pull_policy=su["image"]["pullPolicy"], uid=su["uid"], fs_gid=su["fsGid"],
-        cpu_limit=su["cpu"]["limit"], cpu_guarantee=su["cpu"]["guarantee"],
-        mem_limit=su["memory"]["limit"], mem_guarantee=su["memory"]["guarantee"],
-        start_timeout=su["startTimeout"], init_containers=list(su.get("initContainers", [])),
-        profile_list=su["profileList"],
-    )
+    cfg = {
+        "image": f"{su['image']['name']}:{su['image']['tag']}" if su["image"]["tag"] else su["image"]["name"],
+        "image_pull_policy": su["image"]["pullPolicy"], "uid": su["uid"], "fs_gid": su["fsGid"],
+        "cpu_limit": su["cpu"]["limit"], "cpu_guarantee": su["cpu"]["guarantee"],
+        "mem_limit": su["memory"]["limit"], "mem_guarantee": su["memory"]["guarantee"],
+        "start_timeout": su["startTimeout"], "init_containers": list(su.get("initContainers", [])),
+        "profile_list": su["profileList"],
+    }
     if st["type"] == "static":
         volumes = [{"name": "home", "persistentVolumeClaim": {"claimName": st["static"]["pvcName"]}}]
         mounts = [{"mountPath": st["homeMountPath"], "name": "home", "subPath": st["static"]["subPath"]}]

@@ -68,7 +68,7 @@ class Browser:
 
 def run_admin_script(*args, stdin=None):
     src = resources.files("provision.hub").joinpath("admin.py").read_text()
-    return subprocess.run([sys.executable, "-c", src, *args], input=stdin, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", src, *args], input=stdin, capture_output=True, text=True, check=False,
                           timeout=60)
 
 

@@ -103,12 +103,12 @@ def test_sso_unreachable_in_process():
                                 timeout=2)
     handler = type("H", (), {})()
     handler.request = HTTPServerRequest(start_line=RequestStartLine("GET", "/hub/login", "HTTP/1.1"),
-                                        headers=HTTPHeaders({"Cookie": "ubilink_session=good"}))
+                                        headers=HTTPHeaders({"Host": "hub.lab", "Cookie": "ubilink_session=good"}))
     with pytest.raises(web.HTTPError) as e:
         asyncio.run(auth.whoami(handler))
     assert e.value.status_code == 503 and "cannot be reached" in e.value.log_message % e.value.args
     handler.request = HTTPServerRequest(start_line=RequestStartLine("GET", "/hub/login", "HTTP/1.1"),
-                                        headers=HTTPHeaders({}))
+                                        headers=HTTPHeaders({"Host": "hub.lab"}))
     assert asyncio.run(auth.whoami(handler)) is None  # no cookie: a stranger, the SSO is not even asked
 
 

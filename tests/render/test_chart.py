@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from provision.chart import (check_jupyterhub_chart, find_chart, merge_values, open_chart, schema_problems,
-                             validate_release_values)
+from provision.chart import (
+    check_jupyterhub_chart,
+    find_chart,
+    merge_values,
+    open_chart,
+    schema_problems,
+    validate_release_values,
+)
 from provision.errors import BundleError, ConfigError
 from provision.values import build_values, release_values, source_of
 from tests.render.conftest import chart_defaults, chart_schema, make_settings, write_chart_tgz
@@ -64,8 +70,8 @@ def test_invalid_release_values_raise_config_error_naming_the_key(chart_tgz):
     values["singleuser"]["startTimeout"] = "soon"
     with pytest.raises(ConfigError) as e:
         validate_release_values(values, chart, source_of)
-    assert e.value.problems == ["values singleuser.startTimeout: 'soon' is not of type 'integer', 'null' "
-                                "(from SPAWNER_START_TIMEOUT)"]
+    assert e.value.problems == [("values singleuser.startTimeout: 'soon' is not of type 'integer', 'null' "
+                                "(from SPAWNER_START_TIMEOUT)")]
 
 
 def test_refuses_other_charts_and_other_majors(tmp_path):

@@ -6,13 +6,20 @@ import pytest
 
 from provision.config import Secret
 from provision.errors import ConfigError
-from provision.values import (ClusterFacts, build_values, images_in_values, masked, plain, to_yaml,
-                              values_digest)
+from provision.values import (
+    ClusterFacts,
+    build_values,
+    images_in_values,
+    masked,
+    plain,
+    to_yaml,
+    values_digest,
+)
 from tests.render.conftest import chart_defaults, make_settings, schema_errors
 
 
-def render(facts=ClusterFacts(), **keys):
-    v = build_values(make_settings(**keys), facts).values
+def render(facts=None, **keys):
+    v = build_values(make_settings(**keys), facts or ClusterFacts()).values
     assert schema_errors(v) == []
     return v
 
@@ -195,22 +202,22 @@ def test_ubilink_ships_the_authenticator():
 
 
 @pytest.mark.parametrize("keys, named", [
-    (dict(AUTH_MODE="github", GITHUB_CLIENT_ID="x", GITHUB_CLIENT_SECRET="y",
-          GITHUB_CALLBACK_URL="https://h/cb", ADMIN_USERS_CSV=""), "ALLOWED_USERS_CSV"),
-    (dict(GITHUB_ALLOWED_ORGS_CSV="lab"), "GITHUB_ALLOWED_ORGS_CSV"),
-    (dict(ALLOWED_USERS_CSV="bob"), "ALLOWED_USERS_CSV"),
-    (dict(ADMIN_USERS_CSV="Admin.Boss"), "ADMIN_USERS_CSV"),
-    (dict(NATIVE_ALLOWED_FAILED_LOGINS=5, NATIVE_SECONDS_BEFORE_NEXT_TRY=0), "NATIVE_SECONDS_BEFORE_NEXT_TRY"),
-    (dict(GPUS_PER_NODE=4), "GPUS_PER_NODE"),
-    (dict(NPU_SHARED="true"), "NPU_SHARED"),
-    (dict(ENABLE_IB="true"), "ENABLE_IB"),
-    (dict(ENABLE_IB="true", USE_GPU_OPERATOR="true", IB_RESOURCE_NAME="rdma shared"), "IB_RESOURCE_NAME"),
-    (dict(HUB_DB_URL="sqlite:///tmp/x.sqlite"), "HUB_DB_URL"),
-    (dict(WORKSHOP_LESSONS_PATH="/srv/w", WORKSHOP_MODELS_PATH="/srv/w/"), "WORKSHOP_MODELS_PATH"),
-    (dict(SHARED_STORAGE_ENABLED="true", SHARED_STORAGE_PATH="/mnt/s", WORKSHOP_STUDENT_WORK_PATH="/mnt/s"),
+    ({"AUTH_MODE": "github", "GITHUB_CLIENT_ID": "x", "GITHUB_CLIENT_SECRET": "y",
+          "GITHUB_CALLBACK_URL": "https://h/cb", "ADMIN_USERS_CSV": ""}, "ALLOWED_USERS_CSV"),
+    ({"GITHUB_ALLOWED_ORGS_CSV": "lab"}, "GITHUB_ALLOWED_ORGS_CSV"),
+    ({"ALLOWED_USERS_CSV": "bob"}, "ALLOWED_USERS_CSV"),
+    ({"ADMIN_USERS_CSV": "Admin.Boss"}, "ADMIN_USERS_CSV"),
+    ({"NATIVE_ALLOWED_FAILED_LOGINS": 5, "NATIVE_SECONDS_BEFORE_NEXT_TRY": 0}, "NATIVE_SECONDS_BEFORE_NEXT_TRY"),
+    ({"GPUS_PER_NODE": 4}, "GPUS_PER_NODE"),
+    ({"NPU_SHARED": "true"}, "NPU_SHARED"),
+    ({"ENABLE_IB": "true"}, "ENABLE_IB"),
+    ({"ENABLE_IB": "true", "USE_GPU_OPERATOR": "true", "IB_RESOURCE_NAME": "rdma shared"}, "IB_RESOURCE_NAME"),
+    ({"HUB_DB_URL": "sqlite:///tmp/x.sqlite"}, "HUB_DB_URL"),
+    ({"WORKSHOP_LESSONS_PATH": "/srv/w", "WORKSHOP_MODELS_PATH": "/srv/w/"}, "WORKSHOP_MODELS_PATH"),
+    ({"SHARED_STORAGE_ENABLED": "true", "SHARED_STORAGE_PATH": "/mnt/s", "WORKSHOP_STUDENT_WORK_PATH": "/mnt/s"},
      "WORKSHOP_STUDENT_WORK_PATH"),
-    (dict(AUTH_MODE="ubilink", UBILINK_AUTH_ME_URL="https://s/me", UBILINK_LOGIN_URL="https://s/l",
-          UBILINK_NEXT_PARAM="a&b"), "UBILINK_NEXT_PARAM"),
+    ({"AUTH_MODE": "ubilink", "UBILINK_AUTH_ME_URL": "https://s/me", "UBILINK_LOGIN_URL": "https://s/l",
+          "UBILINK_NEXT_PARAM": "a&b"}, "UBILINK_NEXT_PARAM"),
 ])
 def test_bad_combinations_name_the_key(keys, named):
     with pytest.raises(ConfigError) as e:
@@ -336,21 +343,21 @@ def test_workshop_on_nfs():
 
 EXAMPLES = {
     "small-team": {},
-    "gpu-lab": dict(AUTH_MODE="github", GITHUB_CLIENT_ID="x", GITHUB_CLIENT_SECRET="y",
-                    GITHUB_CALLBACK_URL="https://hub.lab/hub/oauth_callback", GITHUB_ALLOWED_ORGS_CSV="lab",
-                    USE_GPU_OPERATOR="true", GPUS_PER_NODE=8, ENABLE_IB="true", SHARED_STORAGE_ENABLED="true",
-                    SHARED_STORAGE_TYPE="nfs", NFS_SERVER="10.0.0.5", SHARED_STORAGE_PATH="/export/jhub",
-                    HUB_DB_URL="postgresql://jh:pw@db:5432/jh", SINGLEUSER_EGRESS_ALLOW_CIDRS="10.0.5.0/24"),
-    "quota": dict(AUTH_MODE="ubilink", UBILINK_AUTH_ME_URL="https://sso/me", UBILINK_LOGIN_URL="https://sso/login",
-                  USE_GPU_OPERATOR="true", GPUS_PER_NODE=4, ENABLE_USAGE_LIMIT_ENFORCER="true",
-                  USAGE_PORTAL_URL="http://portal:8080"),
-    "npu-workshop": dict(ENABLE_NPU="true", NPU_SHARED="true", NATIVE_OPEN_SIGNUP="false",
-                         SHARED_STORAGE_ENABLED="true", SHARED_STORAGE_PATH="/mnt/share/homes",
-                         WORKSHOP_LESSONS_PATH="/mnt/share/lessons", WORKSHOP_DATASETS_PATH="/mnt/share/data",
-                         WORKSHOP_MODELS_PATH="/mnt/share/models",
-                         WORKSHOP_STUDENT_WORK_PATH="/mnt/share/student-work", CULL_MAX_AGE="12h"),
-    "azure": dict(AUTH_MODE="azuread", AZUREAD_CLIENT_ID="c", AZUREAD_CLIENT_SECRET="s", AZUREAD_TENANT_ID="t",
-                  AZUREAD_CALLBACK_URL="https://h/hub/oauth_callback", ALLOW_ALL_USERS="true"),
+    "gpu-lab": {"AUTH_MODE": "github", "GITHUB_CLIENT_ID": "x", "GITHUB_CLIENT_SECRET": "y",
+                    "GITHUB_CALLBACK_URL": "https://hub.lab/hub/oauth_callback", "GITHUB_ALLOWED_ORGS_CSV": "lab",
+                    "USE_GPU_OPERATOR": "true", "GPUS_PER_NODE": 8, "ENABLE_IB": "true", "SHARED_STORAGE_ENABLED": "true",
+                    "SHARED_STORAGE_TYPE": "nfs", "NFS_SERVER": "10.0.0.5", "SHARED_STORAGE_PATH": "/export/jhub",
+                    "HUB_DB_URL": "postgresql://jh:pw@db:5432/jh", "SINGLEUSER_EGRESS_ALLOW_CIDRS": "10.0.5.0/24"},
+    "quota": {"AUTH_MODE": "ubilink", "UBILINK_AUTH_ME_URL": "https://sso/me", "UBILINK_LOGIN_URL": "https://sso/login",
+                  "USE_GPU_OPERATOR": "true", "GPUS_PER_NODE": 4, "ENABLE_USAGE_LIMIT_ENFORCER": "true",
+                  "USAGE_PORTAL_URL": "http://portal:8080"},
+    "npu-workshop": {"ENABLE_NPU": "true", "NPU_SHARED": "true", "NATIVE_OPEN_SIGNUP": "false",
+                         "SHARED_STORAGE_ENABLED": "true", "SHARED_STORAGE_PATH": "/mnt/share/homes",
+                         "WORKSHOP_LESSONS_PATH": "/mnt/share/lessons", "WORKSHOP_DATASETS_PATH": "/mnt/share/data",
+                         "WORKSHOP_MODELS_PATH": "/mnt/share/models",
+                         "WORKSHOP_STUDENT_WORK_PATH": "/mnt/share/student-work", "CULL_MAX_AGE": "12h"},
+    "azure": {"AUTH_MODE": "azuread", "AZUREAD_CLIENT_ID": "c", "AZUREAD_CLIENT_SECRET": "s", "AZUREAD_TENANT_ID": "t",
+                  "AZUREAD_CALLBACK_URL": "https://h/hub/oauth_callback", "ALLOW_ALL_USERS": "true"},
 }
 
 

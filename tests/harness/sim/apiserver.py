@@ -60,8 +60,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _body(self) -> bytes:
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
+        return self._raw_body
 
     def _route(self):
         url = urllib.parse.urlsplit(self.path)
@@ -70,6 +69,8 @@ class Handler(BaseHTTPRequestHandler):
         return segs, q
 
     def _dispatch(self, method: str) -> None:
+        n = int(self.headers.get("Content-Length") or 0)
+        self._raw_body = self.rfile.read(n) if n else b""   # always consumed: keep-alive stays in sync
         try:
             segs, q = self._route()
             self._handle(method, segs, q)

@@ -161,7 +161,7 @@ class Cluster:
             s = new.setdefault("status", {})
             conds = {c["type"]: c for c in s.get("conditions", [])}
             old_ready = conds.get("Ready", {})
-            if old_ready.get("status") != status or old_ready.get("reason") != reason:
+            if (old_ready.get("status"), old_ready.get("reason"), old_ready.get("message")) != (status, reason, msg):
                 conds["Ready"] = {"type": "Ready", "status": status, "reason": reason, "message": msg,
                                   "lastHeartbeatTime": now(), "lastTransitionTime": now()}
             for t, why in (("MemoryPressure", "KubeletHasSufficientMemory"), ("DiskPressure", "KubeletHasNoDiskPressure"),

@@ -1,0 +1,421 @@
+"""Stage 70: JupyterHub from the bundled Zero to JupyterHub chart, with values built as data.
+
+gather: the bundled chart (defaults + schema), the release (`helm3 list`), a digest of its deployed values
+(computed on the node, so no secret ever enters facts or logs), hub/proxy readiness, the nodes' GPU
+capacity and, for native accounts, whether the first admin exists. plan: nothing when chart version and
+values match and the hub is up; else upgrade --install (values file 0600, removed after), wait for hub
+and proxy with the failing pod named, and sign the first admin up.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from provision import facts as F
+from provision.errors import ConflictError, ProvisionError, VerifyFailed
+from provision.stage import Action, ApplyContext, Check, Facts, Node, Plan, Scope, Stage
+
+RELEASE = "jhub"
+CHART_DIR_ON_NODE = "/var/lib/provision/charts"
+COMPONENTS = ("hub", "proxy")
+
+# Same canonical form as provision.values.values_digest, run on the node over `helm3 get values -o json`.
+DIGEST_PY = r"""
+import hashlib, json, sys
+def canon(v):
+    if isinstance(v, dict):
+        return {str(k): canon(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [canon(x) for x in v]
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+raw = sys.stdin.read().strip()
+if not raw:
+    print("none")
+else:
+    data = json.loads(raw) or {}
+    print(hashlib.sha256(json.dumps(canon(data), sort_keys=True, separators=(",", ":"),
+                                    ensure_ascii=False).encode()).hexdigest())
+"""
+
+
+def namespace(settings: Any) -> str:
+    return getattr(settings, "hub_namespace", "jhub") or "jhub"
+
+
+def _mk(*args: str) -> tuple[str, ...]:
+    return ("microk8s", *args)
+
+
+def admin_source() -> str:
+    return resources.files("provision.hub").joinpath("admin.py").read_text("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Fact parsers (pure)
+
+
+def parse_release(raw: F.Raw) -> dict[str, Any] | None | str:
+    """`helm3 list -o json` → our release's status and chart version; None when absent; "error" when helm fails."""
+    if not raw.ok:
+        return "error"
+    start = raw.out.find("[")
+    try:
+        items = json.loads(raw.out[start:]) if start >= 0 else []
+    except ValueError:
+        return "error"
+    rel = next((r for r in items if r.get("name") == RELEASE), None)
+    if rel is None:
+        return None
+    chart = str(rel.get("chart", ""))
+    name, _, version = chart.rpartition("-")
+    while name and not version[:1].isdigit() and "-" in name:  # versions with '-' (4.3.0-beta.1)
+        name, _, head = name.rpartition("-")
+        version = f"{head}-{version}"
+    return {"status": str(rel.get("status", "")), "chart_name": name, "chart_version": version,
+            "revision": str(rel.get("revision", ""))}
+
+
+def parse_digest(raw: F.Raw) -> str | None:
+    text = raw.out.strip().splitlines()[-1:] if raw.ok else []
+    return text[0] if text and len(text[0]) == 64 else None
+
+
+def parse_json(raw: F.Raw) -> Any:
+    if not raw.ok:
+        return None
+    start = min([i for i in (raw.out.find("{"), raw.out.find("[")) if i >= 0], default=-1)
+    try:
+        return json.loads(raw.out[start:]) if start >= 0 else None
+    except ValueError:
+        return None
+
+
+def component_of(obj: Mapping[str, Any]) -> str:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return str(labels.get("component") or labels.get("app.kubernetes.io/component") or "")
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    st = pod.get("status") or {}
+    return st.get("phase") == "Running" and any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+
+
+def pod_problem(pod: Mapping[str, Any]) -> str:
+    st = pod.get("status") or {}
+    for cs in (st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or []):
+        state = cs.get("state") or {}
+        for key in ("waiting", "terminated"):
+            s = state.get(key)
+            if s and (key == "waiting" or s.get("exitCode")):
+                msg = s.get("message") or ""
+                return f"{cs.get('name')}: {s.get('reason') or key}" + (f" ({msg[:160]})" if msg else "")
+    phase = st.get("phase") or "Unknown"
+    conds = [c.get("type") for c in st.get("conditions") or [] if c.get("status") != "True"]
+    return phase + (f", not {', '.join(conds)}" if conds else "")
+
+
+def deployment_ready(dep: Mapping[str, Any] | None) -> bool:
+    if not dep:
+        return False
+    st, meta, spec = dep.get("status") or {}, dep.get("metadata") or {}, dep.get("spec") or {}
+    want = spec.get("replicas", 1)
+    return (st.get("observedGeneration", 0) >= meta.get("generation", 0)
+            and st.get("updatedReplicas", 0) >= want and st.get("readyReplicas", 0) >= want
+            and st.get("replicas", 0) == want)
+
+
+def readiness(deployments: Any, pods: Any) -> dict[str, dict[str, Any]]:
+    """{'hub': {'ready': bool, 'pod': name, 'problem': text}, 'proxy': {...}} from the two lists."""
+    deps = {d["metadata"]["name"]: d for d in (deployments or {}).get("items") or []}
+    live = [p for p in (pods or {}).get("items") or [] if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    out = {}
+    for comp in COMPONENTS:
+        mine = [p for p in live if component_of(p) == comp]
+        bad = next((p for p in mine if not pod_ready(p)), None)
+        pod = bad or (mine[0] if mine else None)
+        out[comp] = {"ready": deployment_ready(deps.get(comp)) and bad is None and bool(mine),
+                     "pod": (pod or {}).get("metadata", {}).get("name", ""),
+                     "problem": pod_problem(pod) if pod else ("no pod" if comp in deps else "no deployment")}
+    return out
+
+
+def max_gpus(nodes: Any) -> int | None:
+    items = (nodes or {}).get("items")
+    if items is None:
+        return None
+    counts = [int(str(((n.get("status") or {}).get("capacity") or {}).get("nvidia.com/gpu", 0)) or 0)
+              for n in items]
+    return max(counts, default=0)
+
+
+def parse_admin(raw: F.Raw) -> dict[str, bool] | None:
+    data = parse_json(raw)
+    return data if isinstance(data, dict) and "exists" in data else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Actions
+
+
+def _kube(host: Any, *args: str) -> Any:
+    try:
+        r = host.run(["microk8s", "kubectl", *args, "-o", "json"], sudo=True, timeout=60, check=False)
+    except ProvisionError:
+        return None
+    return parse_json(F.Raw(r.stdout, r.exit_status))
+
+
+@dataclass(frozen=True)
+class HelmRelease(Action):
+    """`microk8s helm3 upgrade --install` from the bundled chart; the values file is 0600 and always removed."""
+
+    release: str
+    namespace: str
+    chart_path: str  # on this machine (the bundle)
+    chart_version: str
+    values_yaml: bytes = field(repr=False)  # holds secrets: never shown
+    values_digest: str = ""
+    timeout: int = 600
+
+    def describe(self) -> str:
+        return (f"helm upgrade --install {self.release} {Path(self.chart_path).name} -n {self.namespace} "
+                f"(chart {self.chart_version}, values sha256 {self.values_digest[:12]}, secrets not shown)")
+
+    def apply(self, host: Any, ctx: ApplyContext) -> None:
+        chart = self._chart_on_node(host)
+        tmp = host.run(["mktemp", "/tmp/provision-jhub-values.XXXXXXXXXX"], sudo=True).stdout.strip()
+        if not tmp.startswith("/tmp/provision-jhub-values."):
+            raise ProvisionError(f"mktemp printed an unexpected path: {tmp[:80]!r}")
+        try:
+            host.put_bytes(self.values_yaml, tmp, mode=0o600, sudo=True)
+            host.run(list(_mk("helm3", "upgrade", "--install", self.release, chart, "-n", self.namespace,
+                              "--create-namespace", "-f", tmp, "--timeout", f"{self.timeout}s")),
+                     sudo=True, timeout=self.timeout + 120)
+        finally:
+            host.run(["rm", "-f", tmp], sudo=True, check=False)
+
+    def _chart_on_node(self, host: Any) -> str:
+        from stages._microk8s import is_local
+
+        if is_local(host):
+            return self.chart_path
+        remote = f"{CHART_DIR_ON_NODE}/{Path(self.chart_path).name}"
+        host.run(["mkdir", "-p", CHART_DIR_ON_NODE], sudo=True)
+        host.put(Path(self.chart_path), remote, mode=0o644, sudo=True)
+        return remote
+
+
+@dataclass(frozen=True)
+class WaitHub(Action):
+    """Wait for the hub and proxy Deployments; on timeout name the pod, its status and its last events."""
+
+    namespace: str
+    timeout: float
+    interval: float = 3.0
+
+    def describe(self) -> str:
+        return f"wait up to {self.timeout:.0f}s for the hub and proxy pods in {self.namespace}"
+
+    def apply(self, host: Any, ctx: ApplyContext) -> None:
+        deadline = time.monotonic() + self.timeout
+        state: dict[str, dict[str, Any]] = {}
+        while True:
+            deps, pods = _kube(host, "get", "deployments", "-n", self.namespace), \
+                _kube(host, "get", "pods", "-n", self.namespace)
+            if deps is not None and pods is not None:
+                state = readiness(deps, pods)
+                if all(s["ready"] for s in state.values()):
+                    return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(min(self.interval, max(0.0, deadline - time.monotonic())))
+        if not state:
+            raise VerifyFailed(f"the Kubernetes API did not answer for {self.timeout:.0f}s",
+                               "check `microk8s status`, then re-run")
+        lines = []
+        for comp, s in state.items():
+            if s["ready"]:
+                continue
+            events = self._events(host, s["pod"]) if s["pod"] else []
+            lines.append(f"{comp} pod {s['pod'] or '(none)'}: {s['problem']}"
+                         + (f"; last events: {' | '.join(events)}" if events else ""))
+        raise VerifyFailed(f"JupyterHub not ready after {self.timeout:.0f}s: " + "; ".join(lines),
+                           f"see `microk8s kubectl -n {self.namespace} describe pod <name>` and `microk8s kubectl "
+                           f"-n {self.namespace} logs deploy/hub`; ErrImagePull means an image is missing from the "
+                           "bundle (`provision bundle verify`); raise WAIT_TIMEOUT on slow nodes, then re-run")
+
+    def _events(self, host: Any, pod: str) -> list[str]:
+        ev = _kube(host, "get", "events", "-n", self.namespace, "--field-selector", f"involvedObject.name={pod}")
+        items = sorted((ev or {}).get("items") or [],
+                       key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+        return [f"{e.get('reason', '')}: {' '.join(str(e.get('message', '')).split())[:200]}" for e in items[-3:]]
+
+
+@dataclass(frozen=True)
+class BootstrapAdmin(Action):
+    """Sign the first admin up inside the hub pod (auto-approved as an admin) and prove the login works."""
+
+    namespace: str
+    username: str
+    min_length: int = 8
+
+    def describe(self) -> str:
+        return f"create the first admin account {self.username!r} (NativeAuthenticator sign-up, in the hub pod)"
+
+    def apply(self, host: Any, ctx: ApplyContext) -> None:
+        configured = ctx.settings.native_admin_password.reveal()
+        password = configured or secrets.token_urlsafe(max(12, self.min_length))
+        r = host.run(list(_mk("kubectl", "exec", "-i", "-n", self.namespace, "deploy/hub", "-c", "hub", "--",
+                              "python3", "-c", admin_source(), "signup")),
+                     sudo=True, stdin=json.dumps({"username": self.username, "password": password}).encode(),
+                     timeout=120, check=False)
+        out = parse_admin_result(r.stdout)
+        if not out.get("login"):
+            why = out.get("message") or (r.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ProvisionError(f"could not create the first admin {self.username!r}: {why}",
+                                 "if the account exists with another password, reset it at "
+                                 "/hub/change-password/<user> as another admin, or set NATIVE_ADMIN_PASSWORD "
+                                 "to its password; then re-run")
+        if not configured and out.get("created"):
+            show = ctx.extra.get("show_secret_once")
+            text = (f"First admin account {self.username!r} created with password: {password}\n"
+                    "  It is shown only this once (never logged). Change it at /hub/change-password.")
+            if callable(show):
+                show(text)
+            else:
+                sys.stderr.write(text + "\n")
+                sys.stderr.flush()
+
+
+def parse_admin_result(stdout: str) -> dict[str, Any]:
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            return data
+    return {}
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+class JupyterHubStage(Stage):
+    """Release JupyterHub from the bundled chart with values built from jhub.env; wait; first admin."""
+
+    number = 70
+    title = "JupyterHub"
+    scope = Scope.CLUSTER
+
+    def probes(self, settings: Any) -> list[F.Probe]:
+        ns = namespace(settings)
+        q = F.quoted
+        pre = "command -v microk8s >/dev/null 2>&1 || exit 127\n"
+        probes = [
+            F.Probe("release", pre + q("timeout 60 microk8s helm3 list -n {ns} --all -o json", ns=ns), parse_release),
+            F.Probe("deployed_digest", pre + q("timeout 60 microk8s helm3 get values {r} -n {ns} -o json 2>/dev/null"
+                                               " | python3 -c {py}", r=RELEASE, ns=ns, py=DIGEST_PY), parse_digest),
+            F.Probe("deployments", pre + q("timeout 60 microk8s kubectl get deployments -n {ns} -o json", ns=ns),
+                    parse_json),
+            F.Probe("pods", pre + q("timeout 60 microk8s kubectl get pods -n {ns} -o json", ns=ns), parse_json),
+            F.Probe("nodes", pre + "timeout 60 microk8s kubectl get nodes -o json", parse_json),
+        ]
+        if settings.auth_mode == "native" and settings.admin_users_csv:
+            probes.append(F.Probe("admin", pre + q(
+                "timeout 60 microk8s kubectl exec -n {ns} deploy/hub -c hub -- python3 -c {src} probe {user}",
+                ns=ns, src=admin_source(), user=settings.admin_users_csv[0]), parse_admin))
+        return probes
+
+    def gather(self, host: Any, settings: Any, node: Node) -> Facts:
+        from provision.chart import check_jupyterhub_chart, find_chart, open_chart
+        from provision.values import default_templates_dir, load_branding
+
+        bundle = getattr(getattr(self, "context", None), "bundle_dir", None)
+        if bundle is None:
+            from provision.errors import BundleError
+
+            raise BundleError("no offline bundle given", "pass --bundle DIR (the offline-images directory)")
+        chart = check_jupyterhub_chart(open_chart(find_chart(bundle, "jupyterhub", settings.z2jh_chart_version)))
+        raw = F.gather(host, self.probes(settings), sudo=True)
+        facts = {k: raw[k] for k in ("release", "deployed_digest")}
+        facts["hub"] = readiness(raw["deployments"], raw["pods"])
+        facts["max_gpus"] = max_gpus(raw["nodes"])
+        facts["admin"] = raw.get("admin")
+        facts["chart"] = chart
+        facts["branding"] = load_branding(default_templates_dir())
+        return facts
+
+    def plan(self, facts: Facts, settings: Any, node: Node) -> Plan:
+        from provision.values import ClusterFacts, release_values, to_yaml, values_digest
+
+        chart = facts["chart"]
+        ns = namespace(settings)
+        rendered = release_values(settings, ClusterFacts(max_gpus=facts["max_gpus"]), chart, facts["branding"])
+        digest = values_digest(rendered.values)
+        release = facts["release"]
+        if release == "error":
+            raise ProvisionError("`microk8s helm3 list` failed on the control node",
+                                 "check `microk8s status` and that stages 10-40 completed, then re-run")
+        actions: list[Action] = []
+        why = ""
+        if release is not None:
+            if release["chart_name"] and release["chart_name"] != "jupyterhub":
+                raise ConflictError(f"release {RELEASE} in {ns} is chart {release['chart_name']}, not jupyterhub",
+                                    f"it is not ours: remove it (`microk8s helm3 uninstall {RELEASE} -n {ns}`) "
+                                    "or set HUB_NAMESPACE to another namespace")
+            if release["status"].startswith("pending"):
+                fix = (f"microk8s helm3 uninstall {RELEASE} -n {ns}" if release["status"] == "pending-install"
+                       else f"microk8s helm3 rollback {RELEASE} -n {ns}")
+                raise ConflictError(f"release {RELEASE} is stuck in {release['status']} (an earlier helm run was "
+                                    "interrupted or timed out)", f"run `{fix}`, then re-run provision")
+        if release is None:
+            why = "not installed"
+        elif release["chart_version"].lstrip("v") != chart.version.lstrip("v"):
+            why = f"chart {release['chart_version']} -> {chart.version}"
+        elif facts["deployed_digest"] != digest:
+            why = "values changed"
+        elif release["status"] != "deployed":
+            why = f"release is {release['status']}"
+        if why:
+            actions.append(HelmRelease(RELEASE, ns, chart.path, chart.version,
+                                       to_yaml(rendered.values, show_secrets=True, quote_all=True).encode(), digest,
+                                       int(settings.wait_timeout)))
+        hub = facts["hub"]
+        if actions or not all(h["ready"] for h in hub.values()):
+            actions.append(WaitHub(ns, float(settings.wait_timeout)))
+        if settings.auth_mode == "native" and settings.admin_users_csv:
+            admin = facts.get("admin")
+            if not (admin and admin.get("exists")):
+                actions.append(BootstrapAdmin(ns, settings.admin_users_csv[0], settings.native_min_password_length))
+        if not actions:
+            return Plan.noop(f"release {RELEASE} at chart {chart.version} with these values; hub and proxy ready")
+        return Plan.of(*actions)
+
+    def verify(self, facts: Facts, settings: Any, node: Node) -> Sequence[Check]:
+        release = facts.get("release")
+        ok = isinstance(release, dict) and release.get("status") == "deployed"
+        checks = [Check("helm release", ok, f"{RELEASE}: " + (f"{release['status']}, chart {release['chart_version']}"
+                                                              if isinstance(release, dict) else "missing"),
+                        f"microk8s helm3 status {RELEASE} -n {namespace(settings)}")]
+        for comp, h in (facts.get("hub") or {}).items():
+            checks.append(Check(f"{comp} ready", h["ready"], h["pod"] + ("" if h["ready"] else f": {h['problem']}"),
+                                f"microk8s kubectl -n {namespace(settings)} describe pod {h['pod']}"))
+        if settings.auth_mode == "native" and settings.admin_users_csv:
+            admin = facts.get("admin") or {}
+            checks.append(Check("first admin", bool(admin.get("exists") and admin.get("authorized")),
+                                f"{settings.admin_users_csv[0]}: " + ("ready" if admin.get("exists") else "missing"),
+                                "re-run provision install --only 70"))
+        return checks

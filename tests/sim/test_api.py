@@ -1,0 +1,222 @@
+"""The Kubernetes API stand-in, in-process on loopback, driven by the official kubernetes client.
+Kubelets are the only thing faked here (node facts a kubelet stand-in would report)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.harness.sim import addons
+from tests.harness.sim.apiserver import ApiServer
+from tests.harness.sim.certs import produce_certs
+from tests.harness.sim.nodes import register_node
+from tests.harness.sim.store import Store
+
+CORE = ["docker.io/calico/node:v3.25.1", "docker.io/calico/cni:v3.25.1", "docker.io/calico/kube-controllers:v3.25.1",
+        "docker.io/coredns/coredns:1.10.1", "registry.k8s.io/pause:3.7"]
+
+
+def facts(images, gpus=0, ready=True):
+    return {"ready": ready, "cluster_ok": True, "images": [{"ref": r, "digest": "sha256:" + "0" * 64} for r in images],
+            "sandbox_image": "registry.k8s.io/pause:3.7", "cpu": 4, "memory_kib": 16 << 20, "gpus": gpus,
+            "gpu_model": "NVIDIA H100 80GB HBM3", "npus": 0, "node_info": NODE_INFO}
+
+
+NODE_INFO = {"kubeletVersion": "v1.30.14", "kubeProxyVersion": "v1.30.14", "containerRuntimeVersion": "containerd://1.6.20",
+             "osImage": "Ubuntu 24.04.1 LTS", "kernelVersion": "6.8.0", "operatingSystem": "linux", "architecture": "amd64",
+             "machineID": "", "systemUUID": "", "bootID": ""}
+
+
+@pytest.fixture
+def api(tmp_path):
+    from kubernetes import client
+    produce_certs(tmp_path / "certs", ["127.0.0.1"], "cp")
+    store = Store(tmp_path / "store.json")
+    for ns in ("default", "kube-system"):
+        store.put_internal({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    register_node(store, "cp", "10.99.0.1", worker=False)
+    register_node(store, "gpu1", "10.99.0.2", worker=True)
+    for obj in addons.calico():
+        store.create(store.kind(obj["kind"], obj["apiVersion"]), "kube-system", obj)
+    server = ApiServer(("127.0.0.1", 0), store, str(tmp_path / "certs"))
+    node_facts = {"10.99.0.1": facts(CORE), "10.99.0.2": facts(CORE, gpus=8)}
+    server.cluster.kubelet_status = lambda ip: node_facts.get(ip)
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    cfg = client.Configuration()
+    cfg.host = f"https://127.0.0.1:{server.server_address[1]}"
+    cfg.ssl_ca_cert = str(tmp_path / "certs/ca.crt")
+    cfg.cert_file = str(tmp_path / "certs/client.crt")
+    cfg.key_file = str(tmp_path / "certs/client.key")
+    cfg.assert_hostname = False
+    c = client.ApiClient(cfg)
+    c.sim = server
+    c.node_facts = node_facts
+    try:
+        yield c
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def raw(api, method, path, body: bytes, ctype="application/json"):
+    """A request the typed client cannot make (typos, apply-patch): (status, body)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+    cfg = api.configuration
+    ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+    ctx.check_hostname = False
+    ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    req = urllib.request.Request(cfg.host + path, data=body, method=method, headers={"Content-Type": ctype})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def reconcile(api, n=2):
+    for _ in range(n):
+        api.sim.cluster.reconcile()
+
+
+def pod(name, image, limits=None, **spec):
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": dict({"containers": [{"name": "c", "image": image, "resources": {"limits": limits or {}}}]}, **spec)}
+
+
+def events(v1, name):
+    return [(e.reason, e.message) for e in v1.list_namespaced_event("default").items if e.involved_object.name == name]
+
+
+def test_discovery_and_client_cert_auth(api, tmp_path):
+    from kubernetes import client
+    assert client.VersionApi(api).get_code().git_version == "v1.30.14"
+    groups = {g.name for g in client.ApisApi(api).get_api_versions().groups}
+    assert {"apps", "batch", "storage.k8s.io", "policy", "apiextensions.k8s.io"} <= groups
+    import ssl
+    import urllib.request
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "certs/ca.crt"))
+    ctx.check_hostname = False
+    with pytest.raises(Exception):   # no client certificate: the TLS handshake is refused
+        urllib.request.urlopen(api.configuration.host + "/version", context=ctx, timeout=5)
+
+
+def test_nodes_ready_only_with_calico_running_and_gpu_capacity_after_device_plugin(api):
+    from kubernetes import client
+    v1 = client.CoreV1Api(api)
+    api.node_facts["10.99.0.2"] = facts([], gpus=8)   # no images on the GPU node yet
+    reconcile(api)
+    nodes = {n.metadata.name: n for n in v1.list_node().items}
+    ready = {k: next(c.status for c in n.status.conditions if c.type == "Ready") for k, n in nodes.items()}
+    assert ready == {"cp": "True", "gpu1": "False"}
+    assert "cni plugin not initialized" in next(c.message for c in nodes["gpu1"].status.conditions if c.type == "Ready")
+    assert "nvidia.com/gpu" not in nodes["gpu1"].status.capacity
+    api.node_facts["10.99.0.2"] = facts(CORE + ["nvcr.io/nvidia/k8s-device-plugin:v0.18.0"], gpus=8)
+    client.AppsV1Api(api).create_namespaced_daemon_set("kube-system", {
+        "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "nvidia-device-plugin-daemonset"},
+        "spec": {"selector": {"matchLabels": {"app": "dp"}}, "template": {"metadata": {"labels": {"app": "dp"}}, "spec": {
+            "containers": [{"name": "dp", "image": "nvcr.io/nvidia/k8s-device-plugin:v0.18.0"}]}}}})
+    reconcile(api, 3)
+    gpu = v1.read_node("gpu1")
+    assert gpu.status.capacity["nvidia.com/gpu"] == "8"
+    assert next(c.status for c in gpu.status.conditions if c.type == "Ready") == "True"
+
+
+def test_unfit_gpu_request_is_pending_with_failed_scheduling_event(api):
+    from kubernetes import client
+    v1 = client.CoreV1Api(api)
+    reconcile(api)
+    v1.create_namespaced_pod("default", pod("greedy", "registry.k8s.io/pause:3.7", {"nvidia.com/gpu": "1"}))
+    reconcile(api)
+    p = v1.read_namespaced_pod("greedy", "default")
+    assert p.status.phase == "Pending"
+    msgs = [m for r, m in events(v1, "greedy") if r == "FailedScheduling"]
+    assert msgs and msgs[0].startswith("0/2 nodes are available: 2 Insufficient nvidia.com/gpu.")
+
+
+def test_missing_image_errimagepull_and_latest_is_always_pulled(api):
+    from kubernetes import client
+    v1 = client.CoreV1Api(api)
+    reconcile(api)
+    v1.create_namespaced_pod("default", pod("missing", "quay.io/jupyterhub/k8s-hub:4.2.0", nodeName="cp"))
+    v1.create_namespaced_pod("default", pod("latest", "docker.io/calico/node:latest", nodeName="cp"))
+    v1.create_namespaced_pod("default", pod("ok", "docker.io/calico/node:v3.25.1", nodeName="cp"))
+    reconcile(api)
+    for name in ("missing", "latest"):
+        st = v1.read_namespaced_pod(name, "default").status
+        assert st.phase == "Pending"
+        assert st.container_statuses[0].state.waiting.reason in ("ErrImagePull", "ImagePullBackOff")
+    assert v1.read_namespaced_pod("ok", "default").status.phase == "Running"
+
+
+def test_no_sandbox_image_means_failed_create_pod_sandbox(api):
+    from kubernetes import client
+    v1 = client.CoreV1Api(api)
+    api.node_facts["10.99.0.1"] = facts([i for i in CORE if "pause" not in i])
+    v1.create_namespaced_pod("default", pod("nosandbox", "docker.io/calico/node:v3.25.1", nodeName="cp"))
+    reconcile(api)
+    st = v1.read_namespaced_pod("nosandbox", "default").status
+    assert st.container_statuses[0].state.waiting.reason == "ContainerCreating"
+    assert any(r == "FailedCreatePodSandBox" for r, _ in events(v1, "nosandbox"))
+
+
+def test_strict_validation_rejects_unknown_fields(api):
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+    v1 = client.CoreV1Api(api)
+    bad = pod("bad", "x:1")
+    bad["spec"]["containers"][0]["imagePullPolice"] = "Never"
+    import json
+    code, body = raw(api, "POST", "/api/v1/namespaces/default/pods", json.dumps(bad).encode())
+    assert code == 422 and "imagePullPolice" in body
+    assert "bad" not in [p.metadata.name for p in v1.list_namespaced_pod("default").items]
+
+
+def test_cordon_patch_server_side_apply_and_eviction_with_pdb(api):
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+    v1 = client.CoreV1Api(api)
+    v1.patch_node("gpu1", {"spec": {"unschedulable": True}})
+    reconcile(api)
+    node = v1.read_node("gpu1")
+    assert node.spec.unschedulable and any(t.key == "node.kubernetes.io/unschedulable" for t in node.spec.taints)
+    body = ('{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"cfg","namespace":"default"},'
+            '"data":{"a":"1"}}')
+    codes = [raw(api, "PATCH", "/api/v1/namespaces/default/configmaps/cfg?fieldManager=test",
+                 body.replace('"1"', f'"{value}"').encode(), "application/apply-patch+yaml")[0] for value in ("1", "2")]
+    assert codes == [201, 200]
+    assert raw(api, "PATCH", "/api/v1/namespaces/default/configmaps/cfg", body.encode(),
+               "application/apply-patch+yaml")[0] == 422   # apply needs a field manager
+    assert v1.read_namespaced_config_map("cfg", "default").data == {"a": "2"}
+    v1.create_namespaced_pod("default", {**pod("guarded", "docker.io/calico/node:v3.25.1", nodeName="cp"),
+                                         "metadata": {"name": "guarded", "labels": {"app": "g"}}})
+    client.PolicyV1Api(api).create_namespaced_pod_disruption_budget("default", {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "g"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "g"}}}})
+    reconcile(api)
+    ev = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "guarded", "namespace": "default"}}
+    with pytest.raises(ApiException) as e:
+        v1.create_namespaced_pod_eviction("guarded", "default", ev)
+    assert e.value.status == 429
+    client.PolicyV1Api(api).delete_namespaced_pod_disruption_budget("g", "default")
+    v1.create_namespaced_pod_eviction("guarded", "default", ev)
+    assert "guarded" not in [p.metadata.name for p in v1.list_namespaced_pod("default").items]
+
+
+def test_deployment_rollout_status_and_watch(api):
+    from kubernetes import client, watch
+    apps = client.AppsV1Api(api)
+    reconcile(api)
+    apps.create_namespaced_deployment("default", {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": {
+            "metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "w", "image": "coredns/coredns:1.10.1"}]}}}})
+    reconcile(api, 3)
+    d = apps.read_namespaced_deployment("web", "default")
+    assert d.status.ready_replicas == 2
+    seen = [e["type"] for e in watch.Watch().stream(client.CoreV1Api(api).list_namespaced_pod, "default",
+                                                     label_selector="app=web", timeout_seconds=1)]
+    assert seen.count("ADDED") == 2

@@ -1,0 +1,43 @@
+"""The test bundle is complete and verifiable by the product's own bundle code."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from pathlib import Path
+
+from tests.harness import bundle as tb
+from tests.harness.sim.snapfile import parse_assertions, read_snap_yaml, sha3_384_b64
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def test_bundle_verifies_with_provision_bundle(bundle):
+    from provision.bundle import load_manifest, verify_bundle
+    assert verify_bundle(bundle) == []
+    m = load_manifest(bundle)
+    refs = {i.ref for i in m.images}
+    for ref in tb.MICROK8S_CORE + tb.JUPYTERHUB + tb.SINGLEUSER + tb.GPU_OPERATOR:
+        assert ref in refs, ref
+    assert {s.name for s in m.snaps} == {"core20", "microk8s"}
+
+
+def test_snaps_and_asserts_in_the_real_layout(bundle):
+    mk = bundle / f"snaps/microk8s_{tb.MICROK8S_REV}.snap"
+    meta = read_snap_yaml(mk)
+    assert meta["confinement"] == "classic" and meta["base"] == "core20"
+    heads = parse_assertions((bundle / f"snaps/microk8s_{tb.MICROK8S_REV}.assert").read_text())
+    assert [h["type"] for h in heads] == ["account-key", "account", "snap-declaration", "snap-revision"]
+    rev = heads[-1]
+    assert rev["snap-sha3-384"] == sha3_384_b64(mk) and int(rev["snap-size"]) == mk.stat().st_size
+    assert rev["snap-revision"] == str(tb.MICROK8S_REV) and heads[2]["snap-name"] == "microk8s"
+
+
+def test_z2jh_chart_carries_the_real_values_and_schema(bundle):
+    with tarfile.open(bundle / "charts/jupyterhub-4.2.0.tgz") as tar:
+        values = tar.extractfile("jupyterhub/values.yaml").read()
+        schema = tar.extractfile("jupyterhub/values.schema.json").read()
+        chart = tar.extractfile("jupyterhub/Chart.yaml").read().decode()
+    assert hashlib.sha256(values).digest() == hashlib.sha256((DATA / "z2jh-4.2.0/values.yaml").read_bytes()).digest()
+    assert schema == (DATA / "z2jh-4.2.0/values.schema.json").read_bytes()
+    assert "version: 4.2.0" in chart and "appVersion: 5.3.0" in chart
