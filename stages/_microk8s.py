@@ -113,6 +113,21 @@ status = F.Probe("status", "command -v microk8s >/dev/null 2>&1 || exit 127\n"
                  "timeout 60 microk8s status --format yaml 2>&1", parse_status)
 
 
+def parse_installed(raw: F.Raw) -> dict[str, Any]:
+    return {"installed": raw.ok}
+
+
+installed = F.Probe("status", "command -v microk8s >/dev/null 2>&1", parse_installed)
+
+
+def addons_from_pods(pods: dict[str, Any] | None) -> dict[str, str]:
+    """dns / hostpath-storage state the way `microk8s status` decides it (pod/coredns,
+    hostpath-provisioner present), without its several API round trips."""
+    names = [str((p.get("metadata") or {}).get("name", "")) for p in (pods or {}).get("items") or []]
+    return {"dns": "enabled" if any(n.startswith("coredns") for n in names) else "disabled",
+            "hostpath-storage": "enabled" if any(n.startswith("hostpath-provisioner") for n in names) else "disabled"}
+
+
 def parse_file(raw: F.Raw) -> str | None:
     return raw.out if raw.ok else None
 

@@ -63,7 +63,7 @@ nics = F.Probe("nics", "ls /sys/class/net; printf -- '---\\n'; ip -o -4 addr sho
 
 
 def probes() -> list[F.Probe]:
-    return [M.status, F.default_route, nics, M.file_probe("cni_yaml", M.CNI_YAML),
+    return [M.installed, F.default_route, nics, M.file_probe("cni_yaml", M.CNI_YAML),
             M.kube_probe("calico_ds", "daemonset", "calico-node", "-n", "kube-system"),
             M.kube_probe("pods", "pods", "-n", "kube-system"), M.kube_probe("nodes", "nodes")]
 

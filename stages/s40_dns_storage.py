@@ -67,7 +67,7 @@ def parse_shared_path(raw: F.Raw) -> dict[str, Any]:
 
 
 def probes(settings: Any) -> list[F.Probe]:
-    out = [M.status,
+    out = [M.installed,
            F.Probe("resolv", "cat /etc/resolv.conf 2>/dev/null; printf -- '---\\n'; "
                    "cat /run/systemd/resolve/resolv.conf 2>/dev/null; true", parse_resolv),
            M.kube_probe("coredns_cm", "configmap", "coredns", "-n", "kube-system"),
@@ -197,8 +197,8 @@ def storage_actions(facts: Mapping[str, Any], settings: Any, node: Node) -> list
         raise ConflictError(f"{node.name}: the Kubernetes API does not answer", "check `microk8s status`, "
                             "then re-run (stage 30 waits for the network first)")
     actions: list[Action] = []
-    addons = (facts.get("status") or {}).get("addons") or {}
-    if n == 1 and addons.get("hostpath-storage") != "enabled":
+    addons = M.addons_from_pods(facts.get("pods"))
+    if n == 1 and addons["hostpath-storage"] != "enabled":
         actions.append(RunCommand(M.mk("enable", "hostpath-storage"),
                                   "enable hostpath-storage (default StorageClass for a single node)", timeout=300))
     if not settings.shared_storage_enabled:
@@ -247,7 +247,8 @@ def plan(facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
     servers = upstream_servers(facts, settings, node)
     actions: list[Action] = []
     cm = facts.get("coredns_cm")
-    if (st.get("addons") or {}).get("dns") != "enabled" or cm is None:
+    addons = M.addons_from_pods(facts.get("pods"))
+    if addons["dns"] != "enabled" or cm is None:
         actions.append(RunCommand(M.mk("enable", "dns:" + ",".join(servers)),
                                   f"enable CoreDNS forwarding to {', '.join(servers)}", timeout=300))
     else:
@@ -281,7 +282,7 @@ def verify(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
               Check("CoreDNS ready", not M.not_ready_pods(facts.get("pods"), None, "coredns-", False),
                     hint="microk8s kubectl -n kube-system describe pod -l k8s-app=kube-dns")]
     n = node_count(facts) or 0
-    addons = (facts.get("status") or {}).get("addons") or {}
+    addons = M.addons_from_pods(facts.get("pods"))
     if n == 1:
         checks.append(Check("hostpath-storage enabled", addons.get("hostpath-storage") == "enabled"))
     elif addons.get("hostpath-storage") == "enabled":

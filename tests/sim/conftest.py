@@ -31,11 +31,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [metrics]
   address = ""
 """)
-    log = open(d / "containerd.log", "wb")
-    proc = subprocess.Popen(["containerd", "--config", str(d / "config.toml")], stdout=log, stderr=log)
+    with open(d / "containerd.log", "wb") as log:   # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(["containerd", "--config", str(d / "config.toml")], stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 10
-        while subprocess.run(["ctr", "-a", str(sock), "version"], capture_output=True).returncode:
+        while subprocess.run(["ctr", "-a", str(sock), "version"], capture_output=True, check=False).returncode:
             if time.monotonic() > deadline or proc.poll() is not None:
                 pytest.fail("containerd did not start: " + (d / "containerd.log").read_text()[-2000:])
             time.sleep(0.05)
@@ -47,7 +47,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def ds(method: str = "first-found", ready: int = 1) -> dict:
 def facts30(cni: str | None = CNI_YAML, nics: str = NICS_ONE, route: str = ROUTE_ENO1, daemonset: dict | None = None,
             pods: list | None = None, node_list: tuple = ("cp1",)) -> sf.StrictFacts:
     return sf.StrictFacts({
-        "status": M.parse_status(sf.raw(sf.STATUS_RUNNING)),
+        "status": M.parse_installed(sf.raw("/snap/bin/microk8s\n")),
         "default_route": F.parse_default_route(sf.raw(route)),
         "nics": s30.parse_nics(sf.raw(nics)),
         "cni_yaml": cni,
@@ -177,7 +177,7 @@ def test_calico_image_missing_from_bundle_is_refused():
 
 def test_calico_without_microk8s_cannot_plan():
     f = facts30()
-    f["status"] = M.parse_status(sf.raw("", 127))
+    f["status"] = M.parse_installed(sf.raw("", 1))
     with pytest.raises(ConflictError, match="not installed"):
         s30.plan(f, Settings(), sf.CONTROL)
 
@@ -224,13 +224,13 @@ def cm(corefile: str = COREFILE) -> dict:
 
 
 def facts40(corefile: str | None = COREFILE, etc: str = RESOLV_STUB, systemd: str = RESOLV_SITE,
-            node_list: tuple = ("cp1",), status: str = sf.STATUS_RUNNING, pv=None, pvc=None,
-            shared_path: dict | None = None) -> sf.StrictFacts:
+            node_list: tuple = ("cp1",), pv=None, pvc=None, shared_path: dict | None = None,
+            pods: tuple = ("coredns-7d9f-x", "hostpath-provisioner-5c-y")) -> sf.StrictFacts:
     f = sf.StrictFacts({
-        "status": M.parse_status(sf.raw(status)),
+        "status": M.parse_installed(sf.raw("/snap/bin/microk8s\n")),
         "resolv": s40.parse_resolv(sf.raw(etc + "---\n" + systemd)),
         "coredns_cm": cm(corefile) if corefile is not None else None,
-        "pods": {"items": [pod("coredns-7d9f-x", "cp1"), pod("hostpath-provisioner-5c-y", "cp1")]},
+        "pods": {"items": [pod(name, "cp1") for name in pods]},
         "nodes": nodes(*node_list),
         "pv": pv,
         "pvc": pvc,
@@ -265,8 +265,7 @@ def test_dns_refuses_when_only_loopback_or_public_resolvers_exist():
 
 
 def test_dns_addon_disabled_is_enabled_with_servers():
-    status = sf.STATUS_RUNNING.replace("    status: enabled\n  - name: hostpath", "    status: disabled\n  - name: hostpath")
-    plan = s40.plan(facts40(corefile=None, status=status), Settings(), sf.CONTROL)
+    plan = s40.plan(facts40(corefile=None, pods=("hostpath-provisioner-5c-y",)), Settings(), sf.CONTROL)
     assert plan.actions[0].argv == ("microk8s", "enable", "dns:10.0.0.2,10.0.0.3")
 
 
@@ -277,10 +276,8 @@ def test_corefile_forward_with_options_block_keeps_the_block():
 
 
 def test_single_node_without_hostpath_storage_enables_it():
-    status = sf.STATUS_RUNNING.replace("allocates storage from host directory\n    version: 1.4.2\n    status: enabled",
-                                       "allocates storage from host directory\n    version: 1.4.2\n    status: disabled")
     done = COREFILE.replace("8.8.8.8 8.8.4.4", "10.0.0.2 10.0.0.3")
-    plan = s40.plan(facts40(corefile=done, status=status), Settings(), sf.CONTROL)
+    plan = s40.plan(facts40(corefile=done, pods=("coredns-7d9f-x",)), Settings(), sf.CONTROL)
     assert [a.argv if isinstance(a, RunCommand) else type(a).__name__ for a in plan.actions] == [
         ("microk8s", "enable", "hostpath-storage"), "WaitPods"]
 

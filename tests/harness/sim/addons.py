@@ -32,8 +32,8 @@ CORE_ADDONS = {
     "nvidia": ("NVIDIA hardware (GPU and network) support", "", "pod/gpu-operator"),
     "observability": ("A lightweight observability stack for logs, traces and metrics", "", "pod/kube-prom-stack"),
     "prometheus": ("Prometheus operator for monitoring and logging", "", "pod/kube-prom-stack"),
-    "rbac": ("Role-Based Access Control for authorisation", "", "clusterrole.rbac.authorization.k8s.io/"
-             "microk8s-rbac-sim"),
+    "rbac": ("Role-Based Access Control for authorisation", "",
+             "clusterrole.rbac.authorization.k8s.io/microk8s-rbac-sim"),
     "registry": ("Private image registry exposed on localhost:32000", "2.8.1", "pod/registry"),
     "rook-ceph": ("Distributed Ceph storage using Rook", "", "pod/rook-ceph-operator"),
     "storage": ("Alias to hostpath-storage add-on, deprecated", "", "deployment.apps/hostpath-provisioner"),
@@ -104,7 +104,8 @@ def find_upstreams(resolv_paths=("/run/systemd/resolve/resolv.conf", "/etc/resol
     """Non-loopback nameservers of the host, else 8.8.8.8 8.8.4.4 (find-resolv-conf.py, the air-gap pitfall)."""
     for path in resolv_paths:
         try:
-            lines = open(path).read().splitlines()
+            with open(path) as fh:
+                lines = fh.read().splitlines()
         except OSError:
             continue
         servers = [line.split()[1] for line in lines if line.startswith("nameserver") and len(line.split()) > 1

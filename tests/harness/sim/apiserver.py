@@ -270,7 +270,7 @@ class ApiServer(ThreadingHTTPServer):
         while not stop.is_set():
             try:
                 self.cluster.reconcile()
-            except Exception as e:   # keep serving; the log tells what broke
+            except Exception as e:  # noqa: BLE001 - keep serving; the log tells what broke
                 import traceback
                 traceback.print_exc()
                 print(f"reconcile failed: {e}", flush=True)

@@ -146,15 +146,14 @@ class Cluster:
             joined_here = kl is not None and kl.get("cluster_ok", True)
             running = self._running_images_on(name)
             cni = any(CNI_IMAGE_HINT in normalize_image(i) for i in running)
-            ready = bool(joined_here and kl.get("ready") and cni)
             if not joined_here:
                 reason, msg, status = "NodeStatusUnknown", "Kubelet stopped posting node status.", "Unknown"
             elif not kl.get("ready"):
                 reason, msg, status = "KubeletNotReady", "kubelet is not ready", "False"
             elif not cni:
-                reason, msg, status = ("KubeletNotReady", "container runtime network not ready: NetworkReady=false "
-                                       "reason:NetworkPluginNotReady message:Network plugin returns error: cni "
-                                       "plugin not initialized", "False")
+                reason, status = "KubeletNotReady", "False"
+                msg = ("container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady "
+                       "message:Network plugin returns error: cni plugin not initialized")
             else:
                 reason, msg, status = "KubeletReady", "kubelet is posting ready status", "True"
             new = copy.deepcopy(node)

@@ -29,7 +29,7 @@ def ctr_images() -> list[dict]:
     """(ref, digest) of every image in namespace k8s.io, from `ctr images ls` of the real containerd."""
     try:
         out = subprocess.run(["ctr", "--address", paths.CONTAINERD_SOCK, "--namespace", "k8s.io", "images", "ls"],
-                             capture_output=True, text=True, timeout=10).stdout
+                             capture_output=True, text=True, timeout=10, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
     images = []
@@ -65,7 +65,7 @@ def node_info() -> dict:
 
 def _containerd_version() -> str:
     try:
-        out = subprocess.run(["containerd", "--version"], capture_output=True, text=True, timeout=5).stdout.split()
+        out = subprocess.run(["containerd", "--version"], capture_output=True, text=True, timeout=5, check=False).stdout.split()
         return out[2].split("~")[0] if len(out) > 2 else "1.6.20"
     except (OSError, subprocess.TimeoutExpired):
         return "1.6.20"
@@ -164,7 +164,7 @@ class AgentHandler(BaseHTTPRequestHandler):
             tmp = Path(paths.SIM_RUN, f"import-{os.getpid()}-{threading.get_ident()}.tar")
             tmp.write_bytes(body)
             r = subprocess.run(["ctr", "--address", paths.CONTAINERD_SOCK, "--namespace", "k8s.io", "images",
-                                "import", str(tmp)], capture_output=True, text=True)
+                                "import", str(tmp)], capture_output=True, text=True, check=False)
             tmp.unlink(missing_ok=True)
             return self._reply(200 if r.returncode == 0 else 500, {"output": r.stdout + r.stderr})
         self._reply(404, {"error": "not found"})

@@ -160,8 +160,8 @@ def install_hook(revision: str, snap_dir: str) -> None:
     if cur.is_symlink() or cur.exists():
         cur.unlink()
     cur.symlink_to(revision)
-    if shutil.which("groupadd") and subprocess.run(["getent", "group", "microk8s"], capture_output=True).returncode:
-        subprocess.run(["groupadd", "--system", "microk8s"], capture_output=True)
+    if shutil.which("groupadd") and subprocess.run(["getent", "group", "microk8s"], capture_output=True, check=False).returncode:
+        subprocess.run(["groupadd", "--system", "microk8s"], capture_output=True, check=False)
     args = data / "args"
     (args / "containerd-template.toml").write_text(CONTAINERD_TEMPLATE)
     for name, text in ARGS.items():
@@ -228,10 +228,10 @@ def running(name: str) -> int | None:
 
 
 def _spawn(name: str, argv: list[str]) -> int:
-    log = open(Path(paths.SIM_RUN) / f"{name}.log", "ab")
     env = dict(os.environ, PYTHONPATH=paths.SIM_LIB)
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, close_fds=True, cwd="/", env=env)
+    with open(Path(paths.SIM_RUN) / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, cwd="/", env=env)
     _pidfile(name).write_text(str(proc.pid))
     return proc.pid
 
@@ -267,7 +267,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     _spawn("containerd", ["containerd", "--config", str(conf)])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if subprocess.run(["ctr", "--address", paths.CONTAINERD_SOCK, "version"], capture_output=True).returncode == 0:
+        if subprocess.run(["ctr", "--address", paths.CONTAINERD_SOCK, "version"], capture_output=True, check=False).returncode == 0:
             return
         time.sleep(0.05)
     raise RuntimeError("containerd did not start; see " + str(run / "containerd.log"))

@@ -53,9 +53,9 @@ def _real_action(name: str, action: str) -> int:
         argv = {"start": ["nginx"], "stop": ["nginx", "-s", "quit"], "reload": ["nginx", "-s", "reload"],
                 "restart": None}[action]
         if argv is None:
-            subprocess.run(["nginx", "-s", "quit"], capture_output=True)
+            subprocess.run(["nginx", "-s", "quit"], capture_output=True, check=False)
             argv = ["nginx"]
-        r = subprocess.run(argv, capture_output=True, text=True)
+        r = subprocess.run(argv, capture_output=True, text=True, check=False)
         if r.returncode:
             sys.stderr.write("Job for nginx.service failed because the control process exited with error code.\n"
                              'See "systemctl status nginx.service" and "journalctl -xeu nginx.service" for details.\n')

@@ -159,7 +159,8 @@ def cmd_install(a, upgrade: bool) -> int:
         return _err(f"failed to load chart: {e}")
     user: dict = {}
     for f in a.values or []:
-        user = merge_values(user, yaml.safe_load(open(f)) or {})
+        with open(f) as fh:
+            user = merge_values(user, yaml.safe_load(fh) or {})
     for s in a.set or []:
         _set(user, s, False)
     for s in a.set_string or []:

@@ -26,7 +26,11 @@ def _load_docs(files: list[str]) -> list[dict]:
     import yaml
     docs = []
     for f in files:
-        text = sys.stdin.read() if f == "-" else open(f).read()
+        if f == "-":
+            text = sys.stdin.read()
+        else:
+            with open(f) as fh:
+                text = fh.read()
         for d in yaml.safe_load_all(text):
             if not d:
                 continue
@@ -306,9 +310,9 @@ def cmd_drain(api: Api, a, rest: list[str]) -> int:
     pods = api.request("GET", "/api/v1/pods", query={"fieldSelector": f"spec.nodeName={name}"})["items"]
     daemon = [p for p in pods if any(r.get("kind") == "DaemonSet" for r in p["metadata"].get("ownerReferences") or [])]
     if daemon and not a.ignore_daemonsets:
-        return _err("error: unable to drain node \"%s\" due to error: cannot delete DaemonSet-managed Pods (use "
-                    "--ignore-daemonsets to ignore): %s" % (name, ", ".join(
-                        f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in daemon)))
+        listed = ", ".join(f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in daemon)
+        return _err(f'error: unable to drain node "{name}" due to error: cannot delete DaemonSet-managed Pods (use '
+                    f"--ignore-daemonsets to ignore): {listed}")
     if daemon:
         print("Warning: ignoring DaemonSet-managed Pods: " + ", ".join(
             f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in daemon))

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .. import paths, services
+from ..kube import KubeError
 from ..state import host_config, read_json, updating
 
 NOT_RUNNING = "microk8s is not running, try microk8s start"
@@ -48,6 +49,7 @@ def _api():
     return Api()
 
 
+
 # ---- status --------------------------------------------------------------------------------------
 
 def cluster_ready(api) -> bool:
@@ -55,7 +57,7 @@ def cluster_ready(api) -> bool:
     try:
         svc = api.request("GET", "/api/v1/namespaces/default/services/kubernetes")
         nodes = api.request("GET", "/api/v1/nodes")["items"]
-    except Exception:   # API down or refusing: "not ready", exactly as the kubectl probe would see it
+    except (OSError, ValueError, KubeError):   # API down or refusing: "not ready", as the kubectl probe sees it
         return False
     ready = any(c["type"] == "Ready" and c["status"] == "True" for n in nodes
                 for c in n.get("status", {}).get("conditions", []))
@@ -70,8 +72,8 @@ def addon_states(api) -> list[tuple[str, str, str, str, bool]]:
             kind = "pod" if "pods" in path else "deployment.apps"
             for o in api.request("GET", path)["items"]:
                 found.add(f"{kind}/{o['metadata']['name']}")
-    except Exception:
-        pass
+    except (OSError, ValueError, KubeError):
+        found = set()   # API unreachable: no pod-based addon shows as enabled
     out = []
     for name, (desc, version, check) in sorted(CORE_ADDONS.items()):
         if check.startswith("${"):
@@ -187,7 +189,7 @@ def _server_check() -> str:
 
 
 def _all_ips() -> list[str]:
-    out = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+    out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=False).stdout.split()
     return [ip for ip in out if ":" not in ip and not ip.startswith("169.254.")]
 
 
@@ -205,8 +207,8 @@ def cmd_add_node(argv: list[str]) -> int:
     if len(token) < 32:
         print("Invalid token size.  It must be 32 characters long.")
         return 1
-    with updating(paths.CLUSTER_TOKENS + ".sim", {}):   # serialise with the agent's consumption
-        with open(paths.CLUSTER_TOKENS, "a") as f:
+    from ..state import locked
+    with locked(paths.CLUSTER_TOKENS), open(paths.CLUSTER_TOKENS, "a") as f:   # serialised with consume_token
             f.write(f"{token}|{int(time.time() + a.token_ttl)}\n" if a.token_ttl > 0 else f"{token}\n")
     check = _server_check()
     default = host_config().get("ip")
@@ -494,7 +496,7 @@ def cmd_images(argv: list[str]) -> int:
     if argv[0] == "export-local":
         out = argv[1] if len(argv) > 1 else "-"
         return subprocess.run(["ctr", f"--address={paths.CONTAINERD_SOCK}", "--namespace", "k8s.io", "images",
-                               "export", out] + argv[2:]).returncode
+                               "export", out] + argv[2:], check=False).returncode
     src = argv[1] if len(argv) > 1 and argv[1] != "-" else None
     data = Path(src).read_bytes() if src else sys.stdin.buffer.read()
     cluster = read_json(paths.SIM_CLUSTER, {}) or {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tarfile
 from pathlib import Path
 
 from .. import paths, services, systemd
@@ -90,7 +91,7 @@ def _install_file(path: str, classic: bool, dangerous: bool) -> int:
                     else f'cannot open "{path}": not a regular file')
     try:
         meta = read_snap_yaml(path)
-    except Exception as e:   # tarfile, yaml and key errors all mean "not a snap"
+    except (OSError, ValueError, KeyError, TypeError, tarfile.TarError) as e:   # all mean "not a snap"
         return _err(f'cannot read "{path}": cannot open snap: {e}')
     name, version = meta["name"], str(meta.get("version", ""))
     st = _state()

@@ -1,0 +1,200 @@
+"""The simulated cluster end to end on real-SSH test hosts (the issue's "Done when"): install MicroK8s
+from snap files, join a worker over the network, import images into the real containerd, see the nodes
+with GPU capacity through the official kubernetes client. Each check cites the reference fact it holds
+the stand-ins to (shared/reference/microk8s.md unless noted). Tests in this module run in order."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from tests.harness.sim import faults
+
+pytestmark = [pytest.mark.hosts, pytest.mark.e2e]
+
+
+def ssh(host, command: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
+    argv = ["ssh", "-i", host.ssh_key, "-o", f"UserKnownHostsFile={host.known_hosts}", "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=yes", f"{host.ssh_user}@{host.address}", command]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and r.returncode:
+        raise AssertionError(f"{command}: rc={r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def copied(sim_hosts, bundle):
+    """The bundle on every host (scp over the real sshd), at /tmp/b."""
+    for h in sim_hosts:
+        subprocess.run(["scp", "-q", "-r", "-i", h.ssh_key, "-o", f"UserKnownHostsFile={h.known_hosts}",
+                        "-o", "BatchMode=yes", str(bundle), f"{h.ssh_user}@{h.address}:/tmp/b"], check=True)
+    return "/tmp/b"
+
+
+def install(host, b: str) -> None:
+    ssh(host, f"sudo snap ack {b}/snaps/core20_2264.assert && sudo snap install {b}/snaps/core20_2264.snap && "
+              f"sudo snap ack {b}/snaps/microk8s_7394.assert && "
+              f"sudo snap install {b}/snaps/microk8s_7394.snap --classic", check=True)
+
+
+def kube(host):
+    """Official kubernetes client with the credentials `microk8s config` prints (§8)."""
+    from kubernetes import client, config
+    cfg = yaml.safe_load(ssh(host, "sudo microk8s config", check=True).stdout)
+    assert cfg["clusters"][0]["cluster"]["server"] == f"https://{host.address}:16443"
+    c = client.Configuration()
+    config.kube_config.KubeConfigLoader(cfg).load_and_set(c)
+    return client.ApiClient(c)
+
+
+def wait_for(pred, timeout=20.0, step=0.3):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
+
+
+def test_snap_offline_install_rules(sim_hosts, copied):
+    h1 = sim_hosts[0]
+    b = copied
+    assert ssh(h1, "microk8s status").returncode == 127   # §1: no microk8s before the snap is installed
+    r = ssh(h1, f"sudo snap install {b}/snaps/microk8s_7394.snap --classic")
+    assert r.returncode == 1 and f'cannot find signatures with metadata for snap "{b}/snaps/microk8s_7394.snap"' in r.stderr
+    ssh(h1, f"sudo snap ack {b}/snaps/microk8s_7394.assert", check=True)
+    r = ssh(h1, f"sudo snap install {b}/snaps/microk8s_7394.snap")
+    assert r.returncode == 1 and "classic confinement" in r.stderr and "--classic" in r.stderr
+    r = ssh(h1, f"sudo snap install {b}/snaps/microk8s_7394.snap --classic")   # §10: base snap first
+    assert r.returncode == 1 and 'cannot install prerequisite "core20"' in r.stderr
+    t = time.monotonic()
+    install(h1, b)
+    install_s = time.monotonic() - t
+    listing = ssh(h1, "snap list", check=True).stdout
+    assert "microk8s  v1.30.14  7394" in listing and "classic" in listing and "base" in listing
+    r = ssh(h1, "sudo snap refresh --hold microk8s", check=True)
+    assert r.stdout.strip() == 'General refreshes of "microk8s" held indefinitely'
+    assert "held" in ssh(h1, "snap list microk8s").stdout
+    r = ssh(h1, "microk8s status")   # §1: the permission check, exit 1
+    assert r.returncode == 1 and "Insufficient permissions to access MicroK8s" in r.stderr
+    assert install_s < 15
+
+
+def test_containerd_is_real_and_status_follows_readiness(sim_hosts, copied):
+    h1 = sim_hosts[0]
+    assert h1.path("/var/snap/microk8s/common/run/containerd.sock").is_socket()   # §7 socket path
+    template = h1.read("/var/snap/microk8s/current/args/containerd-template.toml")
+    assert 'sandbox_image = "registry.k8s.io/pause:3.7"' in template and "nvidia-container-runtime" in template
+    r = ssh(h1, "sudo microk8s status")   # no Calico images yet: the node is NotReady, status exits 1
+    assert r.returncode == 1 and "microk8s is not running" in r.stdout
+    faults.fail_command(h1.path("/"), "microk8s ctr images import", rc=1, stderr="ctr: simulated failure\n")
+    assert ssh(h1, f"sudo microk8s ctr images import {copied}/images/microk8s-core.tar").returncode == 1
+    r = ssh(h1, f"sudo microk8s ctr images import {copied}/images/microk8s-core.tar", check=True)
+    assert "unpacking docker.io/calico/node:v3.25.1 (sha256:" in r.stdout
+    assert "docker.io/calico/node:v3.25.1" in ssh(h1, "sudo microk8s ctr images ls -q", check=True).stdout.split()
+    ssh(h1, "sudo microk8s status --wait-ready --timeout 30", check=True)
+    doc = yaml.safe_load(ssh(h1, "sudo microk8s status --format yaml", check=True).stdout)
+    assert doc["microk8s"]["running"] is True and doc["high-availability"]["enabled"] is True
+    assert doc["high-availability"]["nodes"] == [{"address": f"{h1.address}:19001", "role": "voter"}]
+    assert {a["name"]: a["status"] for a in doc["addons"]}["dns"] == "enabled"   # §6: dns on by default
+    assert ssh(h1, "sudo microk8s status --addon hostpath-storage").stdout.strip() == "disabled"
+    short = ssh(h1, "sudo microk8s status --format short", check=True).stdout
+    assert short.startswith("microk8s is running\naddons:\ncore/") and "core/dns: enabled" in short
+
+
+def test_add_node_formats_and_token_rules(sim_hosts):
+    h1 = sim_hosts[0]
+    check = hashlib.sha256(_der(h1.read("/var/snap/microk8s/current/certs/server.crt"))).hexdigest()[:12]
+    out = json.loads(ssh(h1, "sudo microk8s add-node --format json", check=True).stdout)
+    token, chk = out["token"].split("/")
+    assert len(token) == 32 and all(c in "0123456789abcdef" for c in token) and chk == check
+    assert out["urls"][0] == f"{h1.address}:25000/{token}/{check}"
+    assert token in h1.read("/var/snap/microk8s/current/credentials/cluster-tokens.txt")
+    r = ssh(h1, "sudo microk8s add-node --token short")
+    assert r.returncode == 1 and "Invalid token size." in r.stdout
+    pretty = ssh(h1, "sudo microk8s add-node", check=True).stdout
+    assert pretty.startswith("From the node you wish to join to this cluster, run the following:\nmicrok8s join ")
+    assert "Use the '--worker' flag" in pretty and " --worker\n" in pretty
+    assert ssh(h1, "sudo microk8s add-node --format token-check", check=True).stdout.strip().endswith("/" + check)
+
+
+def _der(pem: str) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    return x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
+
+
+def test_join_worker_over_the_network_with_gpu_capacity(sim_hosts, copied):
+    h1, h2 = sim_hosts[0], sim_hosts[1]
+    install(h2, copied)
+    for h in (h1, h2):
+        ssh(h, f"sudo microk8s ctr images import {copied}/images/microk8s-core.tar && "
+               f"sudo microk8s ctr images import {copied}/images/gpu-operator.tar", check=True)
+    r = ssh(h2, f"sudo microk8s join {h1.address}:25000/short/abc")
+    assert r.returncode == 1 and r.stdout.startswith("Invalid connection: Expected format:")
+    r = ssh(h2, "sudo microk8s join h1:25000/" + "a" * 32)   # §4: hostnames are rejected
+    assert r.returncode == 1 and "Invalid master IP" in r.stdout
+    url = json.loads(ssh(h1, "sudo microk8s add-node --format json", check=True).stdout)["urls"][0]
+    faults.join_fails_halfway(h2.path("/"))
+    assert ssh(h2, f"sudo microk8s join {url} --worker").returncode == 1
+    r = ssh(h2, f"sudo microk8s join {url} --worker")   # single-use token was consumed by the failed join
+    assert r.returncode == 1 and "Invalid token" in r.stdout
+    url = json.loads(ssh(h1, "sudo microk8s add-node --format json", check=True).stdout)["urls"][0]
+    r = ssh(h2, f"sudo microk8s join {url} --worker", check=True)
+    assert r.stdout.startswith(f"Contacting cluster at {h1.address}") and "Successfully joined the cluster." in r.stdout
+    for cmd in ("kubectl get nodes", "status", "config"):   # §1: worker-node messages, exit 0
+        r = ssh(h2, f"sudo microk8s {cmd}")
+        assert r.returncode == 0 and "acting as a node in a cluster" in r.stdout, cmd
+    assert ssh(h2, "sudo microk8s add-node").returncode == 1
+    gpus = ssh(h2, "nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader", check=True)
+    assert gpus.stdout.splitlines() == ["NVIDIA H100 80GB HBM3, 550.54.15, 81559 MiB"] * 8   # gpu-operator.md §4
+    ssh(h1, f"sudo microk8s helm3 upgrade --install gpu-operator {copied}/charts/gpu-operator-v25.10.0.tgz "
+            "-n gpu-operator --create-namespace --set driver.enabled=false --wait --timeout 60s", check=True)
+    from kubernetes import client
+    v1 = client.CoreV1Api(kube(h1))
+
+    def capacity():
+        nodes = {n.metadata.name: n for n in v1.list_node().items}
+        return nodes.get(h2.name) and nodes[h2.name].status.capacity.get("nvidia.com/gpu")
+    assert wait_for(capacity) == "8"
+    node = v1.read_node(h2.name)
+    assert node.metadata.labels["node.kubernetes.io/microk8s-worker"] == "microk8s-worker"
+    assert next(c.status for c in node.status.conditions if c.type == "Ready") == "True"
+    releases = ssh(h1, "sudo microk8s helm3 list -A -o json", check=True).stdout
+    assert json.loads(releases)[0]["status"] == "deployed"
+
+
+def test_node_not_ready_fault_and_remove_node(sim_hosts):
+    h1, h2 = sim_hosts[0], sim_hosts[1]
+    from kubernetes import client
+    v1 = client.CoreV1Api(kube(h1))
+
+    def ready():
+        return next(c.status for c in v1.read_node(h2.name).status.conditions if c.type == "Ready")
+    faults.node_not_ready(h2.path("/"))
+    assert wait_for(lambda: ready() == "False")
+    faults.clear(h2.path("/"), "not-ready")
+    assert wait_for(lambda: ready() == "True")
+    r = ssh(h1, "sudo microk8s remove-node nosuchnode")
+    assert r.returncode == 1 and "Node nosuchnode does not exist in Kubernetes." in r.stdout
+    ssh(h1, f"sudo microk8s remove-node {h2.address}", check=True)   # §5: by InternalIP
+    assert h2.name not in [n.metadata.name for n in v1.list_node().items]
+
+
+def test_npu_smi_and_processes_live_inside_the_host(sim_hosts):
+    h3 = sim_hosts[2]
+    out = ssh(h3, "npu-smi info", check=True).stdout   # ascend.md §6, 910B layout
+    assert "| npu-smi 24.1.rc1" in out and out.count("910B3") == 4
+    assert ssh(h3, "nvidia-smi -L").returncode == 127   # only GPU hosts have a driver
+    h1 = sim_hosts[0]
+    names = set()
+    for pid in h1.pids():
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as fh:
+            names.add(fh.read().strip())
+    assert "containerd" in names   # killed with the host's PID namespace by `down`
