@@ -6,9 +6,8 @@ in the middle of stage 20, a complete run, a re-run with zero changes, a dry run
 a fault in each of stages 20, 30 and 40 and a kill in the middle of stage 40, each followed by a re-run
 that converges. A second host runs the tool on itself (LocalHost). Figures are printed (-s to see them).
 
-Re-runs pass `--skip 00`: preflight refuses ports 16443/25000/10250 held by the simulator's `python`
-process (it allows only MicroK8s' own process names), which is a preflight/simulator mismatch outside
-these stages.
+Re-runs include preflight: the ports MicroK8s holds (16443, 25000, 10250) are accepted because the sim
+daemon shows as `kubelite`, as the real process does.
 """
 
 from __future__ import annotations
@@ -112,7 +111,7 @@ def test_install_faults_kills_and_reruns_converge(sim):
 
     # 3. a plain re-run converges
     t = time.monotonic()
-    r = _run(_args(h, env, bundle, base / "r3.log", "--yes", "--json", "--skip", "00"))
+    r = _run(_args(h, env, bundle, base / "r3.log", "--yes", "--json"))
     assert r.returncode == 0, r.stderr[-3000:]
     first = time.monotonic() - t
     import json
@@ -120,30 +119,30 @@ def test_install_faults_kills_and_reruns_converge(sim):
     summary = json.loads(r.stdout)
     assert summary["ok"]
 
-    # 4. second run: zero changes; one round trip per stage on the node
+    # 4. second run, preflight included: zero changes; one round trip per stage (00-40) on the node
     t = time.monotonic()
-    r = _run(_args(h, env, bundle, base / "r4.log", "--yes", "--json", "--skip", "00"))
+    r = _run(_args(h, env, bundle, base / "r4.log", "--yes", "--json"))
     noop = time.monotonic() - t
     assert r.returncode == 0, r.stderr[-3000:]
     again = json.loads(r.stdout)
     assert again["actions_applied"] == 0
     assert [s["status"] for s in again["stages"] if s["number"] in (10, 20, 30, 40)] == ["unchanged"] * 4
     trips = _commands(base / "r4.log")
-    assert trips == 4, (base / "r4.log").read_text()[-2000:]
+    assert trips == 5, (base / "r4.log").read_text()[-2000:]
 
     # 5. dry run on the converged cluster: nothing to do
-    r = _run(_args(h, env, bundle, base / "r5.log", "--dry-run", "--skip", "00"))
+    r = _run(_args(h, env, bundle, base / "r5.log", "--dry-run"))
     assert r.returncode == 0 and "no changes needed" in r.stderr, r.stderr[-2000:]
     print(f"\nsim 1 node: converging run {first:.1f}s; no-op re-run {noop:.1f}s, {trips} round trips "
-          "(1 per stage 10-40)")
+          "(1 per stage 00-40)")
 
     # 6. stage 20: an image vanished and the import fails once -> exit 1; re-run re-imports only that tarball
     assert faults.remove_image(root, "quay.io/jupyterhub/k8s-singleuser-sample:4.2.0").returncode == 0
     faults.fail_command(root, "microk8s ctr image import", stderr="ctr: unexpected EOF\n")
-    r = _run(_args(h, env, bundle, base / "r6.log", "--yes", "--skip", "00"))
+    r = _run(_args(h, env, bundle, base / "r6.log", "--yes"))
     assert r.returncode == 1 and "stage 20" in r.stderr and "unexpected EOF" in r.stderr, r.stderr[-2000:]
     t = time.monotonic()
-    r = _run(_args(h, env, bundle, base / "r7.log", "--yes", "--skip", "00"))
+    r = _run(_args(h, env, bundle, base / "r7.log", "--yes"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "images/singleuser.tar" in r.stderr and "images/jupyterhub.tar" not in r.stderr
     print(f"re-import of one tarball after a fault: {time.monotonic() - t:.1f}s")
@@ -151,23 +150,23 @@ def test_install_faults_kills_and_reruns_converge(sim):
     # 7. stage 30: pin Calico to eth0; the apply fails once; re-run converges
     env30 = _env(base, "b.env", gateway, mgmt_interface="eth0")
     faults.fail_command(root, "microk8s kubectl apply", stderr="error: simulated API hiccup\n")
-    r = _run(_args(h, env30, bundle, base / "r8.log", "--yes", "--skip", "00"))
+    r = _run(_args(h, env30, bundle, base / "r8.log", "--yes"))
     assert r.returncode == 1 and "stage 30" in r.stderr, r.stderr[-2000:]
-    r = _run(_args(h, env30, bundle, base / "r9.log", "--yes", "--skip", "00"))
+    r = _run(_args(h, env30, bundle, base / "r9.log", "--yes"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'value: "interface=^eth0$"' in h.read("/var/snap/microk8s/current/args/cni-network/cni.yaml")
 
     # 8. stage 40: new DNS server, the ConfigMap apply fails once; then a run killed mid-stage; re-runs converge
     env40 = _env(base, "c.env", "10.99.0.53", mgmt_interface="eth0")
     faults.fail_command(root, "microk8s kubectl apply", stderr="error: simulated API hiccup\n")
-    r = _run(_args(h, env40, bundle, base / "r10.log", "--yes", "--skip", "00"))
+    r = _run(_args(h, env40, bundle, base / "r10.log", "--yes"))
     assert r.returncode == 1 and "stage 40" in r.stderr, r.stderr[-2000:]
     env40b = _env(base, "d.env", "10.99.0.54", mgmt_interface="eth0")
-    _run_and_kill_at(_args(h, env40b, bundle, base / "r11.log", "--yes", "--skip", "00"), base / "r11.log",
+    _run_and_kill_at(_args(h, env40b, bundle, base / "r11.log", "--yes"), base / "r11.log",
                      r"\[1/\d+\] apply CoreDNS")
-    r = _run(_args(h, env40b, bundle, base / "r12.log", "--yes", "--skip", "00", "--json"))
+    r = _run(_args(h, env40b, bundle, base / "r12.log", "--yes", "--json"))
     assert r.returncode == 0, r.stderr[-2000:]
-    r = _run(_args(h, env40b, bundle, base / "r13.log", "--yes", "--skip", "00", "--json"))
+    r = _run(_args(h, env40b, bundle, base / "r13.log", "--yes", "--json"))
     assert r.returncode == 0 and json.loads(r.stdout)["actions_applied"] == 0, r.stderr[-2000:]
     corefile = h.exec(["microk8s", "kubectl", "get", "configmap", "coredns", "-n", "kube-system",
                        "-o", "jsonpath={.data.Corefile}"], timeout=60).stdout
@@ -191,7 +190,7 @@ def test_tool_run_on_the_host_itself(sim):
     r = h.exec(["sh", "-c", script, "sh", *argv, "--log-file", inside + "/l1.log"], check=False, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     t = time.monotonic()
-    r = h.exec(["sh", "-c", script, "sh", *argv, "--skip", "00", "--log-file", inside + "/l2.log"], check=False,
+    r = h.exec(["sh", "-c", script, "sh", *argv, "--log-file", inside + "/l2.log"], check=False,
                timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout)["actions_applied"] == 0

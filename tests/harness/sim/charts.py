@@ -76,20 +76,71 @@ def _deploy(name, ns, labels, containers, replicas=1, volumes=None, init=None, s
                      "template": {"metadata": {"labels": labels}, "spec": spec}}}
 
 
+def _sha256(obj: dict) -> str:
+    import hashlib
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _extra_file_bytes(spec: dict) -> bytes:
+    import base64
+
+    import yaml
+    if "binaryData" in spec:
+        return base64.b64decode(spec["binaryData"])
+    if "stringData" in spec:
+        return spec["stringData"].encode()
+    data = spec.get("data")
+    if spec["mountPath"].endswith(".json"):
+        return json.dumps(data, indent=2).encode()
+    return yaml.safe_dump(data).encode()
+
+
+def _hub_config(values: dict, release: str, ns: str, chart: dict, labels: dict) -> tuple[dict, dict]:
+    """ConfigMap `hub` (the config files) and Secret `hub` (values.yaml for z2jh.get_config, hub.extraFiles)."""
+    import base64
+
+    import yaml
+
+    from .hubfiles import CONFIGMAP_FILES, SECRET_VALUE_KEYS
+    picked = {k: values[k] for k in SECRET_VALUE_KEYS if k in values}
+    picked["Chart"] = {"Name": chart.get("name"), "Version": chart.get("version")}
+    picked["Release"] = {"Name": release, "Namespace": ns}
+    data = {"values.yaml": base64.b64encode(yaml.safe_dump(picked).encode()).decode()}
+    for key, spec in sorted((values["hub"].get("extraFiles") or {}).items()):
+        data[key] = base64.b64encode(_extra_file_bytes(spec)).decode()
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "hub", "namespace": ns, "labels": labels},
+          "data": dict(CONFIGMAP_FILES, **{"checksum_hook-image-puller": "sim"})}
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hub", "namespace": ns, "labels": labels},
+              "type": "Opaque", "data": data}
+    return cm, secret
+
+
+def _hub_volumes(hub: dict) -> tuple[list[dict], list[dict]]:
+    """The hub pod's config, secret and extraFiles mounts (subPath mounts of ConfigMap/Secret `hub`)."""
+    from .hubfiles import CONFIGMAP_FILES
+    etc = "/usr/local/etc/jupyterhub"
+    volumes = [{"name": "config", "configMap": {"name": "hub"}}, {"name": "secret", "secret": {"secretName": "hub"}}]
+    mounts = [{"name": "config", "mountPath": f"{etc}/{f}", "subPath": f} for f in sorted(CONFIGMAP_FILES)]
+    mounts.append({"name": "secret", "mountPath": f"{etc}/secret/"})
+    files = hub.get("extraFiles") or {}
+    if files:
+        volumes.append({"name": "files", "secret": {"secretName": "hub"}})
+        mounts += [{"name": "files", "mountPath": spec["mountPath"], "subPath": key} for key, spec in sorted(files.items())]
+    return volumes, mounts
+
+
 def jupyterhub(values: dict, release: str, ns: str, chart: dict) -> tuple[list[dict], list[dict]]:
     v = values
     objs: list[dict] = []
     hub, proxy, su, sched, pre = v["hub"], v["proxy"], v["singleuser"], v["scheduling"], v["prePuller"]
     L = lambda c: _labels(c, release, chart)
+    config_map, secret = _hub_config(values, release, ns, chart, L("hub"))
     objs += [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "hub", "namespace": ns, "labels": L("hub")}},
-             {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "hub", "namespace": ns, "labels": L("hub")},
-              "data": {"checksum_hook-image-puller": "sim", "values.yaml": json.dumps(hub.get("config") or {})}},
-             {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hub", "namespace": ns, "labels": L("hub")},
-              "type": "Opaque", "data": {}},
+             config_map, secret,
              {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hub", "namespace": ns, "labels": L("hub")},
               "spec": {"type": "ClusterIP", "selector": {"component": "hub", "release": release},
                        "ports": [{"name": "hub", "port": 8081, "targetPort": "http"}]}}]
-    volumes = []
+    volumes, mounts = _hub_volumes(hub)
     if hub["db"]["type"] == "sqlite-pvc":
         pvc = hub["db"].get("pvc") or {}
         spec = {"accessModes": pvc.get("accessModes") or ["ReadWriteOnce"],
@@ -99,9 +150,20 @@ def jupyterhub(values: dict, release: str, ns: str, chart: dict) -> tuple[list[d
         objs.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                      "metadata": {"name": "hub-db-dir", "namespace": ns, "labels": L("hub")}, "spec": spec})
         volumes.append({"name": "pvc", "persistentVolumeClaim": {"claimName": "hub-db-dir"}})
-    objs.append(_deploy("hub", ns, L("hub"), [{"name": "hub", "image": _img(hub["image"]),
-                                               "ports": [{"name": "http", "containerPort": 8081}]}],
-                        volumes=volumes, sa="hub"))
+        mounts.append({"name": "pvc", "mountPath": "/srv/jupyterhub"})
+    env = [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "HELM_RELEASE_NAME", "value": release},
+           {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
+    extra = hub.get("extraEnv") or {}
+    env += list(extra) if isinstance(extra, list) else [
+        {"name": k, "value": str(v)} if not isinstance(v, dict) else dict(v, name=k) for k, v in sorted(extra.items())]
+    hub_deploy = _deploy("hub", ns, L("hub"), [{"name": "hub", "image": _img(hub["image"]), "env": env,
+                                                "volumeMounts": mounts,
+                                                "ports": [{"name": "http", "containerPort": 8081}]}],
+                         volumes=volumes, sa="hub")
+    hub_deploy["spec"]["strategy"] = hub.get("deploymentStrategy") or {"type": "Recreate"}
+    hub_deploy["spec"]["template"]["metadata"]["annotations"] = {  # a values change rolls the hub, as in the chart
+        "checksum/config-map": _sha256(config_map), "checksum/secret": _sha256(secret)}
+    objs.append(hub_deploy)
     chp = proxy["chp"]
     objs.append(_deploy("proxy", ns, L("proxy"), [{"name": "chp", "image": _img(chp["image"]),
                                                    "ports": [{"name": "http", "containerPort": 8000}]}]))

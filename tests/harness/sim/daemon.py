@@ -195,7 +195,19 @@ class AgentServer(ThreadingHTTPServer):
     api = None
 
 
+def _name_process(name: str) -> None:
+    """Show as MicroK8s' own process in `ss -p` and /proc/PID/comm (real: kubelite holds 16443 and 10250),
+    so a preflight re-run sees the ports held by MicroK8s, as on a real node."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> int:
+    _name_process("kubelite")
     cfg = host_config()
     Path(paths.SIM_RUN).mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
