@@ -447,6 +447,13 @@ class _Cache:
                 pass  # a cache is an optimisation; never fail a verify over it
 
 
+def default_cache_file() -> Path:
+    """Where preflight keeps the hashes of verified bundle files: /var/lib/provision as root, else ~/.cache."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/provision/bundle-verify-cache.json")
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "provision" / "bundle-verify-cache.json"
+
+
 def verify_bundle(bundle_dir: str | os.PathLike, settings: Settings | None = None, *,
                   progress: Callable[[str, int, int], None] | None = None,
                   cache_file: str | os.PathLike | None = None) -> list[str]:

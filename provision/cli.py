@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from provision.errors import ProvisionError
 
 from provision import __version__
 
@@ -76,7 +80,7 @@ def main() -> None:
         sys.exit(e.exit_code)
 
 
-def report_error(e: "ProvisionError") -> None:
+def report_error(e: ProvisionError) -> None:
     from provision.errors import ConfigError
 
     lines = e.problems if isinstance(e, ConfigError) and len(e.problems) > 1 else [e.message]

@@ -105,41 +105,21 @@ def _sudo_reason(e: ProvisionError) -> str:
 
 
 def bundle_fact(bundle_dir: Any, settings: Any) -> dict[str, Any]:
-    """Verify the offline bundle with provision.bundle.verify_bundle when it exists, else check it is there."""
+    """Verify the offline bundle (sizes, sha256, image refs, what the settings need).
+
+    Files whose size and mtime are unchanged since the last verified run are not re-hashed (cache under
+    the state directory), so a re-run of a multi-GB bundle stays fast; `provision bundle verify` always
+    re-hashes everything."""
+    from provision.bundle import default_cache_file, verify_bundle
+
     if bundle_dir is None:
         return {"checked": False}
     path = Path(bundle_dir)
-    verify: Callable[..., Any] | None
     try:
-        from provision.bundle import verify_bundle as verify
-    except ImportError:
-        verify = None
-    if verify is None:
-        if not path.is_dir():
-            return {"checked": True, "ok": False, "path": str(path), "problems": [f"{path} does not exist"]}
-        if not any(path.iterdir()):
-            return {"checked": True, "ok": False, "path": str(path), "problems": [f"{path} is empty"]}
-        return {"checked": True, "ok": True, "path": str(path), "problems": [], "verified": False}
-    try:
-        result = verify(path, settings)
+        problems = [str(p) for p in verify_bundle(path, settings, cache_file=default_cache_file())]
     except ProvisionError as e:
         return {"checked": True, "ok": False, "path": str(path), "problems": [e.message], "hint": e.hint}
-    problems = _problems_of(result)
     return {"checked": True, "ok": not problems, "path": str(path), "problems": problems, "verified": True}
-
-
-def _problems_of(result: Any) -> list[str]:
-    """verify_bundle may return None, a list of problems, or an object with .problems / .ok."""
-    if result is None or result is True:
-        return []
-    if isinstance(result, (list, tuple)):
-        return [str(p) for p in result]
-    problems = getattr(result, "problems", None)
-    if problems is not None:
-        return [str(p) for p in problems]
-    if getattr(result, "ok", True) is False:
-        return [str(result)]
-    return []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ A Host never takes a shell string built by concatenation: argv lists only. Where
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 from provision.config import Secret
 

@@ -73,8 +73,8 @@ def test_unknown_key_has_did_you_mean_and_names_file_and_line(tmp_path):
     ("ADMIN_USERS_CSV='alice,b ob'", "ADMIN_USERS_CSV: expected user names"),
     ("SINGLEUSER_IMAGE=Not An Image", "SINGLEUSER_IMAGE: unquoted space in value"),
     ("SINGLEUSER_IMAGE=quay.io/jupyterhub/k8s-singleuser-sample", "SINGLEUSER_IMAGE: expected an image reference"),
-    ("AUTH_MODE=githib", "AUTH_MODE: expected one of native, github, azuread, ubilink, got 'githib' "
-                         "(did you mean github?)"),
+    ("AUTH_MODE=githib", ("AUTH_MODE: expected one of native, github, azuread, ubilink, got 'githib' "
+                          "(did you mean github?)")),
     ("DNS_SERVERS_CSV=10.0.0.2,dns.lab", "DNS_SERVERS_CSV: expected an IP address, got 'dns.lab'"),
     ("SHARED_STORAGE_PATH=relative/dir", "SHARED_STORAGE_PATH: expected an absolute path"),
     ("NPU_VISIBLE_DEVICES='1, 2,3'", "NPU_VISIBLE_DEVICES: expected logical ids"),
@@ -151,7 +151,7 @@ def test_all_problems_reported_at_once_in_line_order(tmp_path):
 
 def test_secret_masks_itself_everywhere():
     s = Secret("hunter2")
-    assert "hunter2" not in repr(s) + str(s) + f"{s}" + "%s" % s
+    assert "hunter2" not in repr(s) + str(s) + f"{s}" + format(s, ">10")
     assert s.reveal() == "hunter2"
     assert pickle.loads(pickle.dumps(s)).reveal() == "hunter2"
     settings = Settings(github_client_secret=s)
@@ -175,11 +175,7 @@ def test_example_passes_check_and_defaults_parse():
 
 def test_seed_key_names_are_kept():
     names = {spec.name for spec in key_specs()}
-    seed = """AUTH_MODE ADMIN_USERS_CSV SINGLEUSER_IMAGE USE_GPU_OPERATOR ENABLE_IB IB_RESOURCE_NAME
-    IB_RESOURCE_COUNT ENABLE_USAGE_LIMIT_ENFORCER USAGE_PORTAL_URL GITHUB_CLIENT_ID GITHUB_CLIENT_SECRET
-    GITHUB_CALLBACK_URL AZUREAD_CLIENT_ID AZUREAD_CLIENT_SECRET AZUREAD_TENANT_ID AZUREAD_CALLBACK_URL
-    UBILINK_AUTH_ME_URL UBILINK_LOGIN_URL ENABLE_NGINX_PROXY NGINX_PROXY_SERVER_NAME NGINX_PROXY_CERT_FILE
-    NGINX_PROXY_KEY_FILE SHARED_STORAGE_ENABLED SHARED_STORAGE_PATH PVC_SIZE ENABLE_IDLE_CULLER IDLE_TIMEOUT""".split()
+    seed = ["AUTH_MODE", "ADMIN_USERS_CSV", "SINGLEUSER_IMAGE", "USE_GPU_OPERATOR", "ENABLE_IB", "IB_RESOURCE_NAME", "IB_RESOURCE_COUNT", "ENABLE_USAGE_LIMIT_ENFORCER", "USAGE_PORTAL_URL", "GITHUB_CLIENT_ID", "GITHUB_CLIENT_SECRET", "GITHUB_CALLBACK_URL", "AZUREAD_CLIENT_ID", "AZUREAD_CLIENT_SECRET", "AZUREAD_TENANT_ID", "AZUREAD_CALLBACK_URL", "UBILINK_AUTH_ME_URL", "UBILINK_LOGIN_URL", "ENABLE_NGINX_PROXY", "NGINX_PROXY_SERVER_NAME", "NGINX_PROXY_CERT_FILE", "NGINX_PROXY_KEY_FILE", "SHARED_STORAGE_ENABLED", "SHARED_STORAGE_PATH", "PVC_SIZE", "ENABLE_IDLE_CULLER", "IDLE_TIMEOUT"]
     assert set(seed) <= names
 
 
@@ -201,7 +197,7 @@ def test_config_check_bad_file_exit_2_no_traceback(tmp_path):
 
     env = write(tmp_path, "NODEPORT=1\nIDLE_TIMOUT=5\n")
     r = subprocess.run([sys.executable, "-m", "provision", "config", "check", "--env", str(env)],
-                       capture_output=True, text=True, cwd=REPO)
+                       capture_output=True, text=True, cwd=REPO, check=False)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert f"error: {env}:1: NODEPORT:" in r.stderr
@@ -214,6 +210,6 @@ def test_config_check_missing_file(tmp_path):
     import sys
 
     r = subprocess.run([sys.executable, "-m", "provision", "config", "check", "--env", str(tmp_path / "nope.env")],
-                       capture_output=True, text=True, cwd=REPO)
+                       capture_output=True, text=True, cwd=REPO, check=False)
     assert r.returncode == 2
     assert "no such file" in r.stderr and "jhub.env.example" in r.stderr

@@ -16,6 +16,7 @@ import json
 import time
 import urllib.request
 
+from .runtime import process_backed
 from .store import Store, now, selector_dict_match
 
 CNI_IMAGE_HINT = "calico/node:"
@@ -98,6 +99,7 @@ class Cluster:
         self.store = store
         self.kubelets: dict[str, dict | None] = {}
         self.last_reconcile = 0.0
+        self._synced: dict[str, str] = {}   # node -> digest of the pod list its kubelet last accepted
 
     # node facts
     def kubelet_status(self, ip: str) -> dict | None:
@@ -132,6 +134,7 @@ class Cluster:
             self._pods()
             self._workload_status()
             st.save()
+        self._sync_processes()
         self.last_reconcile = time.monotonic()
 
     # ---- nodes
@@ -667,6 +670,8 @@ class Cluster:
                             f'lookup {registry}: no such host')
                 msg = f'Back-off pulling image "{c["image"]}"' if backoff else pull_err
                 self._event(pod, "Warning", "Failed", f'Failed to pull image "{c["image"]}": {pull_err}')
+            elif not init and process_backed(c):
+                return self._process_status(pod, c, kl, s["startTime"])
             else:
                 return {"name": c["name"], "image": normalize_image(c["image"]),
                         "imageID": normalize_image(c["image"]), "ready": not init, "restartCount": 0,
@@ -690,9 +695,9 @@ class Cluster:
                    "started": False, "state": {"waiting": {"reason": "PodInitializing"}}}
                   for c in pod["spec"]["containers"]]
         s["containerStatuses"] = cs
-        running = all("running" in c["state"] for c in cs)
+        running = all("running" in c["state"] or c.get("lastState") for c in cs)   # crash-looping = started
         done = all("terminated" in c["state"] for c in cs)
-        ready = running and kl.get("ready", True)
+        ready = running and kl.get("ready", True) and all(c.get("ready") for c in cs)
         s["phase"] = "Succeeded" if done else "Running" if running else "Pending"
         if s["phase"] != "Pending":
             s["podIP"] = s.get("podIP") or f"10.1.{hash(node) % 250}.{hash(pod['metadata']['name']) % 250 + 2}"
@@ -705,6 +710,107 @@ class Cluster:
             scheduled]
         if running and not was_running:
             self._event(pod, "Normal", "Started", "Started container " + pod["spec"]["containers"][0]["name"])
+
+    def _process_status(self, pod: dict, c: dict, kl: dict, started: str) -> dict:
+        """A container the node really runs (runtime.py): running/ready from its readiness probe, or
+        CrashLoopBackOff with the exit code when the process ended."""
+        proc = ((kl.get("processes") or {}).get(pod["metadata"].get("uid", "")) or {}).get(c["name"])
+        image = normalize_image(c["image"])
+        base = {"name": c["name"], "image": image, "imageID": image, "restartCount": (proc or {}).get("restarts", 0)}
+        if proc is None or proc.get("state") == "running":
+            ready = bool(proc and proc.get("ready"))
+            return dict(base, ready=ready, started=True,
+                        state={"running": {"startedAt": (proc or {}).get("started_at") or started}})
+        pod_name = pod["metadata"]["name"]
+        self._event(pod, "Warning", "BackOff", "Back-off restarting failed container "
+                    f"{c['name']} in pod {pod_name}_{pod['metadata'].get('namespace', '')}")
+        return dict(base, ready=False, started=False,
+                    state={"waiting": {"reason": "CrashLoopBackOff", "message": f"back-off restarting failed "
+                                       f"container={c['name']} pod={pod_name}"}},
+                    lastState={"terminated": {"exitCode": proc.get("exit_code") or 1, "reason": "Error",
+                                              "message": proc.get("message", "")}})
+
+    def _sync_processes(self) -> None:
+        """Tell each node's kubelet which of its pods' real processes (runtime.py) should run, with the
+        contents of their ConfigMap/Secret volumes and the hostPath of their PersistentVolumes."""
+        want: dict[str, list[dict]] = {}
+        with self.store.lock:
+            for pod in self.pods():
+                node = pod["spec"].get("nodeName")
+                st = pod.get("status") or {}
+                if not node or st.get("phase") != "Running" or pod["metadata"].get("deletionTimestamp"):
+                    continue
+                cs = [c for c in pod["spec"]["containers"] if process_backed(c)]
+                if cs:
+                    want.setdefault(node, []).append(
+                        {"uid": pod["metadata"]["uid"], "namespace": pod["metadata"]["namespace"],
+                         "name": pod["metadata"]["name"], "containers": [self._runtime_spec(pod, c) for c in cs]})
+        for node, kl in self.kubelets.items():
+            if kl is None:
+                continue
+            pods = want.get(node, [])
+            digest = hashlib.sha256(json.dumps(pods, sort_keys=True).encode()).hexdigest()
+            have = set(kl.get("processes") or {})
+            if self._synced.get(node) == digest and have == {p["uid"] for p in pods}:
+                continue
+            ip = kl.get("ip") or self._node_ip(node)
+            try:
+                req = urllib.request.Request(f"http://{ip}:10250/sim/pods", json.dumps({"pods": pods}).encode(),
+                                             {"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=5):
+                    self._synced[node] = digest
+            except OSError:
+                self._synced.pop(node, None)
+
+    def _node_ip(self, name: str) -> str:
+        n = self.store.find(self._r("Node"), "", name) or {}
+        return next((a["address"] for a in n.get("status", {}).get("addresses", []) if a["type"] == "InternalIP"), "")
+
+    def _runtime_spec(self, pod: dict, c: dict) -> dict:
+        import base64
+        ns = pod["metadata"]["namespace"]
+        vols = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        mounts = []
+        for m in c.get("volumeMounts") or []:
+            v = vols.get(m["name"]) or {}
+            files: dict[str, str] = {}
+            if "secret" in v:
+                obj = self.store.find(self._r("Secret"), ns, v["secret"]["secretName"]) or {}
+                files = dict(obj.get("data") or {})
+            elif "configMap" in v:
+                obj = self.store.find(self._r("ConfigMap"), ns, v["configMap"]["name"]) or {}
+                files = {k: base64.b64encode(x.encode()).decode() for k, x in (obj.get("data") or {}).items()}
+            elif "persistentVolumeClaim" in v:
+                pvc = self.store.find(self._r("PersistentVolumeClaim"), ns, v["persistentVolumeClaim"]["claimName"])
+                pv = self.store.find(self._r("PersistentVolume"), "", ((pvc or {}).get("spec") or {}).get("volumeName", ""))
+                host = ((pv or {}).get("spec") or {}).get("hostPath", {}).get("path")
+                if host:
+                    mounts.append({"path": m["mountPath"], "kind": "dir", "host": host})
+                continue
+            elif "hostPath" in v:
+                mounts.append({"path": m["mountPath"], "kind": "dir", "host": v["hostPath"]["path"]})
+                continue
+            else:
+                continue
+            if m.get("subPath"):
+                if m["subPath"] in files:
+                    mounts.append({"path": m["mountPath"], "kind": "file", "data": files[m["subPath"]]})
+            else:
+                mounts.append({"path": m["mountPath"], "kind": "files", "files": files})
+        env = {}
+        for e in c.get("env") or []:
+            if "value" in e:
+                env[e["name"]] = str(e["value"])
+            elif (e.get("valueFrom") or {}).get("fieldRef"):
+                path = e["valueFrom"]["fieldRef"]["fieldPath"]
+                env[e["name"]] = {"metadata.namespace": ns, "metadata.name": pod["metadata"]["name"],
+                                  "status.podIP": (pod.get("status") or {}).get("podIP", "")}.get(path, "")
+            elif (e.get("valueFrom") or {}).get("secretKeyRef"):
+                ref = e["valueFrom"]["secretKeyRef"]
+                obj = self.store.find(self._r("Secret"), ns, ref["name"]) or {}
+                if ref["key"] in (obj.get("data") or {}):
+                    env[e["name"]] = base64.b64decode(obj["data"][ref["key"]]).decode()
+        return {"name": c["name"], "image": c["image"], "env": env, "mounts": mounts}
 
     def _workload_status(self) -> None:
         for d in self.store.list(self._r("Deployment", "apps/v1")):

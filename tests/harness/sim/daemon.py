@@ -92,20 +92,47 @@ def _meminfo_kib() -> int:
 
 
 class KubeletHandler(BaseHTTPRequestHandler):
+    runtime = None   # runtime.Runtime: the hub containers this node really runs (set by main)
+
     def log_message(self, *a):
         pass
+
+    def _json(self, code: int, obj: dict) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_GET(self):
         if not self.path.startswith("/sim/status"):
             self.send_error(404)
             return
         master = self.path.partition("master=")[2] or self.client_address[0]
-        body = json.dumps(kubelet_status(master)).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        status = kubelet_status(master)
+        status["processes"] = self.runtime.status() if self.runtime else {}
+        self._json(200, status)
+
+    def do_POST(self):
+        """/sim/pods (the pods whose containers run here, from the control plane) and /sim/exec (kubectl
+        exec, the kubelet's exec endpoint). Only the cluster's own addresses may call them."""
+        n = int(self.headers.get("Content-Length") or 0)
+        req = json.loads(self.rfile.read(n) or b"{}") if n else {}
+        cfg = host_config()
+        cluster = read_json(paths.SIM_CLUSTER, {}) or {}
+        allowed = {"127.0.0.1", cfg.get("ip"), cluster.get("master"), *cluster.get("voters", [])}
+        if self.client_address[0] not in allowed or self.runtime is None:
+            return self._json(403, {"error": "Forbidden"})
+        if self.path.startswith("/sim/pods"):
+            self.runtime.sync(req.get("pods") or [])
+            return self._json(200, {"ok": True})
+        if self.path.startswith("/sim/exec"):
+            import base64
+            stdin = base64.b64decode(req["stdin"]) if req.get("stdin") is not None else None
+            out = self.runtime.exec(req["uid"], req["container"], req["argv"], stdin)
+            return self._json(404 if "error" in out else 200, out)
+        self._json(404, {"error": "not found"})
 
 
 # ---- cluster agent -------------------------------------------------------------------------------
@@ -213,6 +240,8 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     servers = []
+    from .runtime import Runtime
+    KubeletHandler.runtime = Runtime(cfg.get("python") or sys.executable)
     kubelet = ThreadingHTTPServer(("0.0.0.0", paths.KUBELET_PORT), KubeletHandler)
     kubelet.daemon_threads = True
     servers.append(kubelet)
@@ -238,6 +267,7 @@ def main() -> int:
     stop.wait()
     for s in servers:
         s.shutdown()
+    KubeletHandler.runtime.stop_all()   # microk8s stop: the containers end with the kubelet
     return 0
 
 
