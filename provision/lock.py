@@ -14,7 +14,10 @@ from provision.errors import LockedError
 
 
 def default_lock_path() -> Path:
-    """/run/lock/provision.lock as root; otherwise in $XDG_RUNTIME_DIR or ~/.local/state/provision."""
+    """$PROVISION_LOCK_FILE if set (tests, or runs against separate clusters from one machine);
+    /run/lock/provision.lock as root; otherwise in $XDG_RUNTIME_DIR or ~/.local/state/provision."""
+    if os.environ.get("PROVISION_LOCK_FILE"):
+        return Path(os.environ["PROVISION_LOCK_FILE"])
     if os.geteuid() == 0:
         run_lock = Path("/run/lock")
         return (run_lock if run_lock.is_dir() else Path("/run")) / "provision.lock"

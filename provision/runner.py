@@ -373,7 +373,8 @@ class Runner:
     def _apply(self, stage: Stage, node: Node, plan: Plan, rec: NodeOutcome) -> int:
         host = self.hosts[node.name]
         ctx = ApplyContext(self.settings, self.bundle_dir,
-                           progress=lambda msg: self.console.node(node.name, f"  {msg}"))
+                           progress=lambda msg: self.console.node(node.name, f"  {msg}"),
+                           extra={"stop": self.stop})  # set on Ctrl-C: long waits end early
         total = len(plan.actions)
         for i, action in enumerate(plan.actions, 1):
             if self.stop.is_set():

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from provision import facts as F
-from provision.errors import BundleError, ConflictError, ProvisionError, VerifyFailed
+from provision.errors import BundleError, ConflictError, Interrupted, ProvisionError, VerifyFailed
 from provision.stage import Action, ApplyContext
 
 SNAP_DATA = "/var/snap/microk8s/current"
 ARGS = SNAP_DATA + "/args"
 TEMPLATE = ARGS + "/containerd-template.toml"
+CONTAINERD_TOML = ARGS + "/containerd.toml"  # regenerated from TEMPLATE at each containerd start
 CERTS_D = ARGS + "/certs.d"
 CNI_YAML = ARGS + "/cni-network/cni.yaml"
 REMOTE_IMAGE_DIR = "/var/lib/provision/images"  # tarballs in transit on nodes other than this machine
@@ -378,7 +379,11 @@ def rollout_text(ds: Mapping[str, Any] | None) -> str:
 
 @dataclass(frozen=True)
 class WaitPods(Action):
-    """Wait until pods named <prefix>* in a namespace are ready (on every node when per_node)."""
+    """Wait until pods named <prefix>* in a namespace are ready (on every node when per_node).
+
+    Ends early when the runner's stop event (ctx.extra["stop"], set on Ctrl-C) is set: otherwise an
+    interrupted run would sit out the whole timeout while pods that cannot start are polled.
+    """
 
     namespace: str
     prefix: str
@@ -395,7 +400,11 @@ class WaitPods(Action):
     def apply(self, host: Any, ctx: ApplyContext) -> None:
         deadline = time.monotonic() + self.timeout
         problems: list[str] = ["not checked yet"]
+        stop = (ctx.extra or {}).get("stop")
         while True:
+            if stop is not None and stop.is_set():
+                raise Interrupted(f"stopped while waiting for {self.what}",
+                                  "re-run the same command to continue; the wait starts again")
             pods = self._get(host, "pods", "-n", self.namespace)
             nodes = self._get(host, "nodes") if self.per_node else None
             if pods is not None and (nodes is not None or not self.per_node):
@@ -410,7 +419,11 @@ class WaitPods(Action):
                 problems = ["the API server does not answer"]
             if time.monotonic() >= deadline:
                 break
-            time.sleep(min(self.interval, max(0.0, deadline - time.monotonic())))
+            pause = min(self.interval, max(0.0, deadline - time.monotonic()))
+            if stop is not None:
+                stop.wait(pause)
+            else:
+                time.sleep(pause)
         raise VerifyFailed(f"{self.what} not ready after {self.timeout:.0f}s: " + "; ".join(problems),
                            f"see `microk8s kubectl -n {self.namespace} describe pod <name>`; an image missing "
                            "from the bundle shows as ErrImagePull/ImagePullBackOff (run `provision bundle "

@@ -17,7 +17,7 @@ from tests.stages import stagefacts as sf
 
 def facts10(snap_list: str | None = sf.SNAP_LIST_CONVERGED, status: str | None = sf.STATUS_RUNNING,
             template: str | None = sf.TEMPLATE, mirrors: str = "", images: list[str] | None = None,
-            arch: str = "x86_64") -> sf.StrictFacts:
+            arch: str = "x86_64", containerd_toml: str | None = sf.TEMPLATE) -> sf.StrictFacts:
     if images is None:
         images = s10.readiness_images(sf.manifest(), Settings())
     return sf.StrictFacts({
@@ -25,6 +25,7 @@ def facts10(snap_list: str | None = sf.SNAP_LIST_CONVERGED, status: str | None =
         "snap_list": M.parse_snap_list(sf.raw(snap_list) if snap_list is not None else sf.raw("", 127)),
         "status": M.parse_status(sf.raw(status) if status is not None else sf.raw("", 127)),
         "template": M.parse_file(sf.raw(template) if template is not None else sf.raw("", 1)),
+        "containerd_toml": M.parse_file(sf.raw(containerd_toml) if containerd_toml is not None else sf.raw("", 1)),
         "mirrors": s10.parse_mirrors(sf.raw(mirrors)),
         "ctr_images": M.parse_ctr_images(sf.raw(sf.ctr_ls(images)) if status is not None else sf.raw("", 127)),
         "bundle": sf.manifest(),
@@ -119,6 +120,18 @@ def test_sandbox_image_change_edits_template_only_when_bundled():
     assert new.replace("docker.io/calico/node:v3.25.1", "registry.k8s.io/pause:3.7") == sf.TEMPLATE
     with pytest.raises(ConflictError, match="no sandbox_image"):
         s10.set_sandbox_image("version = 2\n", "x:1")
+
+
+def test_template_edited_but_not_restarted_is_restarted():
+    """A run killed between writing the template and `microk8s stop/start` left containerd.toml behind:
+    the re-run must restart (containerd.toml is regenerated only at start), not call it converged."""
+    s = Settings(sandbox_image="docker.io/calico/node:v3.25.1")
+    edited = s10.set_sandbox_image(sf.TEMPLATE, s.sandbox_image)
+    f = facts10(template=edited, containerd_toml=sf.TEMPLATE)
+    assert kinds(s10.plan(f, s, sf.CONTROL)) == ["ConfigureContainerd", "microk8s status --wait-ready"]
+    assert [c.name for c in s10.verify(f, s, sf.CONTROL) if not c.ok] == ["containerd runs with the template's settings"]
+    assert s10.plan(facts10(template=edited, containerd_toml=edited), s, sf.CONTROL).empty
+    assert s10.plan(facts10(template=edited, containerd_toml=None), s, sf.CONTROL).empty  # not started yet
 
 
 def test_registry_mirror_hosts_toml():

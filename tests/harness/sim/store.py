@@ -138,9 +138,13 @@ def merge_patch(target, patch):
 
 
 _MERGE_KEYS = ("name", "containerPort", "mountPath", "devicePath", "ip", "type", "port")
+# The API's patchMergeKey where it is not the first key present (core/v1 types): volumeMounts all have a
+# `name` too, but two mounts of one volume (subPath) are different items.
+_FIELD_MERGE_KEYS = {"volumeMounts": "mountPath", "volumeDevices": "devicePath", "ports": "containerPort",
+                     "hostAliases": "ip", "conditions": "type"}
 
 
-def strategic_merge(target, patch):
+def strategic_merge(target, patch, field: str = ""):
     """Strategic merge (approximation): maps merge, lists of maps merge by their key field
     (name, containerPort, ...), other lists replace. Used for strategic-merge-patch and apply."""
     if isinstance(patch, dict) and isinstance(target, dict):
@@ -151,10 +155,11 @@ def strategic_merge(target, patch):
             if v is None:
                 out.pop(k, None)
             else:
-                out[k] = strategic_merge(out.get(k), v)
+                out[k] = strategic_merge(out.get(k), v, k)
         return out
     if isinstance(patch, list) and isinstance(target, list) and patch and all(isinstance(x, dict) for x in patch):
-        key = next((mk for mk in _MERGE_KEYS if all(mk in x for x in patch + target)), None)
+        keys = ((_FIELD_MERGE_KEYS[field],) if field in _FIELD_MERGE_KEYS else ()) + _MERGE_KEYS
+        key = next((mk for mk in keys if all(mk in x for x in patch + target)), None)
         if key:
             out = copy.deepcopy(target)
             for item in patch:

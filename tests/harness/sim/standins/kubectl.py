@@ -1,6 +1,7 @@
 """`microk8s kubectl` subset, answered from the API stand-in: get (table, -o json|yaml|name|wide|
 jsonpath), apply -f, create -f / namespace, delete, label, annotate, patch, cordon, uncordon, drain
-(eviction API), wait --for=condition=..., rollout status, logs, version, cluster-info. Output formats
+(eviction API), wait --for=condition=..., rollout status, logs, exec (into the containers the node
+really runs, see runtime.py), version, cluster-info. Output formats
 follow kubectl's; anything else fails loudly rather than pretending."""
 
 from __future__ import annotations
@@ -401,8 +402,129 @@ def cmd_rollout(api: Api, a, rest: list[str]) -> int:
         time.sleep(1)
 
 
+# ---- exec: resolve the pod as kubectl does, then the kubelet stand-in of the pod's node runs the command
+
+PHASE_RANK = {"Pending": 0, "Unknown": 1, "Running": 2}
+
+
+def _active_first(pods: list[dict]) -> list[dict]:
+    """kubectl's choice for `exec deploy/NAME`: the most active pod (controller.ActivePods, reversed):
+    scheduled before unscheduled, Running before Unknown before Pending, ready before not ready, older first."""
+    def key(p):
+        st = p.get("status") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+        return (bool(p["spec"].get("nodeName")), PHASE_RANK.get(st.get("phase", "Pending"), 0), ready,
+                -_epoch(p["metadata"].get("creationTimestamp")))
+    return sorted(pods, key=key, reverse=True)
+
+
+def _epoch(ts: str | None) -> float:
+    if not ts:
+        return 0.0
+    return datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def _exec_pod(api: Api, ns: str, target: str, wait_s: float) -> dict | int:
+    kind, _, name = target.partition("/")
+    if not name:
+        kind, name = "pods", kind
+    r = api.resolve(kind)
+    if r is None:
+        return _err(f'error: the server doesn\'t have a resource type "{kind}"')
+    short = f"{r['name']}.{r['group']}" if r["group"] else r["name"]
+    try:
+        obj = api.request("GET", Api.path(r, ns, name))
+    except KubeError as e:
+        if e.code == 404:
+            return _err(f'Error from server (NotFound): {short} "{name}" not found')
+        raise
+    if r["kind"] == "Pod":
+        return obj
+    labels = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    if not labels:
+        return _err(f"error: cannot attach to {r['kind']}: selector for {r['kind']} is not supported (simulator)")
+    selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    deadline = time.monotonic() + wait_s
+    while True:   # kubectl waits --pod-running-timeout for a pod to exist
+        pods = [p for p in api.request("GET", f"/api/v1/namespaces/{ns}/pods", query={"labelSelector": selector})["items"]
+                if not p["metadata"].get("deletionTimestamp")]
+        if pods:
+            return _active_first(pods)[0]
+        if time.monotonic() >= deadline:
+            return _err("error: timed out waiting for the condition")
+        time.sleep(1)
+
+
+def cmd_exec(api: Api, a, rest: list[str], command: list[str] | None) -> int:
+    if not rest:
+        return _err("error: expected 'exec POD_NAME COMMAND [ARG1] [ARG2] ... [ARGN]'.\n"
+                    "POD_NAME and COMMAND are required arguments for the exec command")
+    if command is None:
+        return _err("error: exec [POD] [COMMAND] is not supported anymore. Use exec [POD] -- [COMMAND] instead\n"
+                    "See 'kubectl exec -h' for help and examples")
+    if not command:
+        return _err("error: you must specify at least one command for the container")
+    ns = a.namespace or "default"
+    pod = _exec_pod(api, ns, rest[0], _parse_timeout(a.pod_running_timeout) if a.pod_running_timeout else 60)
+    if isinstance(pod, int):
+        return pod
+    name, st = pod["metadata"]["name"], pod.get("status") or {}
+    if st.get("phase") in ("Succeeded", "Failed"):
+        return _err(f"error: cannot exec into a container in a completed pod; current phase is {st['phase']}")
+    containers = [c["name"] for c in pod["spec"]["containers"]]
+    container = a.container
+    if not container:
+        container = containers[0]
+        if len(containers) > 1 and not a.quiet:
+            sys.stderr.write(f'Defaulted container "{container}" out of: {", ".join(containers)}\n')
+    elif container not in containers + [c["name"] for c in pod["spec"].get("initContainers") or []]:
+        return _err(f"error: container {container} not found in pod {name}")
+    if not pod["spec"].get("nodeName"):
+        return _err(f"Error from server (BadRequest): pod {name} does not have a host assigned")
+    running = any(cs.get("name") == container and "running" in (cs.get("state") or {})
+                  for cs in st.get("containerStatuses") or [])
+    if not running:
+        return _err(f'error: unable to upgrade connection: container not found ("{container}")')
+    return _kubelet_exec(pod, container, command, sys.stdin.buffer.read() if a.stdin else None)
+
+
+def _kubelet_exec(pod: dict, container: str, command: list[str], stdin: bytes | None) -> int:
+    import base64
+    import urllib.error
+    import urllib.request
+    body = json.dumps({"uid": pod["metadata"]["uid"], "container": container, "argv": command,
+                       "stdin": base64.b64encode(stdin).decode() if stdin is not None else None}).encode()
+    host_ip = (pod.get("status") or {}).get("hostIP", "")
+    req = urllib.request.Request(f"http://{host_ip}:10250/sim/exec", body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=330) as r:
+            out = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        out = json.loads(e.read() or b"{}")
+        if e.code == 404:
+            return _err(f"error: unable to upgrade connection: {out.get('error', 'container not found')}")
+        return _err(f"error: unable to upgrade connection: {out.get('error', e.reason)}")
+    except OSError as e:
+        return _err(f"error: error dialing backend: dial tcp {host_ip}:10250: {e}")
+    sys.stdout.buffer.write(base64.b64decode(out.get("stdout", "")))
+    sys.stdout.flush()
+    sys.stderr.buffer.write(base64.b64decode(out.get("stderr", "")))
+    rc = int(out.get("rc", 1))
+    if rc:
+        return _err(f"command terminated with exit code {rc}", rc)
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    command = None
+    if "--" in argv:   # everything after `--` is the command (exec)
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1:]
     p = argparse.ArgumentParser(prog="kubectl", add_help=False)
+    p.add_argument("-i", "--stdin", action="store_true")
+    p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--pod-running-timeout")
     p.add_argument("-n", "--namespace")
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("-o", "--output")
@@ -531,6 +653,8 @@ def main(argv: list[str]) -> int:
             sys.stdout.write(api.request("GET", f"/api/v1/namespaces/{a.namespace or 'default'}/pods/{name}/log",
                                          raw=True))
             return 0
+        if verb == "exec":
+            return cmd_exec(api, a, rest, command)
         if verb == "describe":
             return cmd_get(api, type("A", (), dict(vars(a), output="yaml"))(), rest)
     except KubeError as e:
