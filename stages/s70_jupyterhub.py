@@ -252,8 +252,9 @@ class WaitHub(Action):
                          + (f"; last events: {' | '.join(events)}" if events else ""))
         raise VerifyFailed(f"JupyterHub not ready after {self.timeout:.0f}s: " + "; ".join(lines),
                            f"see `microk8s kubectl -n {self.namespace} describe pod <name>` and `microk8s kubectl "
-                           f"-n {self.namespace} logs deploy/hub`; ErrImagePull means an image is missing from the "
-                           "bundle (`provision bundle verify`); raise WAIT_TIMEOUT on slow nodes, then re-run")
+                           f"-n {self.namespace} logs deploy/hub`; ErrImagePull/ImagePullBackOff means an image is missing "
+                           "on that node: re-run stage 20 (`provision install --only 20`) and check the bundle "
+                           "(`provision bundle verify`); raise WAIT_TIMEOUT on slow nodes; then re-run")
 
     def _events(self, host: Any, pod: str) -> list[str]:
         ev = _kube(host, "get", "events", "-n", self.namespace, "--field-selector", f"involvedObject.name={pod}")
@@ -274,6 +275,16 @@ class BootstrapAdmin(Action):
         return f"create the first admin account {self.username!r} (NativeAuthenticator sign-up, in the hub pod)"
 
     def apply(self, host: Any, ctx: ApplyContext) -> None:
+        # The gather may not have been able to look (hub down, e.g. before this run's upgrade): look again
+        # now that the hub is up, so an existing admin is left alone instead of failing a second sign-up.
+        probe = host.run(list(_mk("kubectl", "exec", "-n", self.namespace, "deploy/hub", "-c", "hub", "--",
+                                  "python3", "-c", admin_source(), "probe", self.username)),
+                         sudo=True, timeout=120, check=False)
+        state = parse_admin(F.Raw(probe.stdout, probe.exit_status))
+        if state and state.get("exists"):
+            if callable(ctx.progress):
+                ctx.progress(f"admin account {self.username!r} already exists; left as it is")
+            return
         configured = ctx.settings.native_admin_password.reveal()
         password = configured or secrets.token_urlsafe(max(12, self.min_length))
         r = host.run(list(_mk("kubectl", "exec", "-i", "-n", self.namespace, "deploy/hub", "-c", "hub", "--",

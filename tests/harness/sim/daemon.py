@@ -41,8 +41,10 @@ def ctr_images() -> list[dict]:
 
 
 def sandbox_image() -> str:
+    """What containerd runs with: args/containerd.toml, regenerated from the template only when containerd
+    starts (microk8s.md section 7), so an edited but not yet restarted template has no effect, as on a real node."""
     try:
-        for line in Path(paths.ARGS, "containerd-template.toml").read_text().splitlines():
+        for line in Path(paths.ARGS, "containerd.toml").read_text().splitlines():
             if line.strip().startswith("sandbox_image"):
                 return line.split("=", 1)[1].strip().strip('"')
     except OSError:

@@ -73,7 +73,27 @@ class Api:
         return payload.decode() if raw else (json.loads(payload) if payload else {})
 
     # discovery-backed path building
-    def resources(self) -> list[dict]:
+    def resources(self, fresh: bool = False) -> list[dict]:
+        """Discovery, cached on disk for 10 minutes as kubectl caches it (~/.kube/cache/discovery); a name
+        that is not in the cache is looked up once more against the server (a CRD created since)."""
+        import time
+        cache = Path(paths.SIM_RUN) / f"discovery-{self.host}.json"
+        if not fresh:
+            try:
+                if time.time() - cache.stat().st_mtime < 600:
+                    return json.loads(cache.read_text())
+            except (OSError, ValueError):
+                pass
+        out = self._discover()
+        try:
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(out))
+            os.replace(tmp, cache)
+        except OSError:
+            pass
+        return out
+
+    def _discover(self) -> list[dict]:
         out = []
         core = self.request("GET", "/api/v1")
         out += [dict(r, group="", version="v1") for r in core["resources"] if "/" not in r["name"]]
@@ -87,17 +107,19 @@ class Api:
     def resolve(self, name: str) -> dict | None:
         name = name.lower()
         plural, _, group = name.partition(".")
-        for r in self.resources():
-            if plural in (r["name"], r["singularName"], r["kind"].lower(), *r.get("shortNames", [])) and \
-                    (not group or r["group"] == group or r["group"].startswith(group)):
-                return r
+        for fresh in (False, True):
+            for r in self.resources(fresh):
+                if plural in (r["name"], r["singularName"], r["kind"].lower(), *r.get("shortNames", [])) and \
+                        (not group or r["group"] == group or r["group"].startswith(group)):
+                    return r
         return None
 
     def by_kind(self, api_version: str, kind: str) -> dict | None:
         group, _, version = api_version.rpartition("/")
-        for r in self.resources():
-            if r["kind"] == kind and r["group"] == group and r["version"] == version:
-                return r
+        for fresh in (False, True):
+            for r in self.resources(fresh):
+                if r["kind"] == kind and r["group"] == group and r["version"] == version:
+                    return r
         return None
 
     @staticmethod

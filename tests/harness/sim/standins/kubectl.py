@@ -485,6 +485,12 @@ def cmd_exec(api: Api, a, rest: list[str], command: list[str] | None) -> int:
                   for cs in st.get("containerStatuses") or [])
     if not running:
         return _err(f'error: unable to upgrade connection: container not found ("{container}")')
+    from ..runtime import process_backed
+    spec = next(c for c in pod["spec"]["containers"] + (pod["spec"].get("initContainers") or [])
+                if c["name"] == container)
+    if not process_backed(spec):
+        return _err(f'error: Internal error occurred: error executing command in container: exec into container '
+                    f'"{container}" is not simulated (the simulator runs only the hub container as a process)')
     return _kubelet_exec(pod, container, command, sys.stdin.buffer.read() if a.stdin else None)
 
 
