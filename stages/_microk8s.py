@@ -302,6 +302,17 @@ def import_actions(manifest: Any, refs: Sequence[str], present: Mapping[str, str
 # Waiting: bounded polls that fail with the node and the pod status named.
 
 
+def pause_between_polls(ctx: ApplyContext, seconds: float, what: str) -> None:
+    """Sleep between two polls of a wait, but end the wait at once when the runner's stop event
+    (ctx.extra["stop"], set on Ctrl-C) is set: a wait must never outlive the user's patience."""
+    stop = (ctx.extra or {}).get("stop")
+    if stop is None:
+        time.sleep(seconds)
+    elif stop.wait(seconds) or stop.is_set():
+        raise Interrupted(f"stopped while waiting for {what}",
+                          "re-run the same command to continue; the wait starts again")
+
+
 def pod_problem(pod: dict[str, Any]) -> str:
     """One line on why a pod is not ready: waiting reason (ImagePullBackOff, ...), phase, or conditions."""
     st = pod.get("status") or {}
@@ -400,11 +411,8 @@ class WaitPods(Action):
     def apply(self, host: Any, ctx: ApplyContext) -> None:
         deadline = time.monotonic() + self.timeout
         problems: list[str] = ["not checked yet"]
-        stop = (ctx.extra or {}).get("stop")
         while True:
-            if stop is not None and stop.is_set():
-                raise Interrupted(f"stopped while waiting for {self.what}",
-                                  "re-run the same command to continue; the wait starts again")
+            pause_between_polls(ctx, 0, self.what)
             pods = self._get(host, "pods", "-n", self.namespace)
             nodes = self._get(host, "nodes") if self.per_node else None
             if pods is not None and (nodes is not None or not self.per_node):
@@ -419,11 +427,7 @@ class WaitPods(Action):
                 problems = ["the API server does not answer"]
             if time.monotonic() >= deadline:
                 break
-            pause = min(self.interval, max(0.0, deadline - time.monotonic()))
-            if stop is not None:
-                stop.wait(pause)
-            else:
-                time.sleep(pause)
+            pause_between_polls(ctx, min(self.interval, max(0.0, deadline - time.monotonic())), self.what)
         raise VerifyFailed(f"{self.what} not ready after {self.timeout:.0f}s: " + "; ".join(problems),
                            f"see `microk8s kubectl -n {self.namespace} describe pod <name>`; an image missing "
                            "from the bundle shows as ErrImagePull/ImagePullBackOff (run `provision bundle "

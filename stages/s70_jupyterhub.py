@@ -22,6 +22,7 @@ from typing import Any
 from provision import facts as F
 from provision.errors import ConflictError, ProvisionError, VerifyFailed
 from provision.stage import Action, ApplyContext, Check, Facts, Node, Plan, Scope, Stage
+from stages._microk8s import pause_between_polls, pod_problem, pod_ready
 
 RELEASE = "jhub"
 CHART_DIR_ON_NODE = "/var/lib/provision/charts"
@@ -103,26 +104,6 @@ def parse_json(raw: F.Raw) -> Any:
 def component_of(obj: Mapping[str, Any]) -> str:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     return str(labels.get("component") or labels.get("app.kubernetes.io/component") or "")
-
-
-def pod_ready(pod: Mapping[str, Any]) -> bool:
-    st = pod.get("status") or {}
-    return st.get("phase") == "Running" and any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
-
-
-def pod_problem(pod: Mapping[str, Any]) -> str:
-    st = pod.get("status") or {}
-    for cs in (st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or []):
-        state = cs.get("state") or {}
-        for key in ("waiting", "terminated"):
-            s = state.get(key)
-            if s and (key == "waiting" or s.get("exitCode")):
-                msg = s.get("message") or ""
-                return f"{cs.get('name')}: {s.get('reason') or key}" + (f" ({msg[:160]})" if msg else "")
-    phase = st.get("phase") or "Unknown"
-    conds = [c.get("type") for c in st.get("conditions") or [] if c.get("status") != "True"]
-    return phase + (f", not {', '.join(conds)}" if conds else "")
 
 
 def deployment_ready(dep: Mapping[str, Any] | None) -> bool:
@@ -239,7 +220,8 @@ class WaitHub(Action):
                     return
             if time.monotonic() >= deadline:
                 break
-            time.sleep(min(self.interval, max(0.0, deadline - time.monotonic())))
+            pause_between_polls(ctx, min(self.interval, max(0.0, deadline - time.monotonic())),
+                                "the hub and proxy")
         if not state:
             raise VerifyFailed(f"the Kubernetes API did not answer for {self.timeout:.0f}s",
                                "check `microk8s status`, then re-run")
