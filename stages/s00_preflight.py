@@ -117,9 +117,30 @@ def bundle_fact(bundle_dir: Any, settings: Any) -> dict[str, Any]:
     path = Path(bundle_dir)
     try:
         problems = [str(p) for p in verify_bundle(path, settings, cache_file=default_cache_file())]
+        if not problems and settings is not None:
+            problems = release_problems(path, settings)
     except ProvisionError as e:
         return {"checked": True, "ok": False, "path": str(path), "problems": [e.message], "hint": e.hint}
     return {"checked": True, "ok": not problems, "path": str(path), "problems": problems, "verified": True}
+
+
+def release_problems(bundle_dir: Path, settings: Any) -> list[str]:
+    """The JupyterHub release stage 70 will make from this bundle: its values must pass the bundled chart's
+    schema (ConfigError naming the key otherwise) and every image they use must be in the manifest."""
+    from provision.bundle import load_manifest
+    from provision.chart import check_jupyterhub_chart, find_chart, open_chart
+    from provision.values import (
+        ClusterFacts,
+        default_templates_dir,
+        load_branding,
+        missing_images,
+        release_values,
+    )
+
+    chart = check_jupyterhub_chart(open_chart(find_chart(bundle_dir, "jupyterhub", settings.z2jh_chart_version)))
+    rendered = release_values(settings, ClusterFacts(), chart, load_branding(default_templates_dir()))
+    return [f"images/: no tarball holds {ref}, which the JupyterHub values need"
+            for ref in missing_images(rendered.values, chart.values, load_manifest(bundle_dir))]
 
 
 # ---------------------------------------------------------------------------------------------

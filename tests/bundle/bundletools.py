@@ -130,6 +130,7 @@ def docker_archive(path: Path, refs: list[str], payload: bytes = b"hello\n", gz:
 SANDBOX = "registry.k8s.io/pause:3.7"
 SINGLEUSER = "quay.io/jupyterhub/k8s-singleuser-sample:4.2.0"
 HUB = "quay.io/jupyterhub/k8s-hub:4.2.0"
+PROXY = "quay.io/jupyterhub/configurable-http-proxy:4.6.3"
 GPU = "nvcr.io/nvidia/gpu-operator:v25.10.0"
 
 
@@ -162,7 +163,7 @@ def build_bundle(root: Path, *, docker_format: bool = False, gpu: bool = True):
     core = list(CORE_IMAGES["1.30"]) + [SANDBOX]
     make = docker_archive if docker_format else oci_archive
     make(root / "images" / "microk8s-core.tar", core)
-    make(root / "images" / "jupyterhub.tar", [HUB, SINGLEUSER])
+    make(root / "images" / "jupyterhub.tar", [HUB, PROXY, SINGLEUSER])
     images = {"images/microk8s-core.tar": ["control-plane", "worker"],
               "images/jupyterhub.tar": ["control-plane", "worker"]}
     if gpu:

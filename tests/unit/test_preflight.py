@@ -372,3 +372,20 @@ def test_bundle_fact_verifies_a_real_bundle(tmp_path):
     (tmp_path / "b" / "images" / "jupyterhub.tar").write_bytes(b"truncated")
     fact = P.bundle_fact(tmp_path / "b", Settings())
     assert not fact["ok"] and any(p.startswith("images/jupyterhub.tar: ") for p in fact["problems"])
+
+
+def test_bundle_fact_requires_every_image_the_hub_release_needs(tmp_path):
+    """Issue 5 item 5: an image the rendered JupyterHub values use but the bundle lacks stops preflight."""
+    from provision.bundle import write_manifest
+    from tests.bundle import bundletools as bt
+
+    root = tmp_path / "b"
+    bt.build_bundle(root, gpu=False)
+    bt.oci_archive(root / "images" / "jupyterhub.tar", [bt.HUB, bt.SINGLEUSER])  # no proxy image
+    write_manifest(root, microk8s_channel="1.30/stable",
+                   images={"images/microk8s-core.tar": ["control-plane", "worker"],
+                           "images/jupyterhub.tar": ["control-plane", "worker"]})
+    fact = P.bundle_fact(root, Settings())
+    assert not fact["ok"]
+    assert fact["problems"] == [("images/: no tarball holds quay.io/jupyterhub/configurable-http-proxy:4.6.3, "
+                                 "which the JupyterHub values need")]
