@@ -80,6 +80,21 @@ def open_chart(path: str | os.PathLike) -> Chart:
                  values, schema, str(p))
 
 
+BUILTIN_VERSION = "4.2.0"  # provision/data/z2jh-4.2.0: the chart's values.yaml and values.schema.json
+
+
+def builtin_chart() -> Chart:
+    """The z2jh 4.2.0 defaults and schema shipped in the package, to validate values before a bundle exists."""
+    from importlib import resources
+
+    import yaml
+
+    d = resources.files("provision") / "data" / f"z2jh-{BUILTIN_VERSION}"
+    values = yaml.safe_load(d.joinpath("values.yaml").read_text("utf-8"))
+    schema = json.loads(d.joinpath("values.schema.json").read_text("utf-8"))
+    return Chart("jupyterhub", BUILTIN_VERSION, "5.3.0", values, schema, f"built-in {BUILTIN_VERSION} schema")
+
+
 def check_jupyterhub_chart(chart: Chart) -> Chart:
     """Refuse what is not a z2jh 4.x chart; warn when it is older than the latest security release."""
     if chart.name != "jupyterhub":

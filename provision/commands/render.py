@@ -25,7 +25,8 @@ def values(env: str, bundle: str, show_secrets: bool, output: str | None) -> Non
 
     With a bundle (--bundle DIR, or offline-images/ when present) the values are merged over the bundled
     chart's defaults and validated against its values.schema.json, exactly as Helm will, and every image
-    they need must be in the bundle manifest. Without one, image tags come from the settings.
+    they need must be in the bundle manifest. Without one, image tags come from the settings and the values
+    are validated against the z2jh 4.2.0 defaults and schema that ship with provision.
 
     \b
     Examples:
@@ -38,6 +39,8 @@ def values(env: str, bundle: str, show_secrets: bool, output: str | None) -> Non
     settings = load_settings(env, check_files=False)
     chart, manifest = _bundle_chart(bundle, settings.z2jh_chart_version)
     rendered = release_values(settings, ClusterFacts(), chart, load_branding(default_templates_dir()))
+    if chart is None:
+        _check_builtin(rendered.values, settings.z2jh_chart_version)
     for w in rendered.warnings:
         click.secho(f"warning: {w}", fg="yellow", err=True)
     if chart is not None and manifest is not None:
@@ -48,14 +51,11 @@ def values(env: str, bundle: str, show_secrets: bool, output: str | None) -> Non
         if missing:
             raise BundleError(f"the bundle lacks {len(missing)} image(s) these values need: {', '.join(missing)}",
                               "add them to the bundle (images/*.tar) and rebuild its manifest")
-    where = f"chart {chart.name} {chart.version} ({chart.path}), validated against its schema" if chart is not None \
-        else f"chart {settings.z2jh_chart_version}, NOT validated (no bundle: pass --bundle DIR)"
+    where = f"validated against bundled chart {chart.name} {chart.version} ({chart.path})" if chart is not None \
+        else f"chart {settings.z2jh_chart_version}, validated against the built-in 4.2.0 schema (no bundle)"
     head = (f"# JupyterHub Helm values from {env}: release jhub in namespace jhub, {where}.\n"
             + ("" if show_secrets else "# Secrets are masked; --show-secrets prints them.\n"))
     text = head + to_yaml(rendered.values, show_secrets=show_secrets)
-    if chart is None:
-        click.secho("note: no bundle found, so the values were not checked against the chart schema",
-                    fg="yellow", err=True)
     if output:
         fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)
@@ -64,6 +64,18 @@ def values(env: str, bundle: str, show_secrets: bool, output: str | None) -> Non
         click.echo(f"wrote {output}", err=True)
     else:
         sys.stdout.write(text)
+
+
+def _check_builtin(values, version: str) -> None:
+    """No bundle: validate against the packaged 4.2.0 chart files, as Helm would (ConfigError on problems)."""
+    from provision.chart import BUILTIN_VERSION, builtin_chart, validate_release_values
+    from provision.values import plain, source_of
+
+    validate_release_values(plain(values), builtin_chart(), source_of)
+    if version.lstrip("v") != BUILTIN_VERSION:
+        click.secho(f"note: Z2JH_CHART_VERSION is {version} but without a bundle the values were checked against "
+                    f"the built-in {BUILTIN_VERSION} schema; pass --bundle DIR for the exact chart",
+                    fg="yellow", err=True)
 
 
 def _bundle_chart(bundle: str, version: str):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "z2jh-4.2.0"
+DATA = Path(__file__).resolve().parents[2] / "provision" / "data" / "z2jh-4.2.0"  # the package copy
 
 
 def make_settings(**keys):

@@ -1,4 +1,4 @@
-"""`provision render values`: masked by default, validated with a bundle, 0600 output file."""
+"""`provision render values`: masked by default, validated with or without a bundle, 0600 output file."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def test_masked_without_bundle(tmp_path, monkeypatch):
     body = yaml.safe_load(r.stdout)
     assert body["hub"]["config"]["GitHubOAuthenticator"]["client_secret"] == "********"
     assert [p["slug"] for p in body["singleuser"]["profileList"]] == ["cpu", "gpu-1", "gpu-2", "gpu-4"]
-    assert "NOT validated" in r.stdout and "not checked against the chart schema" in r.stderr
+    assert "validated against the built-in 4.2.0 schema (no bundle)" in r.stdout
+    assert "bundled chart" not in r.stdout and "Z2JH_CHART_VERSION" not in r.stderr
 
 
 def test_show_secrets_to_a_0600_file_with_bundle(tmp_path, monkeypatch):
@@ -49,7 +50,8 @@ def test_show_secrets_to_a_0600_file_with_bundle(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     text = out.read_text()
-    assert "gh-very-secret" in text and "validated against its schema" in text
+    assert "gh-very-secret" in text and "validated against bundled chart jupyterhub 4.2.0" in text
+    assert "built-in" not in text
     assert "security fixes" in r.stderr  # 4.2.0 is older than the 4.4.0 security release
 
 
@@ -92,3 +94,47 @@ def test_bundle_missing_an_image_is_refused(tmp_path, monkeypatch):
         assert "quay.io/jupyterhub/k8s-hub:4.2.0" in e.message
     else:
         raise AssertionError("expected BundleError")
+
+
+def test_without_bundle_a_schema_error_is_caught(tmp_path, monkeypatch):
+    """Values the 4.2.0 schema refuses (a port above 65535) fail before any bundle exists, naming the key."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PROVISION_BUNDLE", raising=False)
+    from provision import values as pv
+    from provision.chart import merge_values
+    from provision.errors import ConfigError
+
+    real = pv.release_values
+    bad = {"proxy": {"service": {"nodePorts": {"http": "not-a-port"}}}}
+
+    def with_a_bad_value(*args, **kw):
+        r = real(*args, **kw)
+        return pv.Rendered(merge_values(r.values, bad), r.warnings)
+
+    monkeypatch.setattr(pv, "release_values", with_a_bad_value)
+    try:
+        run(tmp_path)
+    except ConfigError as e:
+        assert any("proxy.service.nodePorts.http" in p for p in e.problems), e.problems
+        assert "4.2.0 chart schema" in e.hint
+    else:
+        raise AssertionError("expected ConfigError")
+
+
+def test_without_bundle_other_chart_version_notes_the_schema_used(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PROVISION_BUNDLE", raising=False)
+    r = run(tmp_path, env_text=ENV + "Z2JH_CHART_VERSION=4.4.0\n")
+    assert r.exit_code == 0, r.output
+    assert "built-in 4.2.0 schema" in r.stdout and "chart 4.4.0" in r.stdout
+    assert "Z2JH_CHART_VERSION is 4.4.0" in r.stderr
+
+
+def test_builtin_chart_is_the_packaged_4_2_0():
+    from provision.chart import builtin_chart, schema_problems
+
+    c = builtin_chart()
+    assert (c.name, c.version) == ("jupyterhub", "4.2.0")
+    assert c.values["hub"]["image"]["tag"] == "4.2.0"
+    assert schema_problems(c.values, c.schema) == []
+    assert schema_problems({"hub": {"nope": 1}}, c.schema)  # a real schema: unknown keys are refused

@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.harness import bundle as tb
 from tests.harness.sim.snapfile import parse_assertions, read_snap_yaml, sha3_384_b64
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+Z2JH = Path(__file__).resolve().parents[2] / "provision" / "data" / "z2jh-4.2.0"
 
 
 def test_bundle_verifies_with_provision_bundle(bundle):
@@ -38,6 +38,6 @@ def test_z2jh_chart_carries_the_real_values_and_schema(bundle):
         values = tar.extractfile("jupyterhub/values.yaml").read()
         schema = tar.extractfile("jupyterhub/values.schema.json").read()
         chart = tar.extractfile("jupyterhub/Chart.yaml").read().decode()
-    assert hashlib.sha256(values).digest() == hashlib.sha256((DATA / "z2jh-4.2.0/values.yaml").read_bytes()).digest()
-    assert schema == (DATA / "z2jh-4.2.0/values.schema.json").read_bytes()
+    assert hashlib.sha256(values).digest() == hashlib.sha256((Z2JH / "values.yaml").read_bytes()).digest()
+    assert schema == (Z2JH / "values.schema.json").read_bytes()
     assert "version: 4.2.0" in chart and "appVersion: 5.3.0" in chart
