@@ -23,7 +23,9 @@ from provision.errors import CommandFailed, PreflightError, ProvisionError, Tran
 from provision.stage import Check, Node, Plan, Role, Scope, Stage
 
 SNAP_DATA_ROOT = "/var/snap"
-MIN_SNAPD = (2, 52)  # microk8s snapcraft.yaml: assumes snapd2.52
+# microk8s snapcraft.yaml assumes snapd2.52, but stage 10 runs `snap refresh --hold microk8s`, which
+# snapd 2.58 added (canonical/snapd 7bff8779 "cmd/snap: support refresh hold/unhold in CLI", first in 2.58).
+MIN_SNAPD = (2, 58)
 SUPPORTED_UBUNTU = ("22.04", "24.04")
 # Ports MicroK8s opens on every node (microk8s.md: API 16443, cluster agent 25000, kubelet 10250, dqlite 19001).
 MICROK8S_PORTS = {16443: "Kubernetes API server", 25000: "MicroK8s cluster agent", 10250: "kubelet",
@@ -308,9 +310,11 @@ def check_snapd(facts: Mapping[str, Any], settings: Any, node: Node) -> Check:
         return Check("snapd", False, f"snapd is installed but not answering (snap version: {version or 'no reply'})",
                      "start it: `systemctl enable --now snapd.socket snapd.service`")
     if vt < MIN_SNAPD:
-        return Check("snapd", False, f"snapd {version} is older than 2.52, which MicroK8s needs",
-                     "put the snapd snap in the bundle (snap download snapd) so it is installed first",
-                     warning=True)
+        return Check("snapd", False, f"snapd {version} is older than 2.58, which `snap refresh --hold` "
+                     "(stage 10 holds MicroK8s refreshes) needs",
+                     "install a newer snapd offline: on a connected machine `snap download snapd` (snapd_REV.snap "
+                     "and .assert), copy both to the node, `sudo snap ack snapd_REV.assert && sudo snap install "
+                     "snapd_REV.snap`, then re-run")
     return Check("snapd", True, f"snapd {version}")
 
 

@@ -22,6 +22,7 @@ from provision import facts as F
 from provision.errors import ConfigError, ConflictError, PreflightError
 from provision.stage import Action, ApplyContext, Check, Node, Plan, PutFile, RunCommand, Scope, Stage
 from stages import _microk8s as M
+from stages import _snapd as S
 
 _REGISTRY_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?")
 
@@ -38,7 +39,7 @@ class MicroK8s(Stage):
 
     def gather(self, host: Any, settings: Any, node: Node) -> Mapping[str, Any]:
         manifest = self._manifest.get(self)
-        facts = dict(F.gather(host, probes(settings), sudo=True))
+        facts = dict(F.gather(host, probes(settings, watched_snaps(manifest)), sudo=True))
         facts["bundle"] = manifest
         return facts
 
@@ -49,9 +50,16 @@ class MicroK8s(Stage):
         return verify(facts, settings, node)
 
 
-def probes(settings: Any) -> list[F.Probe]:
-    return [F.arch, M.snap_list, M.status, M.file_probe("template", M.TEMPLATE),
+def probes(settings: Any, snaps: tuple[str, ...] = ("core20", "microk8s")) -> list[F.Probe]:
+    return [F.arch, M.snap_list, S.changes_probe(snaps), M.status, M.file_probe("template", M.TEMPLATE),
             M.file_probe("containerd_toml", M.CONTAINERD_TOML), mirrors_probe(settings), M.ctr_images]
+
+
+def watched_snaps(manifest: Any) -> tuple[str, ...]:
+    """The snaps this stage installs: a snapd change on them from a killed run must finish first."""
+    from provision.bundle import base_snap_for
+
+    return (base_snap_for(manifest.track), "microk8s")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,6 +199,11 @@ def plan(facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
                              "installation media (apt install snapd), then re-run")
     snaps = snapd["snaps"]
     actions: list[Action] = []
+    # A killed run can leave snapd installing (its change outlives the client): wait for it, never start
+    # a second install (snapd refuses one: 'snap "microk8s" has "install-snap" change in progress').
+    busy = S.busy_snaps(facts["snap_changes"], watched_snaps(manifest))
+    actions += [S.WaitSnapChange(c.id, c.summary, settings.wait_timeout) for c in busy]
+    being_installed = {c.snap for c in busy if c.installs and c.snap not in snaps}
 
     def install(name: str, classic: bool) -> None:
         snap = manifest.snap(name)
@@ -207,10 +220,12 @@ def plan(facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
         actions.append(RunCommand(argv, f"install {name} from the bundle", timeout=900))
 
     base = base_snap_for(manifest.track)
-    if base not in snaps:
+    if base not in snaps and base not in being_installed:
         install(base, False)
     installed = snaps.get("microk8s")
-    if installed is not None:
+    if "microk8s" in being_installed:
+        pass  # the change waited for above installs it; its track is checked on the next gather
+    elif installed is not None:
         why = installed_track_conflict(installed, manifest)
         if why:
             raise ConflictError(f"{node.name}: {why}; provision will not reinstall or upgrade it",

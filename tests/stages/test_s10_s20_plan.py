@@ -10,6 +10,7 @@ from provision.errors import BundleError, ConflictError, PreflightError
 from provision.images import normalize_ref
 from provision.stage import PutFile, RunCommand
 from stages import _microk8s as M
+from stages import _snapd as S
 from stages import s10_microk8s as s10
 from stages import s20_images as s20
 from tests.stages import stagefacts as sf
@@ -17,12 +18,14 @@ from tests.stages import stagefacts as sf
 
 def facts10(snap_list: str | None = sf.SNAP_LIST_CONVERGED, status: str | None = sf.STATUS_RUNNING,
             template: str | None = sf.TEMPLATE, mirrors: str = "", images: list[str] | None = None,
-            arch: str = "x86_64", containerd_toml: str | None = sf.TEMPLATE) -> sf.StrictFacts:
+            arch: str = "x86_64", containerd_toml: str | None = sf.TEMPLATE,
+            snap_changes: str = "== core20\nno changes found\n== microk8s\nno changes found\n") -> sf.StrictFacts:
     if images is None:
         images = s10.readiness_images(sf.manifest(), Settings())
     return sf.StrictFacts({
         "arch": F.parse_arch(sf.raw(arch + "\n")),
         "snap_list": M.parse_snap_list(sf.raw(snap_list) if snap_list is not None else sf.raw("", 127)),
+        "snap_changes": S.parse_snap_changes(sf.raw(snap_changes)),
         "status": M.parse_status(sf.raw(status) if status is not None else sf.raw("", 127)),
         "template": M.parse_file(sf.raw(template) if template is not None else sf.raw("", 1)),
         "containerd_toml": M.parse_file(sf.raw(containerd_toml) if containerd_toml is not None else sf.raw("", 1)),

@@ -158,10 +158,16 @@ def test_swap_is_a_warning():
                            "as expected with swap — run `swapoff -a` and remove the swap line from /etc/fstab")]
 
 
-def test_old_snapd_is_a_warning():
-    f = ubuntu2404(snapd={"present": True, "version": "2.48.3", "snap": "2.48.3"})
-    assert warnings(f) == [("snapd: snapd 2.48.3 is older than 2.52, which MicroK8s needs — put the snapd snap in "
-                           "the bundle (snap download snapd) so it is installed first")]
+@pytest.mark.parametrize("version", ["2.48.3", "2.57.6+22.04"])
+def test_snapd_without_refresh_hold_is_an_error(version):
+    """`snap refresh --hold` (stage 10) came with snapd 2.58: an older snapd would fail stage 10 midway."""
+    f = ubuntu2404(snapd={"present": True, "version": version, "snap": version})
+    assert failures(f) == [(f"snapd: snapd {version} is older than 2.58, which `snap refresh --hold` (stage 10 "
+                            "holds MicroK8s refreshes) needs — install a newer snapd offline: on a connected machine "
+                            "`snap download snapd` (snapd_REV.snap and .assert), copy both to the node, `sudo snap "
+                            "ack snapd_REV.assert && sudo snap install snapd_REV.snap`, then re-run")]
+    ok = ubuntu2404(snapd={"present": True, "version": "2.58+22.04", "snap": "2.58+22.04"})
+    assert failures(ok) == [] and warnings(ok) == []
 
 
 def test_ports_held_by_microk8s_on_a_rerun_are_fine():
