@@ -72,7 +72,8 @@ def test_snap_offline_install_rules(sim_hosts, copied):
     r = ssh(h1, f"sudo snap install {b}/snaps/microk8s_7394.snap")
     assert r.returncode == 1 and "classic confinement" in r.stderr and "--classic" in r.stderr
     r = ssh(h1, f"sudo snap install {b}/snaps/microk8s_7394.snap --classic")   # §10: base snap first
-    assert r.returncode == 1 and 'cannot install prerequisite "core20"' in r.stderr
+    # snapd overlord/snapstate/handlers_prereq.go prereqError("snap base", ...)
+    assert r.returncode == 1 and 'Ensure prerequisites for "microk8s" are available (cannot install snap base "core20": ' in r.stderr
     t = time.monotonic()
     install(h1, b)
     install_s = time.monotonic() - t
@@ -137,14 +138,19 @@ def test_join_worker_over_the_network_with_gpu_capacity(sim_hosts, copied):
         ssh(h, f"sudo microk8s ctr images import {copied}/images/microk8s-core.tar && "
                f"sudo microk8s ctr images import {copied}/images/gpu-operator.tar", check=True)
     r = ssh(h2, f"sudo microk8s join {h1.address}:25000/short/abc")
-    assert r.returncode == 1 and r.stdout.startswith("Invalid connection: Expected format:")
+    assert r.returncode == 1 and r.stdout == "Invalid connection: Cluster token size should be at least 32 bytes\n"
     r = ssh(h2, "sudo microk8s join h1:25000/" + "a" * 32)   # §4: hostnames are rejected
-    assert r.returncode == 1 and "Invalid master IP" in r.stdout
+    assert r.returncode == 1 and r.stdout.strip() == "Invalid connection: Invalid master IP"
+    r = ssh(h2, f"sudo microk8s join {h1.address}:25000/" + "a" * 32)   # agent: pkg/api/v2/join.go, join.py exit 6
+    assert r.returncode == 6 and r.stdout.splitlines()[-1] == "Connection failed. Invalid token (500)."
+    r = ssh(h2, f"sudo microk8s join {h1.address}:1/" + "a" * 32)   # join.py: uncaught OSError -> traceback
+    assert r.returncode == 1 and "ConnectionRefusedError" in r.stderr
+    assert h2.path("/var/snap/microk8s/current/var/lock/join-in-progress").exists()
     url = json.loads(ssh(h1, "sudo microk8s add-node --format json", check=True).stdout)["urls"][0]
     faults.join_fails_halfway(h2.path("/"))
     assert ssh(h2, f"sudo microk8s join {url} --worker").returncode == 1
     r = ssh(h2, f"sudo microk8s join {url} --worker")   # single-use token was consumed by the failed join
-    assert r.returncode == 1 and "Invalid token" in r.stdout
+    assert r.returncode == 6 and "Connection failed. Invalid token (500)." in r.stdout
     url = json.loads(ssh(h1, "sudo microk8s add-node --format json", check=True).stdout)["urls"][0]
     r = ssh(h2, f"sudo microk8s join {url} --worker", check=True)
     assert r.stdout.startswith(f"Contacting cluster at {h1.address}") and "Successfully joined the cluster." in r.stdout
@@ -183,6 +189,25 @@ def test_node_not_ready_fault_and_remove_node(sim_hosts):
     assert wait_for(lambda: ready() == "True")
     r = ssh(h1, "sudo microk8s remove-node nosuchnode")
     assert r.returncode == 1 and "Node nosuchnode does not exist in Kubernetes." in r.stdout
+    # microk8s 1.30 microk8s-resources/wrappers/microk8s-remove-node.wrapper
+    r = ssh(h1, f"sudo microk8s remove-node {h2.address} now")
+    assert r.returncode == 1 and r.stdout == "Please provide the node and the optional --force flag.\n"
+    r = ssh(h2, f"sudo microk8s remove-node {h1.address}")
+    assert r.returncode == 1 and r.stdout == ("This MicroK8s deployment is acting as a node in a cluster. "
+                                              "Please use microk8s leave.\n")
+    # scripts/wrappers/leave.py is_leader_without_successor: the only voter with other dqlite members -> exit 3
+    cluster = h1.path("/var/lib/provision-sim/cluster.json")
+    saved = cluster.read_text() if cluster.exists() else None
+    cluster.write_text(json.dumps({"voters": [h1.address], "standby": ["10.255.255.1"]}))
+    try:
+        r = ssh(h1, "sudo microk8s leave")
+        assert r.returncode == 3 and r.stdout.startswith("This node currently holds the only copy of the "
+                                                         "Kubernetes database so it cannot leave the cluster.")
+    finally:
+        if saved is None:
+            cluster.unlink()
+        else:
+            cluster.write_text(saved)
     ssh(h1, f"sudo microk8s remove-node {h2.address}", check=True)   # §5: by InternalIP
     assert h2.name not in [n.metadata.name for n in v1.list_node().items]
 
@@ -198,3 +223,18 @@ def test_npu_smi_and_processes_live_inside_the_host(sim_hosts):
         with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as fh:
             names.add(fh.read().strip())
     assert "containerd" in names   # killed with the host's PID namespace by `down`
+
+
+def test_dns_enable_checks_upstreams_and_writes_kubelet_args(sim_hosts):
+    """core-addons 1.30 addons/dns/enable: each upstream must pass `ip route get` else exit 1; the kubelet
+    gets --cluster-domain=cluster.local and --cluster-dns=<kube-dns IP> (refresh_opt_in_config)."""
+    h1 = sim_hosts[0]
+    ssh(h1, "sudo microk8s disable dns", check=True)
+    args = h1.read("/var/snap/microk8s/current/args/kubelet")
+    assert "--cluster-dns=" not in args and "--cluster-domain=" not in args
+    r = ssh(h1, "sudo microk8s enable dns:not-an-ip")
+    assert r.returncode == 1 and "Your input value (not-an-ip) is not a valid and reachable IP address" in r.stdout
+    r = ssh(h1, f"sudo microk8s enable dns:{h1.address}", check=True)
+    assert f"Will use  {h1.address} as upstream nameservers" in r.stdout and r.stdout.endswith("DNS is enabled\n")
+    args = h1.read("/var/snap/microk8s/current/args/kubelet").splitlines()
+    assert args[:2] == ["--cluster-dns=10.152.183.10", "--cluster-domain=cluster.local"]

@@ -100,16 +100,29 @@ def hostpath_storage(reclaim: str = "Delete", default: bool = True) -> list[dict
     return [dep, sc]
 
 
-def find_upstreams(resolv_paths=("/run/systemd/resolve/resolv.conf", "/etc/resolv.conf")) -> list[str]:
-    """Non-loopback nameservers of the host, else 8.8.8.8 8.8.4.4 (find-resolv-conf.py, the air-gap pitfall)."""
-    for path in resolv_paths:
+def find_resolv_conf(paths_=("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf")) -> str | None:
+    """scripts/find-resolv-conf.py (microk8s 1.30): the first file whose nameservers are ALL non-loopback."""
+    import ipaddress
+    import re
+    for path in paths_:
         try:
             with open(path) as fh:
-                lines = fh.read().splitlines()
+                servers = re.findall(r"^\s*nameserver\s+(\S*)\s*$", fh.read(), re.MULTILINE)
         except OSError:
             continue
-        servers = [line.split()[1] for line in lines if line.startswith("nameserver") and len(line.split()) > 1
-                   and not line.split()[1].startswith("127.") and line.split()[1] != "::1"]
-        if servers:
-            return servers
-    return ["8.8.8.8", "8.8.4.4"]
+
+        def ok(a: str) -> bool:
+            try:
+                return not ipaddress.ip_address(a.split("%")[0] if "%" in a else a).is_loopback
+            except ValueError:
+                return False
+        if servers and all(map(ok, servers)):
+            return path
+    return None
+
+
+def find_upstreams(resolv_paths=("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf")) -> list[str]:
+    """What `enable dns` without arguments forwards to (core-addons 1.30 addons/dns/enable): the pod's
+    /etc/resolv.conf when the host has a resolv.conf with only non-loopback nameservers, else 8.8.8.8 8.8.4.4
+    (the air-gap pitfall: Ubuntu's 127.0.0.53 stub is loopback)."""
+    return ["/etc/resolv.conf"] if find_resolv_conf(resolv_paths) else ["8.8.8.8", "8.8.4.4"]

@@ -152,22 +152,23 @@ def read_tokens() -> list[tuple[str, float | None]]:
 
 
 def consume_token(token: str) -> bool:
-    """Valid if listed and unexpired; a token without expiry is removed on use (ConsumeClusterToken)."""
+    """ConsumeClusterToken / util.IsValidToken (microk8s-cluster-agent 1.30 pkg/snap/snap.go, pkg/util/token.go):
+    valid if listed and unexpired; only a token without expiry is removed on use; expired lines stay."""
     from .state import locked
+    token = token.strip()
+    if not token:
+        return False
     with locked(paths.CLUSTER_TOKENS):
         tokens = read_tokens()
-        ok = False
-        keep = []
-        for tok, exp in tokens:
-            if tok == token and (exp is None or exp > time.time()):
-                ok = True
-                if exp is not None:
-                    keep.append((tok, exp))
-            elif exp is None or exp > time.time():
-                keep.append((tok, exp))
+        match = next(((t, e) for t, e in tokens if t == token), None)
+        if match is None:
+            return False
+        if match[1] is not None:
+            return match[1] > time.time()
+        keep = [(t, e) for t, e in tokens if t != token]
         Path(paths.CLUSTER_TOKENS).write_text("".join(f"{t}|{int(e)}\n" if e else f"{t}\n" for t, e in keep))
         os.chmod(paths.CLUSTER_TOKENS, 0o600)
-        return ok
+        return True
 
 
 class AgentHandler(BaseHTTPRequestHandler):
@@ -199,12 +200,17 @@ class AgentHandler(BaseHTTPRequestHandler):
         self._reply(404, {"error": "not found"})
 
     def _join(self, req: dict) -> None:
+        # pkg/api/v2/join.go (cluster agent 1.30): the token is checked and consumed first; errors go out through
+        # httputil.Error as {"error": "<message with its first letter upper-cased>"} with the handler's status.
         server = self.server
-        if getattr(server, "api", None) is None:
-            return self._reply(500, {"error": "This node is not a control plane node."})
         if not consume_token(req.get("token", "")):
             return self._reply(500, {"error": "Invalid token"})
-        name, ip, worker = req["hostname"].lower(), self.client_address[0], bool(req.get("worker"))
+        if getattr(server, "api", None) is None:   # not simulated: a token valid on a worker's agent
+            return self._reply(500, {"error": "This node is not a control plane node."})
+        name, ip, worker = req["hostname"].lower(), self.client_address[0], req.get("worker") in (True, "as-worker")
+        local = self.connection.getsockname()[0]
+        if ip == local:
+            return self._reply(503, {"error": f"The joining node has the same IP ({local}) as the node we contact"})
         from .nodes import register_node
         register_node(server.api.store, name, ip, worker=worker)
         if not worker:
@@ -213,6 +219,7 @@ class AgentHandler(BaseHTTPRequestHandler):
                 if ip not in c["voters"]:
                     c["voters"].append(ip)
         server.api.kick.set()
+        Path(paths.LOCKS, "no-cert-reissue").touch()   # a.Snap.CreateNoCertsReissueLock()
         ca = Path(paths.CERTS, "ca.crt").read_text()
         self._reply(200, {"ca": ca, "master_ip": host_config().get("ip"), "api_port": paths.API_PORT,
                           "voters": (read_json(paths.SIM_CLUSTER, {}) or {}).get("voters", [])})

@@ -9,6 +9,7 @@ Kinds:
   not-ready     the node's kubelet reports NotReady (cleared with `clear`)
   link-down     (network) eth0 of the host goes down; done with `ip`, not with a file
   image-missing (containerd) the image is really removed from the node's containerd
+  snap-linger   the next `snap install` of a snap keeps its change Doing for N seconds
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ def fail_command(root: Path | str, match: str, *, rc: int = 1, stderr: str = "",
                  times: int = 1) -> Path:
     """Make the next `times` commands whose argv starts with `match` (e.g. "snap install") fail."""
     return _arm(root, "command", match=shlex.split(match), rc=rc, stderr=stderr, stdout=stdout, times=times)
+
+
+def snap_change_lingers(root: Path | str, snap: str, seconds: float) -> Path:
+    """The next `snap install` of `snap` keeps its snapd change Doing for `seconds` before installing, as
+    snapd goes on after a killed client: `snap changes` lists it, `snap watch` waits for it, and a second
+    install of the snap is refused while it runs (standins/snap_changes.py)."""
+    return _arm(root, "snap-linger", snap=snap, seconds=seconds, times=1)
 
 
 def join_fails_halfway(root: Path | str) -> Path:

@@ -239,6 +239,8 @@ def cmd_add_node(argv: list[str]) -> int:
 
 
 def _parse_connection(conn: str) -> tuple[str, int, str, str] | str:
+    """get_valid_connection_parts (microk8s 1.30 scripts/wrappers/common/cluster/utils.py); join.py prints
+    "Invalid connection: <reason>" and exits 1."""
     import ipaddress
     parts = conn.split("/")
     if len(parts) not in (2, 3):
@@ -249,16 +251,17 @@ def _parse_connection(conn: str) -> tuple[str, int, str, str] | str:
     try:
         ipaddress.ip_address(hostport[0])
     except ValueError:
-        return f"{INVALID_CONN}\nInvalid master IP"
+        return "Invalid connection: Invalid master IP"
     try:
         port = int(hostport[1])
-        assert 0 < port < 65536
-    except (ValueError, AssertionError):
-        return f"{INVALID_CONN}\nInvalid master port"
+    except ValueError:
+        return "Invalid connection: Master PORT not a number"
+    if port < 1 or port > 65535:
+        return "Invalid connection: Master PORT not in range 1:65535"
     if len(parts[1]) < 32:
-        return f"{INVALID_CONN}\nInvalid token size"
+        return "Invalid connection: Cluster token size should be at least 32 bytes"
     if len(parts) == 3 and len(parts[2]) < 12:
-        return f"{INVALID_CONN}\nInvalid fingerprint size"
+        return "Invalid connection: Fingerprint should be at least 12 bytes"
     return hostport[0], port, parts[1], parts[2] if len(parts) == 3 else ""
 
 
@@ -279,40 +282,66 @@ def cmd_join(argv: list[str]) -> int:
     if os.path.exists(paths.SNAP_COMMON + "/default-storage"):
         print("WARNING: Hostpath storage is enabled and is not suitable for multi node clusters.\n")
     if os.path.exists(os.path.join(paths.LOCKS, "low-memory-guard.lock")) and not (a.worker or a.disable_low_memory_guard):
-        print("This node does not have enough RAM to host the Kubernetes control plane services, use --worker")
+        print(f"\nThis node does not have enough RAM to host the Kubernetes control plane services\nand join the "
+              "database quorum. You may consider joining this node as a worker instead:\n\n    microk8s join "
+              f"{a.connection} --worker\n\nIf you would still like to join the cluster as a control plane node, "
+              f"use:\n\n    microk8s join {a.connection} --disable-low-memory-guard\n\n")
         return 1
+    join_lock = Path(paths.LOCKS, "join-in-progress")   # mark_join_in_progress; left behind on a crash
+    join_lock.touch()
     print(f"Contacting cluster at {ip}")
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    body = json.dumps({"token": token, "hostname": socket.gethostname(), "port": paths.AGENT_PORT,
-                       "worker": a.worker}).encode()
+    body = json.dumps({"token": token, "hostname": socket.gethostname().lower(), "port": str(paths.AGENT_PORT),
+                       "worker": a.worker, "can_handle_x509_auth": True, "can_handle_custom_etcd": True}).encode()
     try:
-        with socket.create_connection((ip, port), timeout=30) as raw, ctx.wrap_socket(raw) as tls:
+        # join.py uses http.client without a timeout and catches only HTTPException/SSLError around
+        # connect(): an unreachable master is an uncaught OSError, i.e. a Python traceback and exit 1.
+        # The sim bounds the wait (30 s) where the real one waits for the kernel's TCP timeout.
+        raw = socket.create_connection((ip, port), timeout=30)
+    except OSError as e:
+        sys.stdout.flush()
+        sys.stderr.write("Traceback (most recent call last):\n  File \"/snap/microk8s/current/scripts/wrappers/"
+                         "join.py\", line 1018, in <module>\n    join(prog_name=\"microk8s join\")\n"
+                         f"{type(e).__name__}: {e}\n")
+        return 1
+    try:
+        with raw, ctx.wrap_socket(raw) as tls:
             if fingerprint and not a.skip_verify:
                 import hashlib
                 peer = hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
                 if not peer.startswith(fingerprint):
-                    print(f"Join failed. Certificate fingerprint mismatch ({fingerprint}).")
-                    return 1
-            tls.sendall(b"POST /cluster/api/v2.0/join HTTP/1.1\r\nHost: " + ip.encode() +
+                    print(f"Joining cluster failed. Could not verify the identity of {ip}. Use '--skip-verify' "
+                          "to skip server certificate check.")
+                    return 4
+            tls.sendall(b"POST /cluster/api/v2.0/join HTTP/1.1\r\nHost: " + f"{ip}:{port}".encode() +
                         b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() +
                         b"\r\nConnection: close\r\n\r\n" + body)
             resp = b""
             while chunk := tls.recv(65536):
                 resp += chunk
+    except ssl.SSLError as e:
+        print(f"Peer node verification failed ({e}).")
+        return 4
     except OSError as e:
-        print(f"Connection failed. {e}")
+        print(f"Please ensure the master node is reachable. {e}")
         return 1
     head, _, payload = resp.partition(b"\r\n\r\n")
     code = int(head.split()[1]) if head else 500
-    data = json.loads(payload or b"{}")
     if code != 200:
-        print(f"Connection failed. {data.get('error', 'unknown error')} ({code}).")
-        return 1
+        # join_request/extract_error (scripts/wrappers/join.py): "Connection failed. <error>" + " (<status>)." exit 6
+        try:
+            err = json.loads(payload or b"{}").get("error")
+        except ValueError:
+            err = None
+        print(f"Connection failed. {err} ({code})." if err else f"Connection failed. ({code}).")
+        return 6
+    data = json.loads(payload or b"{}")
     from .. import faults
     if faults.take("join-halfway"):
-        print("Failed to join cluster. Error code 500.")
+        # get_client_cert in join.py after the token was consumed: "Failed to sign <fname> certificate (<status>)."
+        print("Failed to sign proxy certificate (500)." if a.worker else "Connection failed. (500).")
         return 1
     services.stop("daemon")
     with updating(paths.SIM_CLUSTER, {}) as c:
@@ -331,7 +360,9 @@ def cmd_join(argv: list[str]) -> int:
         print("Waiting for this node to finish joining the cluster. .. .. ")
         from ..services import write_client_config
         write_client_config(paths.CERTS, paths.CLIENT_CONFIG)
+    Path(paths.LOCKS, "no-cert-reissue").touch()   # mark_no_cert_reissue
     services.start_daemon()
+    join_lock.unlink(missing_ok=True)   # unmark_join_in_progress
     if a.worker:
         print("\nThe node has joined the cluster and will appear in the nodes list in a few seconds.\n\n"
               "This worker node gets automatically configured with the API server endpoints.\n"
@@ -343,17 +374,38 @@ def cmd_join(argv: list[str]) -> int:
     return 0
 
 
+LEAVE_SOLE_COPY = ("This node currently holds the only copy of the Kubernetes database so it cannot leave the "
+                   "cluster.\nTo remove this node you can either first remove all other nodes with 'microk8s "
+                   "remove-node' or\nform a highly available cluster by adding at least three nodes.")
+
+
 def cmd_leave(argv: list[str]) -> int:
-    cluster = read_json(paths.SIM_CLUSTER, {}) or {}
-    if cluster.get("role") not in ("worker", "controlplane"):
-        print("This MicroK8s deployment is not acting as a node in a cluster.")
-        return 1
+    """microk8s-leave.wrapper then scripts/wrappers/leave.py (microk8s 1.30)."""
     if _stopped():
         sys.stderr.write(NOT_RUNNING + "\n")
         return 1
+    if not _check_permissions():
+        return 1
+    locks = Path(paths.LOCKS)
+    if not (locks / "no-cert-reissue").exists() or (
+            not Path(paths.CLUSTERED_LOCK).exists() and not Path(paths.ARGS, "k8s-dqlite").exists()):
+        print("This MicroK8s deployment is not acting as a node in a cluster.")
+        return 1
+    cluster = read_json(paths.SIM_CLUSTER, {}) or {}
+    if not _is_worker():
+        # is_leader_without_successor: one voter, it is this node, and dqlite has other members -> exit 3
+        me = host_config().get("ip")
+        voters = cluster.get("voters") or [me]
+        members = voters + list(cluster.get("standby") or [])
+        if voters == [me] and len(members) > 1:
+            print(LEAVE_SOLE_COPY)
+            return 3
+    else:
+        print("Configuring services.")
     print("Generating new cluster certificates.\nWaiting for node to start. ")
     services.stop("daemon")
     Path(paths.CLUSTERED_LOCK).unlink(missing_ok=True)
+    (locks / "no-cert-reissue").unlink(missing_ok=True)   # unmark_no_cert_reissue
     Path(paths.SIM_APISTORE).unlink(missing_ok=True)
     for f in ("cni-loaded",):
         Path(paths.LOCKS, f).unlink(missing_ok=True)
@@ -366,15 +418,28 @@ def cmd_leave(argv: list[str]) -> int:
 
 
 def cmd_remove_node(argv: list[str]) -> int:
+    """microk8s-remove-node.wrapper then remove_node.py (click: NODE [--force]), microk8s 1.30."""
+    if not _check_permissions():
+        return 1
     if _is_worker():
-        print("This MicroK8s deployment is acting as a node in a cluster. Please use the microk8s remove-node on "
-              "the master.")
+        print("This MicroK8s deployment is acting as a node in a cluster. Please use microk8s leave.")
+        return 1
+    if not argv:
+        print("Please provide the node you want to remove.")
+        return 1
+    if os.path.exists(paths.HA_LOCK) and len(argv) == 2 and argv[1] != "--force":
+        print("Please provide the node and the optional --force flag.")
         return 1
     args = [a for a in argv if a != "--force"]
     force = "--force" in argv
-    if len(args) != 1:
-        print("Please provide the node you want to remove.")
-        return 1
+    if len(args) != 1:   # click: NODE is one argument
+        extra = args[1:]
+        sys.stderr.write("Usage: microk8s remove-node [OPTIONS] NODE\nTry 'microk8s remove-node --help' for "
+                         f"help.\n\nError: Got unexpected extra argument{'s' if len(extra) > 1 else ''} "
+                         f"({' '.join(extra)})\n" if extra else
+                         "Usage: microk8s remove-node [OPTIONS] NODE\nTry 'microk8s remove-node --help' for help."
+                         "\n\nError: Missing argument 'NODE'.\n")
+        return 2
     target = args[0]
     api = _api()
     nodes = api.request("GET", "/api/v1/nodes")["items"]
@@ -383,8 +448,11 @@ def cmd_remove_node(argv: list[str]) -> int:
         ips = [x["address"] for x in n.get("status", {}).get("addresses", []) if x["type"] == "InternalIP"]
         if n["metadata"]["name"] == target or target in ips:
             name, ip = n["metadata"]["name"], (ips or [""])[0]
-    if name is None:
+    if name is None:   # `kubectl get no X` fails (its stderr shows), then remove_node.py's own line
+        sys.stderr.write(f'Error from server (NotFound): nodes "{target}" not found\n')
         print(f"Node {target} does not exist in Kubernetes.")
+        if force:
+            print(f"Attempting to remove {target} from dqlite.")
         return 1
     cluster = read_json(paths.SIM_CLUSTER, {}) or {}
     if ip in (cluster.get("voters") or []) and ip != host_config().get("ip"):
@@ -402,15 +470,17 @@ def cmd_remove_node(argv: list[str]) -> int:
 # ---- enable / disable ----------------------------------------------------------------------------
 
 def cmd_enable(argv: list[str], enable: bool = True) -> int:
-    from ..addons import CORE_ADDONS, coredns, find_upstreams, hostpath_storage
+    from ..addons import CORE_ADDONS, coredns, hostpath_storage
     if not argv:
         print("Usage: microk8s enable ADDON")
         return 1
     names = [i.split(":")[0].split("/")[-1] for i in argv]
     if len(argv) > 1 and all(n in CORE_ADDONS for n in names):
         items, extra = argv, []
-        sys.stderr.write("WARNING: Do not enable or disable multiple addons in one command.\n"
-                         "         This form of chained operations on addons will be DEPRECATED in the future.\n")
+        action = "enable" if enable else "disable"   # click.echo: stdout (scripts/wrappers/common/utils.py)
+        print("WARNING: Do not enable or disable multiple addons in one command.\n"
+              "         This form of chained operations on addons will be DEPRECATED in the future.\n"
+              f"         Please, {action} one addon at a time: 'microk8s {action} <addon>'")
     else:
         items, extra = [argv[0]], argv[1:]
     api = _api()
@@ -431,9 +501,15 @@ def cmd_enable(argv: list[str], enable: bool = True) -> int:
             print(f"Addon core/{short} is already disabled")
             continue
         if short == "dns":
-            plain = [x for x in extra if not x.startswith("-")]
-            ups = [u for u in (colon_args or (plain[0] if plain else "")).split(",") if u]
-            objs = coredns(ups or find_upstreams())
+            args = colon_args.split(":") if colon_args else extra
+            if enable:
+                ups = _dns_upstreams(args[0] if args else "")
+                if isinstance(ups, int):
+                    return ups
+                print("Applying manifest")
+            else:
+                print("Disabling DNS\nReconfiguring kubelet\nRemoving DNS manifest")
+            objs = coredns(ups if enable else ["8.8.8.8"])
         elif short in ("hostpath-storage", "storage"):
             reclaim = next((x.split("=", 1)[1] for x in extra if x.startswith("--reclaim-policy=")), "Delete")
             objs = hostpath_storage(reclaim)
@@ -459,11 +535,78 @@ def cmd_enable(argv: list[str], enable: bool = True) -> int:
         from .kubectl import apply_objects, delete_objects
         if enable:
             apply_objects(api, objs, quiet=True)
+            if short == "dns":
+                _dns_kubelet_args(objs[-1]["spec"]["clusterIP"])
             print(f"Addon core/{short} is enabled" if short != "dns" else "DNS is enabled")
         else:
             delete_objects(api, objs)
+            if short == "dns":   # skip_opt_in_config cluster-domain / cluster-dns, then restart kubelet
+                _drop_opt("kubelet", "--cluster-domain")
+                _drop_opt("kubelet", "--cluster-dns")
             print(f"Addon core/{short} is disabled" if short != "dns" else "DNS is disabled")
     return rc
+
+
+def _kubelet_opt(name: str) -> str | None:
+    for line in Path(paths.ARGS, "kubelet").read_text().splitlines():
+        if line.startswith((name + "=", name + " ")):
+            return line.replace("=", " ", 1).split()[1]
+    return None
+
+
+def _set_opt(service: str, opt: str, value: str) -> None:
+    """refresh_opt_in_local_config (microk8s 1.30 actions/common/utils.sh): replace `^--opt=.*`, else insert
+    `--opt=value` as the FIRST line (sed 1i)."""
+    f = Path(paths.ARGS, service)
+    lines = f.read_text().splitlines()
+    if any(line.startswith(opt + "=") for line in lines):
+        lines = [f"{opt}={value}" if line.startswith(opt + "=") else line for line in lines]
+    else:
+        lines.insert(0, f"{opt}={value}")
+    f.write_text("\n".join(lines) + "\n")
+
+
+def _drop_opt(service: str, opt: str) -> None:
+    f = Path(paths.ARGS, service)
+    f.write_text("".join(line + "\n" for line in f.read_text().splitlines() if not line.startswith(opt + "=")))
+
+
+def _dns_upstreams(arg: str) -> list[str] | int:
+    """The argument handling of core-addons 1.30 addons/dns/enable: no argument (or /etc/resolv.conf) ->
+    the kubelet's --resolv-conf, else find-resolv-conf.py (written into args/kubelet), else 8.8.8.8 8.8.4.4;
+    otherwise every comma/space separated value must pass `ip route get` (run for real here) or exit 1."""
+    from ..addons import find_resolv_conf
+    print("Enabling DNS")
+    words = arg.split()
+    if not words or words == ["/etc/resolv.conf"]:
+        configured = _kubelet_opt("--resolv-conf")
+        if configured:
+            print(f"Using host configuration from {configured}")
+            return ["/etc/resolv.conf"]
+        found = find_resolv_conf()
+        if found:
+            print(f"Using host configuration from {found}")
+            _set_opt("kubelet", "--resolv-conf", found)
+            return ["/etc/resolv.conf"]
+        print("No valid resolv.conf file could be found\nFalling back to 8.8.8.8 8.8.4.4 as upstream nameservers")
+        return ["8.8.8.8", "8.8.4.4"]
+    servers = " ".join(words).replace(",", " ").split()
+    for ns in servers:
+        r = subprocess.run(["ip", "route", "get", ns], capture_output=True, check=False)
+        if r.returncode:
+            print(f"Your input value ({ns}) is not a valid and reachable IP address")
+            return 1
+    print(f"Will use  {' '.join(servers)} as upstream nameservers")   # two spaces: the script's leading space
+    return servers
+
+
+def _dns_kubelet_args(dns_ip: str) -> None:
+    print(f"CoreDNS service deployed with IP address {dns_ip}")
+    restart = _kubelet_opt("--cluster-domain") != "cluster.local" or _kubelet_opt("--cluster-dns") != dns_ip
+    _set_opt("kubelet", "--cluster-domain", "cluster.local")
+    _set_opt("kubelet", "--cluster-dns", dns_ip)
+    if _is_worker() or restart:
+        print("Restarting kubelet")
 
 
 # ---- config / ctr / images -----------------------------------------------------------------------

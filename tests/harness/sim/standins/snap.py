@@ -27,6 +27,11 @@ CLASSIC_ERR = """error: This revision of snap "{name}" was published using class
 BASES = ("core", "core18", "core20", "core22", "core24", "snapd", "bare")
 
 
+# A change conflict is a retryable error: `snap` exits 10 for those (snapd cmd/snap main.go
+# exitCodeFromError: client.IsRetryable -> 10).
+CONFLICT_EXIT = 10
+
+
 def _err(msg: str, rc: int = 1) -> int:
     sys.stderr.write((msg if msg.startswith("error:") else f"error: {msg}").rstrip("\n") + "\n")
     return rc
@@ -35,6 +40,46 @@ def _err(msg: str, rc: int = 1) -> int:
 def _state() -> dict:
     return read_json(paths.SNAPD_STATE, {"acked": [], "snaps": {}, "hold_all": False}) or \
         {"acked": [], "snaps": {}, "hold_all": False}
+
+
+CHANGES = "/var/lib/snapd/sim-changes"   # one file per snap with a running change: {"kind", "pid"}
+
+
+class ChangeConflict(Exception):
+    pass
+
+
+class _change:
+    """snapd refuses a second change touching a snap while one runs: ChangeConflictError, worded
+    `snap %q has %q change in progress` (snapd overlord/snapstate/conflict.go). Kinds: install-snap,
+    remove-snap. A file left by a dead process does not count (snapd's changes end with it)."""
+
+    def __init__(self, name: str, kind: str):
+        self.path = Path(CHANGES, f"{name}.json")
+        self.name, self.kind = name, kind
+
+    def __enter__(self):
+        import json
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            except FileExistsError:
+                try:
+                    held = json.loads(self.path.read_text())
+                    os.kill(int(held["pid"]), 0)
+                except (OSError, ValueError, KeyError):
+                    self.path.unlink(missing_ok=True)   # stale
+                    continue
+                raise ChangeConflict(f'snap "{self.name}" has "{held.get("kind")}" change in progress') from None
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps({"kind": self.kind, "pid": os.getpid()}))
+            return self
+        raise ChangeConflict(f'snap "{self.name}" has changes in progress')
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+        return False
 
 
 def _unicode() -> bool:
@@ -93,7 +138,7 @@ def _install_file(path: str, classic: bool, dangerous: bool) -> int:
         meta = read_snap_yaml(path)
     except (OSError, ValueError, KeyError, TypeError, tarfile.TarError) as e:   # all mean "not a snap"
         return _err(f'cannot read "{path}": cannot open snap: {e}')
-    name, version = meta["name"], str(meta.get("version", ""))
+    name = meta["name"]
     st = _state()
     found = _revision_assertion(st, sha3_384_b64(path))
     if found is None and not dangerous:
@@ -104,10 +149,23 @@ def _install_file(path: str, classic: bool, dangerous: bool) -> int:
     if meta.get("confinement") == "classic" and not classic:
         sys.stderr.write(CLASSIC_ERR.format(name=name))
         return 1
+    try:
+        with _change(name, "install-snap"):
+            from .snap_changes import tracked  # logged for `snap changes` / `snap watch`
+            return tracked(name, "install-snap", f'Install "{name}" snap from file "{path}"',
+                           lambda: _install_checked(path, meta, st, found))
+    except ChangeConflict as e:
+        return _err(str(e), CONFLICT_EXIT)
+
+
+def _install_checked(path: str, meta: dict, st: dict, found) -> int:
+    name, version = meta["name"], str(meta.get("version", ""))
     base = meta.get("base")
     if base and base not in st["snaps"]:
+        # the "prerequisites" task fails with prereqError("snap base", base, err) (snapd
+        # overlord/snapstate/handlers_prereq.go), in the change error format of overlord/state/change.go
         return _err(f'cannot perform the following tasks:\n- Ensure prerequisites for "{name}" are available '
-                    f'(cannot install prerequisite "{base}": {STORE_ERR})')
+                    f'(cannot install snap base "{base}": {STORE_ERR})')
     if found:
         revision = found[0]["snap-revision"]
     else:
@@ -206,27 +264,36 @@ def cmd_remove(args: list[str]) -> int:
             rc = _err(f'cannot remove "{name}": snap "{name}" is not removable: snap is being used by snap '
                       f'{users[0]}.')
             continue
-        if name == "microk8s":
-            services.stop_all()
-            systemd.forget_units("snap.microk8s.")
-            for p in ("/var/snap/microk8s", "/snap/microk8s", paths.SIM_APISTORE, paths.SIM_CLUSTER,
-                      paths.SIM + "/dns-bootstrapped"):
-                if os.path.isdir(p) and not os.path.islink(p):
-                    shutil.rmtree(p, ignore_errors=True)
-                elif os.path.lexists(p):
-                    os.unlink(p)
-            for f in Path(paths.SNAP_BIN).glob("microk8s*"):
-                f.unlink()
-            if os.path.islink("/usr/local/bin/microk8s"):
-                os.unlink("/usr/local/bin/microk8s")
-        else:
-            shutil.rmtree(f"/snap/{name}", ignore_errors=True)
-        for f in Path(paths.SNAPD_SNAPS).glob(f"{name}_*.snap"):
-            f.unlink()
-        with updating(paths.SNAPD_STATE, _state()) as s:
-            s["snaps"].pop(name, None)
+        try:
+            with _change(name, "remove-snap"):
+                _remove(name)
+        except ChangeConflict as e:
+            rc = _err(str(e), CONFLICT_EXIT)
+            continue
         print(f"{name} removed")
     return rc
+
+
+def _remove(name: str) -> None:
+    if name == "microk8s":
+        services.stop_all()
+        systemd.forget_units("snap.microk8s.")
+        for p in ("/var/snap/microk8s", "/snap/microk8s", paths.SIM_APISTORE, paths.SIM_CLUSTER,
+                  paths.SIM + "/dns-bootstrapped"):
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, ignore_errors=True)
+            elif os.path.lexists(p):
+                os.unlink(p)
+        for f in Path(paths.SNAP_BIN).glob("microk8s*"):
+            f.unlink()
+        if os.path.islink("/usr/local/bin/microk8s"):
+            os.unlink("/usr/local/bin/microk8s")
+    else:
+        shutil.rmtree(f"/snap/{name}", ignore_errors=True)
+    for f in Path(paths.SNAPD_SNAPS).glob(f"{name}_*.snap"):
+        f.unlink()
+    with updating(paths.SNAPD_STATE, _state()) as s:
+        s["snaps"].pop(name, None)
 
 
 def cmd_refresh(args: list[str]) -> int:
@@ -293,6 +360,9 @@ def main(argv: list[str]) -> int:
         print("Usage: snap <command> [<options>...]")
         return 1
     cmd, args = argv[0], argv[1:]
+    if cmd in ("changes", "watch"):   # no root needed, as with snapd
+        from .snap_changes import main as changes_main
+        return changes_main(cmd, args)
     if cmd not in ("list", "info", "version", "services") and os.geteuid() != 0:
         return _err("access denied (try with sudo)")
     handler = {"ack": cmd_ack, "install": cmd_install, "list": cmd_list, "remove": cmd_remove,
