@@ -19,7 +19,7 @@ from typing import Any
 
 from provision import facts as F
 from provision.errors import BundleError, ConflictError, Interrupted, ProvisionError, VerifyFailed
-from provision.stage import Action, ApplyContext
+from provision.stage import Action, ApplyContext, Stage
 
 SNAP_DATA = "/var/snap/microk8s/current"
 ARGS = SNAP_DATA + "/args"
@@ -62,6 +62,23 @@ class ManifestCache:
             if self._manifest is None or self._dir != bundle_dir:
                 self._manifest, self._dir = load_manifest(bundle_dir), bundle_dir
             return self._manifest
+
+
+class BundleStage(Stage):
+    """A stage whose pure plan needs the bundle manifest: gather runs the stage's probes on the node in
+    one round trip and adds the manifest (read once per run, on this machine) as facts["bundle"]."""
+
+    def __init__(self) -> None:
+        self._manifest = ManifestCache()
+
+    def probes(self, settings: Any, manifest: Any) -> list[F.Probe]:
+        raise NotImplementedError
+
+    def gather(self, host: Any, settings: Any, node: Any) -> Mapping[str, Any]:
+        manifest = self._manifest.get(self)
+        facts = dict(F.gather(host, self.probes(settings, manifest), sudo=True))
+        facts["bundle"] = manifest
+        return facts
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,28 +20,22 @@ from typing import Any
 
 from provision import facts as F
 from provision.errors import ConfigError, ConflictError, PreflightError
-from provision.stage import Action, ApplyContext, Check, Node, Plan, PutFile, RunCommand, Scope, Stage
+from provision.stage import Action, ApplyContext, Check, Node, Plan, PutFile, RunCommand, Scope
 from stages import _microk8s as M
 from stages import _snapd as S
 
 _REGISTRY_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?")
 
 
-class MicroK8s(Stage):
+class MicroK8s(M.BundleStage):
     """Install MicroK8s and its base snap from the bundle; hold refreshes; containerd template; wait ready."""
 
     number = 10
     title = "Install MicroK8s"
     scope = Scope.NODE
 
-    def __init__(self) -> None:
-        self._manifest = M.ManifestCache()
-
-    def gather(self, host: Any, settings: Any, node: Node) -> Mapping[str, Any]:
-        manifest = self._manifest.get(self)
-        facts = dict(F.gather(host, probes(settings, watched_snaps(manifest)), sudo=True))
-        facts["bundle"] = manifest
-        return facts
+    def probes(self, settings: Any, manifest: Any) -> list[F.Probe]:
+        return probes(settings, watched_snaps(manifest))
 
     def plan(self, facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
         return plan(facts, settings, node)

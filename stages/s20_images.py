@@ -12,25 +12,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from provision import facts as F
-from provision.stage import Check, Node, Plan, Scope, Stage
+from provision.stage import Check, Node, Plan, Scope
 from stages import _microk8s as M
 
 
-class Images(Stage):
+class Images(M.BundleStage):
     """Import the offline images each node needs; skip those present with the same digest."""
 
     number = 20
     title = "Import offline images"
     scope = Scope.NODE
 
-    def __init__(self) -> None:
-        self._manifest = M.ManifestCache()
-
-    def gather(self, host: Any, settings: Any, node: Node) -> Mapping[str, Any]:
-        manifest = self._manifest.get(self)
-        facts = dict(F.gather(host, [F.arch, M.ctr_images], sudo=True))
-        facts["bundle"] = manifest
-        return facts
+    def probes(self, settings: Any, manifest: Any) -> list[F.Probe]:
+        return [F.arch, M.ctr_images]
 
     def plan(self, facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
         return plan(facts, settings, node)

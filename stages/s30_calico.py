@@ -17,7 +17,7 @@ from typing import Any
 
 from provision import facts as F
 from provision.errors import BundleError, ConflictError
-from provision.stage import Action, ApplyContext, Check, Node, Plan, Scope, Stage
+from provision.stage import Action, ApplyContext, Check, Node, Plan, Scope
 from stages import _microk8s as M
 
 _METHOD_RE = re.compile(r'(?P<head>-[ \t]*name:[ \t]*"?IP_AUTODETECTION_METHOD"?[ \t]*\n[ \t]*value:[ \t]*)'
@@ -25,21 +25,15 @@ _METHOD_RE = re.compile(r'(?P<head>-[ \t]*name:[ \t]*"?IP_AUTODETECTION_METHOD"?
 _IMAGE_RE = re.compile(r'^\s*image:\s*"?([^"\s]+)"?\s*$', re.MULTILINE)
 
 
-class Calico(Stage):
+class Calico(M.BundleStage):
     """Pin Calico's address autodetection to the management network; wait for calico-node everywhere."""
 
     number = 30
     title = "Calico networking"
     scope = Scope.CLUSTER
 
-    def __init__(self) -> None:
-        self._manifest = M.ManifestCache()
-
-    def gather(self, host: Any, settings: Any, node: Node) -> Mapping[str, Any]:
-        manifest = self._manifest.get(self)
-        facts = dict(F.gather(host, probes(), sudo=True))
-        facts["bundle"] = manifest
-        return facts
+    def probes(self, settings: Any, manifest: Any) -> list[F.Probe]:
+        return probes()
 
     def plan(self, facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
         return plan(facts, settings, node)
