@@ -448,7 +448,10 @@ class _Cache:
 
 
 def default_cache_file() -> Path:
-    """Where preflight keeps the hashes of verified bundle files: /var/lib/provision as root, else ~/.cache."""
+    """Where preflight keeps the hashes of verified bundle files: $PROVISION_STATE_DIR, else
+    /var/lib/provision as root, else ~/.cache/provision."""
+    if os.environ.get("PROVISION_STATE_DIR"):
+        return Path(os.environ["PROVISION_STATE_DIR"]) / "bundle-verify-cache.json"
     if os.geteuid() == 0:
         return Path("/var/lib/provision/bundle-verify-cache.json")
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "provision" / "bundle-verify-cache.json"

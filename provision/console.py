@@ -23,9 +23,12 @@ from provision.config import Secret
 
 
 def default_log_path(now: _dt.datetime | None = None) -> Path:
-    """/var/log/provision/provision-<timestamp>.log as root, else ~/.local/state/provision/... (XDG)."""
+    """$PROVISION_LOG_DIR, else /var/log/provision as root, else ~/.local/state/provision (XDG);
+    the file is provision-<timestamp>.log."""
     stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
     name = f"provision-{stamp}.log"
+    if os.environ.get("PROVISION_LOG_DIR"):
+        return Path(os.environ["PROVISION_LOG_DIR"]) / name
     if os.geteuid() == 0:
         return Path("/var/log/provision") / name
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")

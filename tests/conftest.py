@@ -10,6 +10,25 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_state_dirs(tmp_path_factory):
+    """Runs of the tool inside tests (and their subprocesses) keep logs, locks and the bundle hash cache
+    in the test's own folders, never in this machine's /var/log, /run/lock or /var/lib."""
+    import os
+
+    base = tmp_path_factory.mktemp("provision-state")
+    saved = {k: os.environ.get(k) for k in ("PROVISION_LOG_DIR", "PROVISION_STATE_DIR", "PROVISION_LOCK_FILE")}
+    os.environ["PROVISION_LOG_DIR"] = str(base / "log")
+    os.environ["PROVISION_STATE_DIR"] = str(base / "state")
+    os.environ.setdefault("PROVISION_LOCK_FILE", str(base / "provision.lock"))
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def _harness_or_skip(path):
     import os
 

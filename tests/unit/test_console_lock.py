@@ -20,6 +20,9 @@ def test_default_log_path_root_and_user(monkeypatch, tmp_path):
     import datetime as dt
 
     now = dt.datetime(2026, 3, 1, 12, 5, 9)
+    monkeypatch.setenv("PROVISION_LOG_DIR", str(tmp_path / "logs"))
+    assert C.default_log_path(now) == tmp_path / "logs" / "provision-20260301-120509.log"
+    monkeypatch.delenv("PROVISION_LOG_DIR")
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert C.default_log_path(now) == Path("/var/log/provision/provision-20260301-120509.log")
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
