@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.simcluster import sim_cluster
+
 pytestmark = [pytest.mark.e2e, pytest.mark.hosts, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,23 +108,9 @@ def hub_admins(c: Cluster) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    from tests.harness.bundle import write_bundle
-    from tests.harness.hosts import Harness, unavailable_reason
-
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    from tests.harness.sim.install import enable
-
     base = tmp_path_factory.mktemp("sim70")
-    bundle = write_bundle(base / "offline-images", gpu=False, npu=False)
-    harness = Harness(base / "harness")
-    enable(harness)
-    try:
-        h, = harness.up(1)
+    with sim_cluster(base) as (harness, (h,), bundle):
         yield Cluster(harness, h, bundle, base)
-    finally:
-        harness.down()
 
 
 def test_install_through_70_brings_the_hub_up(cluster):

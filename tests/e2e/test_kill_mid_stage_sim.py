@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.simcluster import sim_cluster
 from tests.e2e.test_stages_10_40_sim import _args, _env, _run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.hosts, pytest.mark.timeout(300)]
@@ -38,23 +39,9 @@ STOP_GRACE = 20.0  # seconds a SIGINT'd run may take to end (Ctrl-C must not wai
 @pytest.fixture(scope="module")
 def sim1(tmp_path_factory):
     """One simulated host and the test bundle."""
-    from tests.harness.hosts import Harness, unavailable_reason
-
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    from tests.harness.bundle import write_bundle
-    from tests.harness.sim.install import enable
-
     base = tmp_path_factory.mktemp("kill-mid-stage")
-    bundle = write_bundle(base / "offline-images", gpu=False, npu=False)
-    harness = Harness(base / "harness", owner_pid=os.getpid())
-    enable(harness)
-    try:
-        host, = harness.up(1)
+    with sim_cluster(base) as (_, (host,), bundle):
         yield host, bundle, base
-    finally:
-        harness.down()
 
 
 def _log_has(log: Path, pattern: str) -> bool:

@@ -11,7 +11,6 @@ that installed again would fail. Figures are printed (-s to see them).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.simcluster import sim_cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.hosts, pytest.mark.timeout(120)]
 
@@ -29,23 +30,9 @@ CHANGE_LOG = "/var/lib/snapd/sim-change-log.json"
 
 @pytest.fixture(scope="module")
 def sim1(tmp_path_factory):
-    from tests.harness.hosts import Harness, unavailable_reason
-
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    from tests.harness.bundle import write_bundle
-    from tests.harness.sim.install import enable
-
     base = tmp_path_factory.mktemp("snap-busy")
-    bundle = write_bundle(base / "offline-images", gpu=False, npu=False)
-    harness = Harness(base / "harness", owner_pid=os.getpid())
-    enable(harness)
-    try:
-        host, = harness.up(1)
+    with sim_cluster(base) as (_, (host,), bundle):
         yield host, bundle, base
-    finally:
-        harness.down()
 
 
 def _argv(h, env: Path, bundle: Path, log: Path, *more: str) -> list[str]:

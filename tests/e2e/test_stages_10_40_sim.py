@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.simcluster import sim_cluster
+
 pytestmark = [pytest.mark.e2e, pytest.mark.hosts, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,25 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
-    from tests.harness.hosts import Harness, unavailable_reason
-
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    from tests.harness.sim.install import enable
-
     base = tmp_path_factory.mktemp("sim10-40")
-    bundle = base / "offline-images"
-    r = subprocess.run([sys.executable, "-m", "tests.harness", "bundle", "--dir", str(bundle)], cwd=REPO,
-                       capture_output=True, text=True, timeout=120, check=False)
-    assert r.returncode == 0, r.stderr
-    harness = Harness(base / "harness")
-    enable(harness)
-    try:
-        hosts = harness.up(2)
+    with sim_cluster(base, 2, bundle_cli=True) as (harness, hosts, bundle):
         yield harness, hosts, bundle, base
-    finally:
-        harness.down()
 
 
 def _env(base: Path, name: str, gateway: str, **extra: str) -> Path:

@@ -93,8 +93,8 @@ def _meminfo_kib() -> int:
     return 8 * 2**20
 
 
-class KubeletHandler(BaseHTTPRequestHandler):
-    runtime = None   # runtime.Runtime: the hub containers this node really runs (set by main)
+class JsonHandler(BaseHTTPRequestHandler):
+    """Quiet handler that answers JSON (kubelet and cluster-agent stand-ins)."""
 
     def log_message(self, *a):
         pass
@@ -106,6 +106,10 @@ class KubeletHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+class KubeletHandler(JsonHandler):
+    runtime = None   # runtime.Runtime: the hub containers this node really runs (set by main)
 
     def do_GET(self):
         if not self.path.startswith("/sim/status"):
@@ -171,19 +175,8 @@ def consume_token(token: str) -> bool:
         return True
 
 
-class AgentHandler(BaseHTTPRequestHandler):
+class AgentHandler(JsonHandler):
     protocol_version = "HTTP/1.1"
-
-    def log_message(self, *a):
-        pass
-
-    def _reply(self, code: int, obj: dict) -> None:
-        body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_POST(self):
         n = int(self.headers.get("Content-Length") or 0)
@@ -196,21 +189,21 @@ class AgentHandler(BaseHTTPRequestHandler):
             r = subprocess.run(["ctr", "--address", paths.CONTAINERD_SOCK, "--namespace", "k8s.io", "images",
                                 "import", str(tmp)], capture_output=True, text=True, check=False)
             tmp.unlink(missing_ok=True)
-            return self._reply(200 if r.returncode == 0 else 500, {"output": r.stdout + r.stderr})
-        self._reply(404, {"error": "not found"})
+            return self._json(200 if r.returncode == 0 else 500, {"output": r.stdout + r.stderr})
+        self._json(404, {"error": "not found"})
 
     def _join(self, req: dict) -> None:
         # pkg/api/v2/join.go (cluster agent 1.30): the token is checked and consumed first; errors go out through
         # httputil.Error as {"error": "<message with its first letter upper-cased>"} with the handler's status.
         server = self.server
         if not consume_token(req.get("token", "")):
-            return self._reply(500, {"error": "Invalid token"})
+            return self._json(500, {"error": "Invalid token"})
         if getattr(server, "api", None) is None:   # not simulated: a token valid on a worker's agent
-            return self._reply(500, {"error": "This node is not a control plane node."})
+            return self._json(500, {"error": "This node is not a control plane node."})
         name, ip, worker = req["hostname"].lower(), self.client_address[0], req.get("worker") in (True, "as-worker")
         local = self.connection.getsockname()[0]
         if ip == local:
-            return self._reply(503, {"error": f"The joining node has the same IP ({local}) as the node we contact"})
+            return self._json(503, {"error": f"The joining node has the same IP ({local}) as the node we contact"})
         from .nodes import register_node
         register_node(server.api.store, name, ip, worker=worker)
         if not worker:
@@ -221,7 +214,7 @@ class AgentHandler(BaseHTTPRequestHandler):
         server.api.kick.set()
         Path(paths.LOCKS, "no-cert-reissue").touch()   # a.Snap.CreateNoCertsReissueLock()
         ca = Path(paths.CERTS, "ca.crt").read_text()
-        self._reply(200, {"ca": ca, "master_ip": host_config().get("ip"), "api_port": paths.API_PORT,
+        self._json(200, {"ca": ca, "master_ip": host_config().get("ip"), "api_port": paths.API_PORT,
                           "voters": (read_json(paths.SIM_CLUSTER, {}) or {}).get("voters", [])})
 
 

@@ -137,3 +137,15 @@ class Api:
 
 def default_ip() -> str:
     return host_config().get("ip", "127.0.0.1")
+
+
+def go_duration(v: str | None) -> float:
+    """Seconds in a Go duration flag value as kubectl and helm take it ("5m0s", "90s", "1h", "30"); 0 if empty."""
+    total, num = 0.0, ""
+    for ch in v or "":
+        if ch.isdigit() or ch == ".":
+            num += ch
+        else:
+            total += float(num or 0) * {"h": 3600, "m": 60, "s": 1}.get(ch, 1)
+            num = ""
+    return total + float(num or 0)

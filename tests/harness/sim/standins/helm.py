@@ -15,23 +15,12 @@ import sys
 import time
 
 from ..charts import load_chart, merge_values, render
-from ..kube import Api, KubeError
+from ..kube import Api, KubeError, go_duration
 
 
 def _err(msg: str) -> int:
     sys.stderr.write(f"Error: {msg}\n")
     return 1
-
-
-def _duration(s: str) -> float:
-    total, num = 0.0, ""
-    for ch in s:
-        if ch.isdigit() or ch == ".":
-            num += ch
-        else:
-            total += float(num or 0) * {"h": 3600, "m": 60, "s": 1}.get(ch, 1)
-            num = ""
-    return total + float(num or 0)
 
 
 def _set(values: dict, expr: str, string: bool) -> None:
@@ -183,7 +172,7 @@ def cmd_install(a, upgrade: bool) -> int:
         return _err("INSTALLATION FAILED: cannot re-use a name that is still in use")
     phase = "UPGRADE" if history else "INSTALLATION"
     objs, hooks = render(chart, merged, a.name, ns)
-    timeout = _duration(a.timeout)
+    timeout = go_duration(a.timeout)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
     rel = {"name": a.name, "namespace": ns, "version": (history[-1]["version"] + 1) if history else 1,
            "chart": {"metadata": chart["chart"]}, "config": user,

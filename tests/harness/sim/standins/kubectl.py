@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from ..kube import Api, KubeError
+from ..kube import Api, KubeError, go_duration
 
 
 def _age(ts: str | None) -> str:
@@ -338,19 +338,6 @@ def cmd_drain(api: Api, a, rest: list[str]) -> int:
     return 0
 
 
-def _parse_timeout(v: str | None) -> float:
-    if not v:
-        return 0
-    total, num = 0.0, ""
-    for ch in v:
-        if ch.isdigit() or ch == ".":
-            num += ch
-        else:
-            total += float(num or 0) * {"s": 1, "m": 60, "h": 3600}.get(ch, 1)
-            num = ""
-    return total + float(num or 0)
-
-
 def cmd_wait(api: Api, a, rest: list[str]) -> int:
     cond = (a.for_ or "").split("=", 1)
     if len(cond) != 2 or not cond[0].startswith("condition"):
@@ -465,7 +452,7 @@ def cmd_exec(api: Api, a, rest: list[str], command: list[str] | None) -> int:
     if not command:
         return _err("error: you must specify at least one command for the container")
     ns = a.namespace or "default"
-    pod = _exec_pod(api, ns, rest[0], _parse_timeout(a.pod_running_timeout) if a.pod_running_timeout else 60)
+    pod = _exec_pod(api, ns, rest[0], go_duration(a.pod_running_timeout) if a.pod_running_timeout else 60)
     if isinstance(pod, int):
         return pod
     name, st = pod["metadata"]["name"], pod.get("status") or {}
@@ -559,7 +546,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("-c", "--container")
     p.add_argument("--tail")
     a, rest = p.parse_known_args(argv)
-    a.timeout_s = _parse_timeout(a.timeout) if a.timeout else None
+    a.timeout_s = go_duration(a.timeout) if a.timeout else None
     if not rest:
         return _err("kubectl controls the Kubernetes cluster manager.")
     verb, rest = rest[0], rest[1:]

@@ -1,0 +1,42 @@
+"""One way for the end-to-end tests to get simulated hosts and the test bundle."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def sim_cluster(base: Path, n: int = 1, *, bundle_cli: bool = False) -> Iterator[tuple]:
+    """(harness, hosts, bundle): n simulated hosts (tests/harness/sim) and a test bundle under base, all
+    removed on exit. Skips the test where the harness cannot run. bundle_cli writes the bundle through
+    `python -m tests.harness bundle` (the whole bundle, as a developer would), else a small one in-process."""
+    from tests.harness.hosts import Harness, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    from tests.harness.bundle import write_bundle
+    from tests.harness.sim.install import enable
+
+    bundle = base / "offline-images"
+    if bundle_cli:
+        r = subprocess.run([sys.executable, "-m", "tests.harness", "bundle", "--dir", str(bundle)], cwd=REPO,
+                           capture_output=True, text=True, timeout=120, check=False)
+        assert r.returncode == 0, r.stderr
+    else:
+        write_bundle(bundle, gpu=False, npu=False)
+    harness = Harness(base / "harness", owner_pid=os.getpid())
+    enable(harness)
+    try:
+        yield harness, harness.up(n), bundle
+    finally:
+        harness.down()
