@@ -221,6 +221,14 @@ def _hostname(s: str) -> str:
     return s
 
 
+def _namespace(s: str) -> str:
+    s = s.strip()
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", s):
+        raise ValueError(f"expected a Kubernetes namespace name (lower-case letters, digits and '-', "
+                         f"at most 63 characters), got {s!r}")
+    return s
+
+
 def _ip(s: str) -> str:
     try:
         return str(ipaddress.ip_address(s.strip()))
@@ -377,7 +385,7 @@ class Settings:
                                       C, "docker.io=https://mirror.lab.example:5000")
     wait_timeout: int = key(_duration(10, 86400), "10m", "How long to wait for MicroK8s, pods and rollouts "
                             "before giving up.", C, "20m")
-    hub_namespace: str = key(Kind("str", _hostname, "a Kubernetes namespace name"), "jhub",
+    hub_namespace: str = key(Kind("str", _namespace, "a Kubernetes namespace name"), "jhub",
                              "Kubernetes namespace of JupyterHub and its shared-storage claim.", C, "jhub")
 
     # --- GPUs, NPUs and InfiniBand

@@ -195,11 +195,7 @@ def _unwrap(host: Any) -> Any:
 
 def is_local(host: Any) -> bool:
     """True when the host is this machine, so bundle files are read in place instead of copied."""
-    h = _unwrap(host)
-    flag = getattr(h, "is_local", None)
-    if isinstance(flag, bool):
-        return flag
-    return type(h).__name__ == "LocalHost"
+    return getattr(_unwrap(host), "is_local", False) is True
 
 
 def human(n: int) -> str:
@@ -405,6 +401,15 @@ def rollout_text(ds: Mapping[str, Any] | None) -> str:
             f"{st.get('desiredNumberScheduled', 0)}")
 
 
+def kube_get(host: Any, *args: str) -> dict[str, Any] | None:
+    """`microk8s kubectl get ARGS -o json` during a wait: the object, or None when the API does not answer."""
+    try:
+        r = host.run(list(kubectl("get", *args, "-o", "json")), sudo=True, timeout=60, check=False)
+    except ProvisionError:
+        return None
+    return parse_kube_json(F.Raw(r.stdout, r.exit_status))
+
+
 @dataclass(frozen=True)
 class WaitPods(Action):
     """Wait until pods named <prefix>* in a namespace are ready (on every node when per_node).
@@ -430,12 +435,12 @@ class WaitPods(Action):
         problems: list[str] = ["not checked yet"]
         while True:
             pause_between_polls(ctx, 0, self.what)
-            pods = self._get(host, "pods", "-n", self.namespace)
-            nodes = self._get(host, "nodes") if self.per_node else None
+            pods = kube_get(host, "pods", "-n", self.namespace)
+            nodes = kube_get(host, "nodes") if self.per_node else None
             if pods is not None and (nodes is not None or not self.per_node):
                 problems = not_ready_pods(pods, nodes, self.prefix, self.per_node)
                 if not problems and self.daemonset:
-                    ds = self._get(host, "daemonset", self.daemonset, "-n", self.namespace)
+                    ds = kube_get(host, "daemonset", self.daemonset, "-n", self.namespace)
                     if not daemonset_rolled_out(ds):
                         problems = [f"daemonset {self.daemonset} rollout not finished: {rollout_text(ds)}"]
                 if not problems:
@@ -450,17 +455,6 @@ class WaitPods(Action):
                            "from the bundle shows as ErrImagePull/ImagePullBackOff (run `provision bundle "
                            "verify`), then re-run; raise WAIT_TIMEOUT on slow nodes")
 
-    def _get(self, host: Any, *args: str) -> dict[str, Any] | None:
-        try:
-            r = host.run(list(kubectl("get", *args, "-o", "json")), sudo=True, timeout=60, check=False)
-        except ProvisionError:
-            return None
-        if r.exit_status != 0:
-            return None
-        try:
-            return json.loads(r.stdout[r.stdout.find("{"):])
-        except ValueError:
-            return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -130,8 +130,8 @@ def release_problems(bundle_dir: Path, settings: Any) -> list[str]:
     """The JupyterHub release stage 70 will make from this bundle: its values must pass the bundled chart's
     schema (ConfigError naming the key otherwise) and every image they use must be in the manifest."""
     from provision.bundle import load_manifest
-    from provision.chart import check_jupyterhub_chart, find_chart, open_chart
-    from provision.values import (
+    from provision.jupyterhub.chart import check_jupyterhub_chart, find_chart, open_chart
+    from provision.jupyterhub.values import (
         ClusterFacts,
         default_templates_dir,
         load_branding,

@@ -20,18 +20,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from provision import facts as F
-from provision.errors import ConfigError, ConflictError
+from provision.errors import ConflictError
+from provision.jupyterhub import HOMES_PVC
 from provision.stage import Action, Check, Node, Plan, RunCommand, Scope, Stage
 from stages import _microk8s as M
 
-SHARED_PV = "jhub-homes"  # PV and PVC name; stage 70 mounts the claim with subPath {username}
+SHARED_PV = HOMES_PVC  # PV and PVC name; stage 70 mounts the claim with subPath home/{username}
 PUBLIC_RESOLVERS = frozenset({
     "8.8.8.8", "8.8.4.4", "1.1.1.1", "1.0.0.1", "9.9.9.9", "149.112.112.112", "208.67.222.222",
     "208.67.220.220", "2001:4860:4860::8888", "2001:4860:4860::8844", "2606:4700:4700::1111",
     "2606:4700:4700::1001"})
 LOCAL_FS = frozenset({"ext2/ext3", "ext4", "ext2", "ext3", "xfs", "btrfs", "zfs", "tmpfs", "overlayfs", "overlay",
                       "f2fs", "vfat", "msdos", "ramfs"})
-_NS_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _FORWARD_RE = re.compile(r"^(?P<i>[ \t]*)forward[ \t]+\.[ \t]+(?P<up>[^{\n]*?)(?P<tail>[ \t]*\{[ \t]*)?$",
                          re.MULTILINE)
 
@@ -53,13 +53,6 @@ class DnsStorage(Stage):
         return verify(facts, settings, node)
 
 
-def namespace(settings: Any) -> str:
-    ns = settings.hub_namespace
-    if not _NS_RE.fullmatch(ns):
-        raise ConfigError(f"HUB_NAMESPACE: {ns!r} is not a Kubernetes namespace name",
-                          "use lower-case letters, digits and '-', at most 63 characters")
-    return ns
-
 
 def parse_shared_path(raw: F.Raw) -> dict[str, Any]:
     f = raw.out.split()
@@ -74,7 +67,7 @@ def probes(settings: Any) -> list[F.Probe]:
            M.kube_probe("pods", "pods", "-n", "kube-system"),
            M.kube_probe("nodes", "nodes"),
            M.kube_probe("pv", "pv", SHARED_PV),
-           M.kube_probe("pvc", "pvc", SHARED_PV, "-n", namespace(settings))]
+           M.kube_probe("pvc", "pvc", SHARED_PV, "-n", settings.hub_namespace)]
     if settings.shared_storage_enabled and settings.shared_storage_type == "hostpath" and settings.shared_storage_path:
         out.append(F.Probe("shared_path", F.quoted("[ -d {p} ] || exit 1\nstat -f -c %T -- {p}",
                                                    p=settings.shared_storage_path), parse_shared_path))
@@ -168,7 +161,7 @@ def volume_source(settings: Any) -> dict[str, Any]:
 
 def shared_storage_docs(settings: Any) -> list[dict[str, Any]]:
     """Namespace, PersistentVolume and PersistentVolumeClaim for shared user homes, as data."""
-    ns = namespace(settings)
+    ns = settings.hub_namespace
     labels = {"app.kubernetes.io/managed-by": "provision", "app.kubernetes.io/part-of": "jupyterhub"}
     pv = {"apiVersion": "v1", "kind": "PersistentVolume",
           "metadata": {"name": SHARED_PV, "labels": labels},
@@ -224,7 +217,7 @@ def storage_actions(facts: Mapping[str, Any], settings: Any, node: Node) -> list
     if pv is not None and _source_of(pv) != volume_source(settings):
         raise ConflictError(f"PersistentVolume {SHARED_PV} already points at {_source_of(pv)}, the settings say "
                             f"{volume_source(settings)}; changing it would move every user's home",
-                            f"move the data, then `microk8s kubectl delete pvc -n {namespace(settings)} "
+                            f"move the data, then `microk8s kubectl delete pvc -n {settings.hub_namespace} "
                             f"{SHARED_PV}; microk8s kubectl delete pv {SHARED_PV}` and re-run")
     pv_size = ((pv or {}).get("spec") or {}).get("capacity", {}).get("storage")
     pvc_spec = (pvc or {}).get("spec") or {}
@@ -232,7 +225,7 @@ def storage_actions(facts: Mapping[str, Any], settings: Any, node: Node) -> list
             or pvc_spec.get("volumeName") != SHARED_PV):
         actions.append(M.KubectlApply(M.to_yaml(*docs), f"shared storage PV + PVC {SHARED_PV} "
                                       f"({settings.pvc_size}, {next(iter(volume_source(settings)))} "
-                                      f"{settings.shared_storage_path}) in namespace {namespace(settings)}"))
+                                      f"{settings.shared_storage_path}) in namespace {settings.hub_namespace}"))
     return actions
 
 
@@ -293,5 +286,5 @@ def verify(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
         pvc = facts.get("pvc") or {}
         phase = (pvc.get("status") or {}).get("phase", "missing")
         checks.append(Check(f"PVC {SHARED_PV} bound", phase == "Bound", phase,
-                            f"microk8s kubectl -n {namespace(settings)} describe pvc {SHARED_PV}", warning=True))
+                            f"microk8s kubectl -n {settings.hub_namespace} describe pvc {SHARED_PV}", warning=True))
     return checks

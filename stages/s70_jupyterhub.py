@@ -21,14 +21,14 @@ from typing import Any
 
 from provision import facts as F
 from provision.errors import ConflictError, ProvisionError, VerifyFailed
+from provision.jupyterhub import RELEASE
 from provision.stage import Action, ApplyContext, Check, Facts, Node, Plan, Scope, Stage
-from stages._microk8s import pause_between_polls, pod_problem, pod_ready
+from stages._microk8s import kube_get, mk, pause_between_polls, pod_problem, pod_ready
 
-RELEASE = "jhub"
 CHART_DIR_ON_NODE = "/var/lib/provision/charts"
 COMPONENTS = ("hub", "proxy")
 
-# Same canonical form as provision.values.values_digest, run on the node over `helm3 get values -o json`.
+# Same canonical form as provision.jupyterhub.values.values_digest, run on the node over `helm3 get values -o json`.
 DIGEST_PY = r"""
 import hashlib, json, sys
 def canon(v):
@@ -49,16 +49,8 @@ else:
 """
 
 
-def namespace(settings: Any) -> str:
-    return getattr(settings, "hub_namespace", "jhub") or "jhub"
-
-
-def _mk(*args: str) -> tuple[str, ...]:
-    return ("microk8s", *args)
-
-
 def admin_source() -> str:
-    return resources.files("provision.hub").joinpath("admin.py").read_text("utf-8")
+    return resources.files("provision.jupyterhub.hub").joinpath("admin.py").read_text("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,14 +141,6 @@ def parse_admin(raw: F.Raw) -> dict[str, bool] | None:
 # Actions
 
 
-def _kube(host: Any, *args: str) -> Any:
-    try:
-        r = host.run(["microk8s", "kubectl", *args, "-o", "json"], sudo=True, timeout=60, check=False)
-    except ProvisionError:
-        return None
-    return parse_json(F.Raw(r.stdout, r.exit_status))
-
-
 @dataclass(frozen=True)
 class HelmRelease(Action):
     """`microk8s helm3 upgrade --install` from the bundled chart; the values file is 0600 and always removed."""
@@ -180,7 +164,7 @@ class HelmRelease(Action):
             raise ProvisionError(f"mktemp printed an unexpected path: {tmp[:80]!r}")
         try:
             host.put_bytes(self.values_yaml, tmp, mode=0o600, sudo=True)
-            host.run(list(_mk("helm3", "upgrade", "--install", self.release, chart, "-n", self.namespace,
+            host.run(list(mk("helm3", "upgrade", "--install", self.release, chart, "-n", self.namespace,
                               "--create-namespace", "-f", tmp, "--timeout", f"{self.timeout}s")),
                      sudo=True, timeout=self.timeout + 120)
         finally:
@@ -212,8 +196,8 @@ class WaitHub(Action):
         deadline = time.monotonic() + self.timeout
         state: dict[str, dict[str, Any]] = {}
         while True:
-            deps, pods = _kube(host, "get", "deployments", "-n", self.namespace), \
-                _kube(host, "get", "pods", "-n", self.namespace)
+            deps, pods = kube_get(host, "deployments", "-n", self.namespace), \
+                kube_get(host, "pods", "-n", self.namespace)
             if deps is not None and pods is not None:
                 state = readiness(deps, pods)
                 if all(s["ready"] for s in state.values()):
@@ -239,7 +223,7 @@ class WaitHub(Action):
                            "(`provision bundle verify`); raise WAIT_TIMEOUT on slow nodes; then re-run")
 
     def _events(self, host: Any, pod: str) -> list[str]:
-        ev = _kube(host, "get", "events", "-n", self.namespace, "--field-selector", f"involvedObject.name={pod}")
+        ev = kube_get(host, "events", "-n", self.namespace, "--field-selector", f"involvedObject.name={pod}")
         items = sorted((ev or {}).get("items") or [],
                        key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
         return [f"{e.get('reason', '')}: {' '.join(str(e.get('message', '')).split())[:200]}" for e in items[-3:]]
@@ -259,7 +243,7 @@ class BootstrapAdmin(Action):
     def apply(self, host: Any, ctx: ApplyContext) -> None:
         # The gather may not have been able to look (hub down, e.g. before this run's upgrade): look again
         # now that the hub is up, so an existing admin is left alone instead of failing a second sign-up.
-        probe = host.run(list(_mk("kubectl", "exec", "-n", self.namespace, "deploy/hub", "-c", "hub", "--",
+        probe = host.run(list(mk("kubectl", "exec", "-n", self.namespace, "deploy/hub", "-c", "hub", "--",
                                   "python3", "-c", admin_source(), "probe", self.username)),
                          sudo=True, timeout=120, check=False)
         state = parse_admin(F.Raw(probe.stdout, probe.exit_status))
@@ -269,7 +253,7 @@ class BootstrapAdmin(Action):
             return
         configured = ctx.settings.native_admin_password.reveal()
         password = configured or secrets.token_urlsafe(max(12, self.min_length))
-        r = host.run(list(_mk("kubectl", "exec", "-i", "-n", self.namespace, "deploy/hub", "-c", "hub", "--",
+        r = host.run(list(mk("kubectl", "exec", "-i", "-n", self.namespace, "deploy/hub", "-c", "hub", "--",
                               "python3", "-c", admin_source(), "signup")),
                      sudo=True, stdin=json.dumps({"username": self.username, "password": password}).encode(),
                      timeout=120, check=False)
@@ -314,7 +298,7 @@ class JupyterHubStage(Stage):
     scope = Scope.CLUSTER
 
     def probes(self, settings: Any) -> list[F.Probe]:
-        ns = namespace(settings)
+        ns = settings.hub_namespace
         q = F.quoted
         pre = "command -v microk8s >/dev/null 2>&1 || exit 127\n"
         probes = [
@@ -333,8 +317,8 @@ class JupyterHubStage(Stage):
         return probes
 
     def gather(self, host: Any, settings: Any, node: Node) -> Facts:
-        from provision.chart import check_jupyterhub_chart, find_chart, open_chart
-        from provision.values import default_templates_dir, load_branding
+        from provision.jupyterhub.chart import check_jupyterhub_chart, find_chart, open_chart
+        from provision.jupyterhub.values import default_templates_dir, load_branding
 
         bundle = getattr(getattr(self, "context", None), "bundle_dir", None)
         if bundle is None:
@@ -352,10 +336,10 @@ class JupyterHubStage(Stage):
         return facts
 
     def plan(self, facts: Facts, settings: Any, node: Node) -> Plan:
-        from provision.values import ClusterFacts, release_values, to_yaml, values_digest
+        from provision.jupyterhub.values import ClusterFacts, release_values, to_yaml, values_digest
 
         chart = facts["chart"]
-        ns = namespace(settings)
+        ns = settings.hub_namespace
         rendered = release_values(settings, ClusterFacts(max_gpus=facts["max_gpus"]), chart, facts["branding"])
         digest = values_digest(rendered.values)
         release = facts["release"]
@@ -402,10 +386,10 @@ class JupyterHubStage(Stage):
         ok = isinstance(release, dict) and release.get("status") == "deployed"
         checks = [Check("helm release", ok, f"{RELEASE}: " + (f"{release['status']}, chart {release['chart_version']}"
                                                               if isinstance(release, dict) else "missing"),
-                        f"microk8s helm3 status {RELEASE} -n {namespace(settings)}")]
+                        f"microk8s helm3 status {RELEASE} -n {settings.hub_namespace}")]
         for comp, h in (facts.get("hub") or {}).items():
             checks.append(Check(f"{comp} ready", h["ready"], h["pod"] + ("" if h["ready"] else f": {h['problem']}"),
-                                f"microk8s kubectl -n {namespace(settings)} describe pod {h['pod']}"))
+                                f"microk8s kubectl -n {settings.hub_namespace} describe pod {h['pod']}"))
         if settings.auth_mode == "native" and settings.admin_users_csv:
             admin = facts.get("admin") or {}
             checks.append(Check("first admin", bool(admin.get("exists") and admin.get("authorized")),

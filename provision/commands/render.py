@@ -34,7 +34,14 @@ def values(env: str, bundle: str, show_secrets: bool, output: str | None) -> Non
       provision render values --env jhub.env --bundle /media/usb/offline-images -o /root/jhub-values.yaml --show-secrets
     """
     from provision.config import load_settings
-    from provision.values import ClusterFacts, default_templates_dir, load_branding, release_values, to_yaml
+    from provision.jupyterhub import RELEASE
+    from provision.jupyterhub.values import (
+        ClusterFacts,
+        default_templates_dir,
+        load_branding,
+        release_values,
+        to_yaml,
+    )
 
     settings = load_settings(env, check_files=False)
     chart, manifest = _bundle_chart(bundle, settings.z2jh_chart_version)
@@ -45,7 +52,7 @@ def values(env: str, bundle: str, show_secrets: bool, output: str | None) -> Non
         click.secho(f"warning: {w}", fg="yellow", err=True)
     if chart is not None and manifest is not None:
         from provision.errors import BundleError
-        from provision.values import missing_images
+        from provision.jupyterhub.values import missing_images
 
         missing = missing_images(rendered.values, chart.values, manifest)
         if missing:
@@ -53,7 +60,7 @@ def values(env: str, bundle: str, show_secrets: bool, output: str | None) -> Non
                               "add them to the bundle (images/*.tar) and rebuild its manifest")
     where = f"validated against bundled chart {chart.name} {chart.version} ({chart.path})" if chart is not None \
         else f"chart {settings.z2jh_chart_version}, validated against the built-in 4.2.0 schema (no bundle)"
-    head = (f"# JupyterHub Helm values from {env}: release jhub in namespace jhub, {where}.\n"
+    head = (f"# JupyterHub Helm values from {env}: release {RELEASE} in namespace {settings.hub_namespace}, {where}.\n"
             + ("" if show_secrets else "# Secrets are masked; --show-secrets prints them.\n"))
     text = head + to_yaml(rendered.values, show_secrets=show_secrets)
     if output:
@@ -68,8 +75,8 @@ def values(env: str, bundle: str, show_secrets: bool, output: str | None) -> Non
 
 def _check_builtin(values, version: str) -> None:
     """No bundle: validate against the packaged 4.2.0 chart files, as Helm would (ConfigError on problems)."""
-    from provision.chart import BUILTIN_VERSION, builtin_chart, validate_release_values
-    from provision.values import plain, source_of
+    from provision.jupyterhub.chart import BUILTIN_VERSION, builtin_chart, validate_release_values
+    from provision.jupyterhub.values import plain, source_of
 
     validate_release_values(plain(values), builtin_chart(), source_of)
     if version.lstrip("v") != BUILTIN_VERSION:
@@ -88,7 +95,7 @@ def _bundle_chart(bundle: str, version: str):
     b = Path(bundle)
     if not explicit and not ((b / "manifest.yaml").is_file() or any(b.glob("charts/jupyterhub-*.tgz"))):
         return None, None  # the default folder, not filled yet: render from the settings alone
-    from provision.chart import check_jupyterhub_chart, find_chart, open_chart
+    from provision.jupyterhub.chart import check_jupyterhub_chart, find_chart, open_chart
 
     chart = check_jupyterhub_chart(open_chart(find_chart(bundle, "jupyterhub", version)))
     manifest = None

@@ -123,6 +123,8 @@ def _as_text(data: bytes | str) -> str:
 class HostBase:
     """Name, address, secrets, stats and the command hook; transports implement `_exec`."""
 
+    is_local = False  # True for this machine: bundle files are read in place instead of copied
+
     def __init__(self, name: str, address: str, *, sudo_password: str | Secret | None = None,
                  on_command: OnCommand | None = None, secrets: Iterable[str | Secret] = ()):
         self.name = name

@@ -17,6 +17,8 @@ from provision.hosts.common import INSTALL_SCRIPT, TMP_SUFFIX, FileSource, HostB
 class LocalHost(HostBase):
     """Runs argv lists with subprocess; sudo only when not already root."""
 
+    is_local = True
+
     def __init__(self, name: str | None = None, address: str = "127.0.0.1", *,
                  sudo_password: str | Secret | None = None, on_command: OnCommand | None = None):
         super().__init__(name or socket.gethostname(), address, sudo_password=sudo_password,

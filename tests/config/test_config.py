@@ -85,6 +85,7 @@ def test_unknown_key_has_did_you_mean_and_names_file_and_line(tmp_path):
     ("WORKSHOP_MODELS_PATH=$UNDEFINED_PROVISION_TEST_VAR/x", "$UNDEFINED_PROVISION_TEST_VAR is not defined"),
     ("HUB_DB_URL=mongodb://u:pw@db/x", "HUB_DB_URL: expected a database URL"),
     ("MICROK8S_CHANNEL=latest", "MICROK8S_CHANNEL: expected a MicroK8s channel such as 1.30/stable"),
+    ("HUB_NAMESPACE=Jhub.Prod", "HUB_NAMESPACE: expected a Kubernetes namespace name"),
 ])
 def test_each_bad_value_gets_one_clear_line(tmp_path, line, expect):
     out = problems(tmp_path, line + "\n")

@@ -91,8 +91,8 @@ def commands(log: Path) -> int:
 
 
 def admin_login(c: Cluster, password: str) -> dict:
-    """provision/hub/admin.py's sign-up of an existing admin: refused as a second account, then the login."""
-    src = resources.files("provision.hub").joinpath("admin.py").read_text()
+    """provision/jupyterhub/hub/admin.py's sign-up of an existing admin: refused as a second account, then the login."""
+    src = resources.files("provision.jupyterhub.hub").joinpath("admin.py").read_text()
     r = c.ssh("sudo microk8s kubectl exec -i -n jhub deploy/hub -c hub -- python3 -c "
               f"{shlex.quote(src)} signup", stdin=json.dumps({"username": "admin", "password": password}))
     return json.loads(r.stdout.strip().splitlines()[-1])

@@ -95,7 +95,7 @@ def _tgz(path: Path, root: str, files: dict[str, bytes]) -> None:
 
 def write_charts(out: Path) -> list[str]:
     data = REPO / "tests" / "data"
-    z2jh = REPO / "provision" / "data" / "z2jh-4.2.0"  # the copy shipped in the package
+    z2jh = REPO / "provision" / "jupyterhub" / "data" / "z2jh-4.2.0"  # the copy shipped in the package
     chart_yaml = (b"apiVersion: v2\nname: jupyterhub\nversion: 4.2.0\nappVersion: 5.3.0\n"
                   b"kubeVersion: '>=1.28.0-0'\ndescription: Multi-user Jupyter installation\n")
     _tgz(out / "jupyterhub-4.2.0.tgz", "jupyterhub", {

@@ -13,7 +13,7 @@ from importlib import resources
 
 import pytest
 
-from provision.values import build_values, plain
+from provision.jupyterhub.values import build_values, plain
 from tests.hub.hubproc import HubProcess
 from tests.render.conftest import make_settings
 
@@ -67,7 +67,7 @@ class Browser:
 
 
 def run_admin_script(*args, stdin=None):
-    src = resources.files("provision.hub").joinpath("admin.py").read_text()
+    src = resources.files("provision.jupyterhub.hub").joinpath("admin.py").read_text()
     return subprocess.run([sys.executable, "-c", src, *args], input=stdin, capture_output=True, text=True, check=False,
                           timeout=60)
 

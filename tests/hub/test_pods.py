@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from provision.hub.pods import modify_pod_hook
-from provision.values import build_values, plain
+from provision.jupyterhub.hub.pods import modify_pod_hook
+from provision.jupyterhub.values import build_values, plain
 from tests.hub.spawnerkit import kubespawner_from_values, pod_dict
 from tests.render.conftest import make_settings
 

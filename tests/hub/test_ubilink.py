@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from provision.values import build_values, plain
+from provision.jupyterhub.values import build_values, plain
 from tests.hub.hubproc import HubProcess, free_port
 from tests.hub.webfake import Server
 from tests.render.conftest import make_settings
@@ -97,7 +97,7 @@ def test_sso_unreachable_in_process():
     from tornado import web
     from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
-    from provision.hub.ubilink import UbilinkAuthenticator
+    from provision.jupyterhub.hub.ubilink import UbilinkAuthenticator
 
     auth = UbilinkAuthenticator(auth_me_url=f"http://127.0.0.1:{free_port()}/me", sso_login_url="https://s/l",
                                 timeout=2)
@@ -113,7 +113,7 @@ def test_sso_unreachable_in_process():
 
 
 def test_extract_username_shapes():
-    from provision.hub.ubilink import extract_username
+    from provision.jupyterhub.hub.ubilink import extract_username
 
     assert extract_username({"username": "a"}) == "a"
     assert extract_username({"data": {"user": {"login": "b"}}}) == "b"

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from tornado import web
 
-from provision.hub.usage import memory_gib, remaining, usage_limited_profiles
-from provision.values import build_values, plain
+from provision.jupyterhub.hub.usage import memory_gib, remaining, usage_limited_profiles
+from provision.jupyterhub.values import build_values, plain
 from tests.hub.spawnerkit import kubespawner_from_values
 from tests.hub.webfake import Server
 from tests.render.conftest import make_settings

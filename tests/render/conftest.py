@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-DATA = Path(__file__).resolve().parents[2] / "provision" / "data" / "z2jh-4.2.0"  # the package copy
+DATA = Path(__file__).resolve().parents[2] / "provision" / "jupyterhub" / "data" / "z2jh-4.2.0"  # the package copy
 
 
 def make_settings(**keys):
@@ -47,8 +47,8 @@ def write_chart_tgz(dest: Path, version: str = "4.2.0", schema: bool = True) -> 
 
 def schema_errors(values) -> list[str]:
     """Helm's check: our values merged over the chart defaults, against the chart schema."""
-    from provision.chart import merge_values, schema_problems
-    from provision.values import plain, source_of
+    from provision.jupyterhub.chart import merge_values, schema_problems
+    from provision.jupyterhub.values import plain, source_of
 
     merged = merge_values(chart_defaults(), plain(values))
     return [str(p) for p in schema_problems(merged, chart_schema(), source_of)]

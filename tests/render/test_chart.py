@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from provision.chart import (
+from provision.errors import BundleError, ConfigError
+from provision.jupyterhub.chart import (
     check_jupyterhub_chart,
     find_chart,
     merge_values,
@@ -12,8 +13,7 @@ from provision.chart import (
     schema_problems,
     validate_release_values,
 )
-from provision.errors import BundleError, ConfigError
-from provision.values import build_values, release_values, source_of
+from provision.jupyterhub.values import build_values, release_values, source_of
 from tests.render.conftest import chart_defaults, chart_schema, make_settings, write_chart_tgz
 
 

@@ -100,9 +100,9 @@ def test_without_bundle_a_schema_error_is_caught(tmp_path, monkeypatch):
     """Values the 4.2.0 schema refuses (a port above 65535) fail before any bundle exists, naming the key."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PROVISION_BUNDLE", raising=False)
-    from provision import values as pv
-    from provision.chart import merge_values
     from provision.errors import ConfigError
+    from provision.jupyterhub import values as pv
+    from provision.jupyterhub.chart import merge_values
 
     real = pv.release_values
     bad = {"proxy": {"service": {"nodePorts": {"http": "not-a-port"}}}}
@@ -131,7 +131,7 @@ def test_without_bundle_other_chart_version_notes_the_schema_used(tmp_path, monk
 
 
 def test_builtin_chart_is_the_packaged_4_2_0():
-    from provision.chart import builtin_chart, schema_problems
+    from provision.jupyterhub.chart import builtin_chart, schema_problems
 
     c = builtin_chart()
     assert (c.name, c.version) == ("jupyterhub", "4.2.0")

@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from provision import facts as F
-from provision.chart import check_jupyterhub_chart, open_chart
 from provision.errors import CommandFailed, ConflictError, VerifyFailed
+from provision.jupyterhub.chart import check_jupyterhub_chart, open_chart
+from provision.jupyterhub.values import ClusterFacts, build_values, plain, release_values, values_digest
 from provision.stage import ApplyContext, Node
-from provision.values import ClusterFacts, build_values, plain, release_values, values_digest
 from stages.s70_jupyterhub import (
     DIGEST_PY,
     BootstrapAdmin,

@@ -6,7 +6,7 @@ import pytest
 
 from provision.config import Secret
 from provision.errors import ConfigError
-from provision.values import (
+from provision.jupyterhub.values import (
     ClusterFacts,
     build_values,
     images_in_values,
@@ -382,7 +382,7 @@ def test_digest_treats_integral_floats_as_helm_returns_them():
 # ---- branding -------------------------------------------------------------------------------
 
 def test_custom_login_page_and_logo_from_templates(tmp_path):
-    from provision.values import load_branding
+    from provision.jupyterhub.values import load_branding
 
     assert load_branding(tmp_path) is None  # nothing there: nothing shipped
     d = tmp_path / "jupyterhub"

@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.harness import bundle as tb
 from tests.harness.sim.snapfile import parse_assertions, read_snap_yaml, sha3_384_b64
 
-Z2JH = Path(__file__).resolve().parents[2] / "provision" / "data" / "z2jh-4.2.0"
+Z2JH = Path(__file__).resolve().parents[2] / "provision" / "jupyterhub" / "data" / "z2jh-4.2.0"
 
 
 def test_bundle_verifies_with_provision_bundle(bundle):

@@ -1,7 +1,7 @@
 """`microk8s kubectl exec` on the simulated cluster, and the hub container it enters (tests/harness/sim/
 runtime.py): the z2jh 4.2.0 chart with provision's NativeAuthenticator values runs a REAL JupyterHub in
 the hub pod (own mount + network namespace, the hub-db-dir PersistentVolume at /srv/jupyterhub), so
-provision/hub/admin.py signs the first admin up over HTTP and finds it in the real sqlite database.
+provision/jupyterhub/hub/admin.py signs the first admin up over HTTP and finds it in the real sqlite database.
 Error texts and exit codes are kubectl's. Tests in this module run in order on one node."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def ready(pod: dict) -> bool:
 
 
 def native_values(**keys) -> str:
-    from provision.values import build_values, plain
+    from provision.jupyterhub.values import build_values, plain
     from tests.render.conftest import make_settings
     return yaml.safe_dump(plain(build_values(make_settings(**{"ADMIN_USERS_CSV": "admin", **keys})).values))
 
@@ -63,7 +63,7 @@ def helm_install(h, values: str) -> None:
 
 
 def admin_script(h, *args: str, stdin: str | None = None):
-    src = resources.files("provision.hub").joinpath("admin.py").read_text()
+    src = resources.files("provision.jupyterhub.hub").joinpath("admin.py").read_text()
     flag = "-i " if stdin is not None else ""
     return ssh(h, f"sudo microk8s kubectl exec {flag}-n jhub deploy/hub -c hub -- python3 -c {shlex.quote(src)} "
                   + " ".join(shlex.quote(a) for a in args), stdin=stdin)

@@ -332,13 +332,6 @@ def test_nfs_pv_and_a_moved_path_is_refused():
         s40.plan(facts40(corefile=done, pv=old, pvc=docs[2]), s, sf.CONTROL)
 
 
-def test_bad_namespace_is_a_config_error():
-    from provision.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="HUB_NAMESPACE"):
-        s40.probes(Settings(hub_namespace="Jhub.Prod"))
-
-
 def _validate(doc: dict) -> None:
     import kubernetes_validate
 

@@ -80,7 +80,7 @@ def open_chart(path: str | os.PathLike) -> Chart:
                  values, schema, str(p))
 
 
-BUILTIN_VERSION = "4.2.0"  # provision/data/z2jh-4.2.0: the chart's values.yaml and values.schema.json
+BUILTIN_VERSION = "4.2.0"  # provision/jupyterhub/data/z2jh-4.2.0: the chart's values.yaml and values.schema.json
 
 
 def builtin_chart() -> Chart:
@@ -89,7 +89,7 @@ def builtin_chart() -> Chart:
 
     import yaml
 
-    d = resources.files("provision") / "data" / f"z2jh-{BUILTIN_VERSION}"
+    d = resources.files("provision.jupyterhub") / "data" / f"z2jh-{BUILTIN_VERSION}"
     values = yaml.safe_load(d.joinpath("values.yaml").read_text("utf-8"))
     schema = json.loads(d.joinpath("values.schema.json").read_text("utf-8"))
     return Chart("jupyterhub", BUILTIN_VERSION, "5.3.0", values, schema, f"built-in {BUILTIN_VERSION} schema")

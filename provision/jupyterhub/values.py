@@ -17,14 +17,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from provision.chart import merge_values
 from provision.config import Secret, Settings
 from provision.errors import ConfigError
-from provision.hub.pods import STUDENT_WORK_VOLUME
+from provision.jupyterhub import HOMES_PVC
+from provision.jupyterhub.chart import merge_values
+from provision.jupyterhub.hub.pods import STUDENT_WORK_VOLUME
 
-RELEASE = "jhub"
-NAMESPACE = "jhub"
-HOMES_PVC = "jhub-homes"  # created by stage 40 (shared storage) in NAMESPACE
 UID, GID = 1000, 100  # jovyan:users in the docker-stacks images; z2jh defaults singleuser.uid / fsGid
 HOME = "/home/jovyan"
 HUB_CODE_DIR = "/usr/local/etc/jupyterhub/provision_hub"  # z2jh puts /usr/local/etc/jupyterhub on sys.path
@@ -423,9 +421,9 @@ def _allow_rule(s: Settings, auth: dict) -> None:
 
 
 def _hub_code(s: Settings) -> dict:
-    """Ship provision/hub/*.py as provision_hub/ and wire it in one extraConfig snippet."""
+    """Ship provision/jupyterhub/hub/*.py as provision_hub/ and wire it in one extraConfig snippet."""
     files = {}
-    pkg = resources.files("provision.hub")
+    pkg = resources.files("provision.jupyterhub.hub")
     for name in HUB_MODULES:
         key = "provision-hub-" + name[:-3].strip("_").replace("_", "-")
         files[key] = {"mountPath": f"{HUB_CODE_DIR}/{name}", "stringData": pkg.joinpath(name).read_text("utf-8")}
@@ -672,7 +670,7 @@ def default_templates_dir() -> Path | None:
 def release_values(settings: Settings, facts: ClusterFacts = ClusterFacts(), chart: Any = None,
                    branding: Branding | None = None) -> Rendered:
     """build_values, then (with a chart) merge over its defaults and validate with its schema."""
-    from provision.chart import validate_release_values
+    from provision.jupyterhub.chart import validate_release_values
 
     rendered = build_values(settings, facts, chart_defaults=chart.values if chart is not None else None,
                             branding=branding)
