@@ -379,17 +379,27 @@ class Requirement:
     why: str
 
 
-def required_images(settings: Settings, manifest: Manifest) -> list[Requirement]:
+@dataclass(frozen=True)
+class Needs:
+    """What the workload on top of the platform needs from the bundle (its images with roles, its charts).
+
+    The engine knows MicroK8s' own needs (track, base snap, core images, sandbox image); the workload's
+    come from its domain package, so this module knows nothing of what runs on the cluster."""
+
+    images: tuple[Requirement, ...] = ()
+    charts: tuple[tuple[str, str, str], ...] = ()  # (chart name, version, the setting that asks for it)
+
+
+def required_images(settings: Settings, manifest: Manifest, needs: Needs = Needs()) -> list[Requirement]:
     """Images the install cannot do without: MicroK8s core (Calico, CoreDNS, hostpath), the sandbox
-    (pause) image, and the single-user image. Stages that need more (GPU operator, device plugins) add
-    their images to the manifest with their roles; those are checked like every other manifest entry."""
+    (pause) image, and the workload's own (`needs`). Stages that need more (GPU operator, device plugins)
+    add their images to the manifest with their roles; those are checked like every other manifest entry."""
     from provision.images import normalize_ref
 
     every = frozenset(EVERY_NODE)
     reqs = [Requirement(normalize_ref(settings.sandbox_image), every, "SANDBOX_IMAGE (pod sandbox)")]
     reqs += [Requirement(r, every, f"MicroK8s {manifest.track} core image") for r in manifest.core_image_refs()]
-    reqs.append(Requirement(normalize_ref(settings.singleuser_image), every, "SINGLEUSER_IMAGE"))
-    return reqs
+    return reqs + list(needs.images)
 
 
 def _assert_sha3(text: str) -> tuple[str, int | None]:
@@ -457,15 +467,15 @@ def default_cache_file() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "provision" / "bundle-verify-cache.json"
 
 
-def verify_bundle(bundle_dir: str | os.PathLike, settings: Settings | None = None, *,
+def verify_bundle(bundle_dir: str | os.PathLike, settings: Settings | None = None, *, needs: Needs = Needs(),
                   progress: Callable[[str, int, int], None] | None = None,
                   cache_file: str | os.PathLike | None = None) -> list[str]:
     """Every problem with the bundle, each naming its file or image; [] when it is complete and intact.
 
     Checks: manifest well-formed; every listed file present with its size and sha256; every image ref
     really inside its tarball with the recorded digest (read from the archive, not the file name);
-    snap assertions matching their snaps; and, with settings, the MicroK8s track, base snap, chart and
-    the images the settings need (sandbox, single-user, MicroK8s core). progress(path, done, total) is
+    snap assertions matching their snaps; and, with settings, the MicroK8s track, base snap and core
+    images, the sandbox image, and what the workload `needs` (its images and charts). progress(path, done, total) is
     called while big files are read. cache_file skips re-hashing files whose size and mtime are unchanged.
     """
     from provision.images import scan_archive
@@ -545,11 +555,11 @@ def verify_bundle(bundle_dir: str | os.PathLike, settings: Settings | None = Non
                             "(snap install would refuse it)")
 
     if settings is not None:
-        problems += _settings_problems(manifest, settings)
+        problems += _settings_problems(manifest, settings, needs)
     return problems
 
 
-def _settings_problems(manifest: Manifest, settings: Settings) -> list[str]:
+def _settings_problems(manifest: Manifest, settings: Settings, needs: Needs) -> list[str]:
     out = []
     want_track = track_of(settings.microk8s_channel)
     if manifest.track != want_track:
@@ -566,7 +576,7 @@ def _settings_problems(manifest: Manifest, settings: Settings) -> list[str]:
     if not manifest.core_image_refs():
         out.append(f"{MANIFEST_NAME}: MicroK8s track {manifest.track} has no known core image list; "
                    "list them under microk8s.core_images")
-    for req in required_images(settings, manifest):
+    for req in required_images(settings, manifest, needs):
         img = manifest.image(req.ref)
         if img is None:
             out.append(f"image {req.ref} ({req.why}) is not in the bundle")
@@ -575,11 +585,9 @@ def _settings_problems(manifest: Manifest, settings: Settings) -> list[str]:
         if missing:
             out.append(f"image {req.ref} ({req.why}) is not marked for role(s) {', '.join(missing)} in "
                        f"{MANIFEST_NAME}")
-    if manifest.chart("jupyterhub", settings.z2jh_chart_version) is None:
-        out.append(f"chart jupyterhub {settings.z2jh_chart_version} (Z2JH_CHART_VERSION) is not in the bundle")
-    if settings.use_gpu_operator and manifest.chart("gpu-operator", settings.gpu_operator_version) is None:
-        out.append(f"chart gpu-operator {settings.gpu_operator_version} (GPU_OPERATOR_VERSION) is not in "
-                   "the bundle")
+    for name, version, why in needs.charts:
+        if manifest.chart(name, version) is None:
+            out.append(f"chart {name} {version} ({why}) is not in the bundle")
     return out
 
 

@@ -4,6 +4,7 @@ so `provision --help` starts fast. Every ProvisionError becomes one message, a h
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -57,11 +58,14 @@ def cli() -> None:
     """
 
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
 def main() -> None:
-    from provision.errors import ProvisionError
+    from provision.errors import EXIT_CONFIG, ProvisionError, path_error
 
     try:
-        rc = cli.main(standalone_mode=False)  # returns ctx.exit(N)'s code instead of exiting
+        rc = cli.main(standalone_mode=False, prog_name="provision")  # returns ctx.exit(N)'s code instead of exiting
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except ProvisionError as e:
@@ -70,9 +74,25 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
-    except click.ClickException as e:
+    except _NO_ARGS_IS_HELP as e:  # `provision` or `provision bundle` alone: the help, as click shows it
         e.show()
         sys.exit(e.exit_code)
+    except click.UsageError as e:  # a bad option or value: the same one error line and hint as the rest
+        where = e.ctx.command_path if e.ctx else "provision"
+        report_error(ProvisionError(e.format_message(), f"see `{where} --help`", e.exit_code))
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        report_error(ProvisionError(e.format_message(), "", e.exit_code))
+        sys.exit(e.exit_code)
+    except BrokenPipeError:  # the reader went away (`provision bundle list | head -1`): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        sys.exit(1)
+    except OSError as e:
+        # A path a command was given (on the command line or in jhub.env) that it cannot use; commands
+        # turn the ones they expect into their own class first (the bundle's are BundleError, exit 3).
+        err = path_error(e, exit_code=EXIT_CONFIG)
+        report_error(err)
+        sys.exit(err.exit_code)
     except KeyboardInterrupt:
         click.echo("Interrupted. Re-run the same command to continue; every stage is idempotent.", err=True)
         sys.exit(130)

@@ -250,11 +250,33 @@ def _version(s: str) -> str:
     return s
 
 
+_DNS_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+_PORT = r"(?::(?P<port>\d{1,5}))?"
+#: a registry host as containerd names its certs.d/<host[:port]> directory
+REGISTRY_RE = re.compile(f"(?P<host>{_DNS_NAME}){_PORT}")
+#: a mirror endpoint: http(s)://host[:port][/path], nothing that could end a TOML string or a line
+_MIRROR_URL_RE = re.compile(f"https?://(?P<host>{_DNS_NAME}|\\[[0-9A-Fa-f:.]+\\]){_PORT}(?:/[A-Za-z0-9._~%/-]*)?")
+
+
+def _port_ok(m: re.Match) -> bool:
+    return m.group("port") is None or 1 <= int(m.group("port")) <= 65535
+
+
 def _mirror(s: str) -> tuple[str, str]:
-    reg, sep, url = s.partition("=")
-    if not sep or not reg.strip() or not re.match(r"https?://\S+$", url.strip()):
-        raise ValueError(f"expected REGISTRY=URL such as docker.io=https://mirror.lab:5000, got {s!r}")
-    return reg.strip(), url.strip()
+    """REGISTRY=URL, both checked strictly: the pair becomes a certs.d directory name and hosts.toml text."""
+    example = "such as docker.io=https://mirror.lab.example:5000"
+    reg, sep, url = (x.strip() for x in s.partition("="))
+    if not sep:
+        raise ValueError(f"expected REGISTRY=URL pairs {example}, got {s!r}")
+    m = REGISTRY_RE.fullmatch(reg)
+    if not m or not _port_ok(m):
+        raise ValueError(f"expected a registry host name[:port] before '=' {example}, got {reg!r}")
+    m = _MIRROR_URL_RE.fullmatch(url)
+    if not m or not _port_ok(m):
+        shown = "(not shown: it may hold a password)" if "@" in url else repr(url)
+        raise ValueError(f"expected the mirror as http(s)://host[:port][/path] (no quotes, spaces, query or "
+                         f"user:password@) {example}, got {shown}")
+    return reg, url
 
 
 def _iface(s: str) -> str:
@@ -434,7 +456,7 @@ class Settings:
                              "postgresql://jhub:secret@db.lab.example:5432/jupyterhub")
 
     # --- JupyterHub operations
-    singleuser_image: str = key(IMAGE, "quay.io/jupyterhub/k8s-singleuser-sample:4.2.0",
+    singleuser_image: str = key(IMAGE, "quay.io/jupyterhub/k8s-singleuser-sample:4.4.0",
                                 "Image of every user server; must be in the bundle.", O,
                                 "registry.lab.example/ml/notebook:2026.1")
     spawner_cpu_limit: float = key(_float(0.1, 512), "2", "CPU cores a user server may use.", O, "8")
@@ -471,7 +493,8 @@ class Settings:
     microk8s_channel: str = key(Kind("str", _channel, "a channel such as 1.30/stable"), "1.30/stable",
                                 "MicroK8s track the bundle carries; an installed one on another track is "
                                 "refused.", V, "1.30/stable")
-    z2jh_chart_version: str = key(VERSION, "4.2.0", "JupyterHub Helm chart version in the bundle.", V, "4.2.0")
+    z2jh_chart_version: str = key(VERSION, "4.4.0", "JupyterHub Helm chart version in the bundle (4.x; one "
+                                  "before 4.4.0 works, with a security warning).", V, "4.4.0")
     gpu_operator_version: str = key(VERSION, "v25.10.0", "GPU Operator chart version in the bundle.", V,
                                     "v25.10.0")
     sandbox_image: str = key(IMAGE, "registry.k8s.io/pause:3.7", "Pod sandbox (pause) image for "
@@ -531,8 +554,9 @@ class Assignment:
 _LINE_RE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 
 
-def _split_value(raw: str, where: str, env: dict[str, str]) -> str:
-    """Bash-like word: unquoted, '...', "..." pieces concatenated; $VAR from earlier keys or the environment."""
+def _split_value(raw: str, env: dict[str, str], secret: bool = False) -> str:
+    """Bash-like word: unquoted, '...', "..." pieces concatenated; $VAR from earlier keys or the environment.
+    A ValueError never quotes the value of a secret key (secret=True)."""
     out: list[str] = []
     i = 0
     n = len(raw)
@@ -559,7 +583,7 @@ def _split_value(raw: str, where: str, env: dict[str, str]) -> str:
                     i += 2
                     continue
                 if c == "$":
-                    val, i = _expand(raw, i, env)
+                    val, i = _expand(raw, i, env, secret)
                     buf.append(val)
                     continue
                 if c == "`":
@@ -577,8 +601,10 @@ def _split_value(raw: str, where: str, env: dict[str, str]) -> str:
         elif c == "\\" and i + 1 < n:
             out.append(raw[i + 1])
             i += 2
+        elif c == "\\":
+            raise ValueError("a backslash at the end of the line continues the value on the next line")
         elif c == "$":
-            val, i = _expand(raw, i, env)
+            val, i = _expand(raw, i, env, secret)
             out.append(val)
         elif c in "`;|&<>()":
             raise ValueError(f"unquoted {c!r} in value (quote the whole value)")
@@ -588,7 +614,7 @@ def _split_value(raw: str, where: str, env: dict[str, str]) -> str:
     return "".join(out)
 
 
-def _expand(raw: str, i: int, env: dict[str, str]) -> tuple[str, int]:
+def _expand(raw: str, i: int, env: dict[str, str], secret: bool = False) -> tuple[str, int]:
     m = re.match(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))", raw[i:])
     if not m:
         if raw[i + 1:i + 2] == "(":
@@ -599,28 +625,81 @@ def _expand(raw: str, i: int, env: dict[str, str]) -> tuple[str, int]:
         return env[name], i + m.end()
     if name in os.environ:
         return os.environ[name], i + m.end()
+    if secret:  # the name is part of the secret's text (a '$' inside a password, say)
+        raise ValueError("a $ in the value names a variable that is not defined (value not shown: secret; "
+                         "quote it in single quotes if the $ is part of it)")
     raise ValueError(f"${name} is not defined earlier in the file nor in the environment")
 
 
+def secret_keys() -> frozenset[str]:
+    """The keys whose values are Secrets: never quoted in an error, a log or on screen."""
+    return frozenset(s.name for s in key_specs() if s.kind.name == "secret")
+
+
+def _malformed(stripped: str) -> tuple[str, str]:
+    """(key, why) for a line that is not KEY=value; key is '' unless the line starts with a known key."""
+    m = re.match(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)(\s*)(=?)", stripped)
+    name = m.group(1) if m else ""
+    if name and m.group(3):
+        why = "spaces around '=' (bash would run it as a command): write KEY=value"
+    elif name and "=" not in stripped:
+        why = "no '=' after the key: write KEY=value"
+    else:
+        why = "expected KEY=value or export KEY=value"
+    return (name if name in {s.name for s in key_specs()} else ""), why
+
+
+def _closing_line(lines: list[str], start: int, quote: str) -> int | None:
+    """Index of the line after `start` where bash would close an open quote (None: never)."""
+    pat = re.compile(r"'" if quote == "'" else r'(?<!\\)"')
+    for j in range(start + 1, len(lines)):
+        if pat.search(lines[j]):
+            return j
+    return None
+
+
 def parse_env_text(text: str, filename: str) -> tuple[list[Assignment], list[str]]:
-    """Lines → assignments and problems ('FILE:LINE: ...'). Never raises for bad input."""
+    """Lines → assignments and problems ('FILE:LINE: KEY: ...'). Never raises for bad input.
+
+    A problem never quotes raw text that could belong to a secret: the value of a secret key, a line
+    that does not start with a known key (it may be pasted secret text), nor the lines a multi-line
+    quoted value or a trailing backslash runs on to (bash reads those as part of the value).
+    """
     assignments: list[Assignment] = []
     problems: list[str] = []
     env: dict[str, str] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
+    secrets = secret_keys()
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        lineno, stripped = i + 1, lines[i].strip()
+        i += 1
         if not stripped or stripped.startswith("#"):
             continue
-        m = _LINE_RE.match(line)
+        m = _LINE_RE.match(lines[lineno - 1])
         if not m:
-            problems.append(f"{filename}:{lineno}: malformed line {stripped[:60]!r}: expected KEY=value "
-                            "or export KEY=value")
+            name, why = _malformed(stripped)
+            shown = f" (the line reads {stripped[:60]!r})" if name and name not in secrets else ""
+            problems.append(f"{filename}:{lineno}: {name + ': ' if name else ''}malformed line: {why}{shown}")
             continue
         name, raw = m.group(1), m.group(2)
         try:
-            value = _split_value(raw, f"{filename}:{lineno}", env)
+            value = _split_value(raw, env, secret=name in secrets)
         except ValueError as e:
-            problems.append(f"{filename}:{lineno}: {name}: {e}")
+            msg = str(e)
+            quote = {"unterminated single quote": "'", "unterminated double quote": '"'}.get(msg)
+            if quote:
+                end = _closing_line(lines, lineno - 1, quote)
+                if end is None:  # bash reads the rest of the file as part of this value
+                    msg += ": bash reads the rest of the file as part of the value; close it on this line"
+                    i = len(lines)
+                else:
+                    msg += f": the value runs on to line {end + 1}; put it on one line"
+                    i = end + 1
+            elif msg.startswith("a backslash at the end"):
+                msg += "; put the value on one line"
+                i += 1  # the next line is part of this value
+            problems.append(f"{filename}:{lineno}: {name}: {msg}")
             continue
         env[name] = value
         assignments.append(Assignment(name, value, lineno))
@@ -640,8 +719,13 @@ def load_settings(path: str | os.PathLike | None, overrides: dict[str, str] | No
         except FileNotFoundError:
             raise ConfigError(f"{p}: no such file",
                               "copy jhub.env.example to jhub.env and edit it, or pass --env FILE") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p}: cannot read: {e}") from None
+        except OSError as e:
+            from provision.errors import path_error
+
+            raise path_error(e, "cannot read the settings file", ConfigError, path=p) from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not a text file ({e.reason} at byte {e.start})",
+                              "pass the jhub.env settings file (plain UTF-8 text), e.g. --env jhub.env") from None
         assignments, problems = parse_env_text(text, filename)
     for k, v in (overrides or {}).items():
         assignments.append(Assignment(k, v, 0))
@@ -652,6 +736,9 @@ def _build(assignments: list[Assignment], problems: list[str], filename: str, ch
     specs = {s.name: s for s in key_specs()}
     values: dict[str, Any] = {}
     lines: dict[str, int] = {}
+    secrets = secret_keys()
+    # a secret's text can reach another key's value (SHARED_STORAGE_PATH=$GITHUB_CLIENT_SECRET): masked there too
+    secret_texts = sorted({a.value for a in assignments if a.key in secrets and a.value}, key=len, reverse=True)
     for a in assignments:
         where = f"{filename}:{a.line}" if a.line else "(command line)"
         spec = specs.get(a.key)
@@ -664,7 +751,10 @@ def _build(assignments: list[Assignment], problems: list[str], filename: str, ch
             values[spec.name.lower()] = spec.kind.parse(a.value)
             lines[spec.name] = a.line
         except ValueError as e:
-            problems.append(f"{where}: {a.key}: {e}")
+            msg = str(e)
+            for t in secret_texts:
+                msg = msg.replace(t, Secret.MASK) if t in a.value else msg
+            problems.append(f"{where}: {a.key}: {msg}")
     settings = Settings(**values)
 
     def at(k: str) -> str:

@@ -162,9 +162,10 @@ class Console:
                 stderr: str = "") -> None:
         """One command a host ran: a line on screen with -v, everything in the log."""
         from provision import facts
+        from provision.hosts.common import brief_display
 
-        if facts.is_probe_script(display):  # the batched fact script: its first line, its output decoded
-            display = display.splitlines()[0] + " …'"
+        display = brief_display(display)  # a script by its first line only, never its text
+        if facts.is_probe_script(display):  # the batched fact script: its output decoded
             stdout = facts.readable_output(stdout)
         head = f"{node}: $ {display}  -> exit {exit_status} in {seconds:.2f}s"
         if self.verbose:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import shlex
+from pathlib import Path
+
 # Exit codes are part of the interface: scripts tell a config mistake from a broken node by them.
 EXIT_OK = 0
 EXIT_APPLY_FAILED = 1
@@ -60,6 +65,15 @@ class TransportError(ProvisionError):
     """A node could not be reached, or the link dropped mid-command."""
 
 
+class CommandTimeout(TransportError):
+    """A command ran past its time limit on a node that still answers; keeps what it printed so far."""
+
+    def __init__(self, message: str, hint: str = "", stdout: str = "", stderr: str = ""):
+        super().__init__(message, hint)
+        self.stdout = stdout
+        self.stderr = stderr
+
+
 class HostKeyError(TransportError):
     """The SSH host key is unknown or has changed."""
 
@@ -95,3 +109,50 @@ class LockedError(ProvisionError):
 
 class Interrupted(ProvisionError):
     exit_code = EXIT_INTERRUPTED
+
+
+def path_error(e: OSError, what: str = "", cls: type[ProvisionError] = ProvisionError, *,
+               path: str | os.PathLike | None = None, exit_code: int | None = None) -> ProvisionError:
+    """An OSError as one line that names the path and says why, with the fix as the hint.
+
+    `what` says what the path is for ("cannot write the manifest"); `cls` gives the exit code of the
+    caller's class (ConfigError for a path the user gave, BundleError for the bundle)."""
+    p = os.fspath(path) if path is not None else (os.fsdecode(e.filename) if e.filename is not None else "")
+    why, hint = _why(e, Path(p) if p else None)
+    head = f"{what} {p}".strip() if p else what
+    err = cls(f"{head}: {why}" if head else why, hint)
+    if exit_code is not None:
+        err.exit_code = exit_code
+    return err
+
+
+def _blocker(path: Path) -> tuple[str, Path] | None:
+    """The first folder on the way to `path` that is missing ('missing') or is not a folder ('file')."""
+    for parent in reversed(path.parents):
+        if not parent.exists():
+            return "missing", parent
+        if not parent.is_dir():
+            return "file", parent
+    return None
+
+
+def _why(e: OSError, path: Path | None) -> tuple[str, str]:
+    n = e.errno
+    block = _blocker(path) if path is not None and n in (errno.ENOENT, errno.ENOTDIR, errno.EEXIST) else None
+    if block and block[0] == "file":
+        return f"{block[1]} is a file, not a folder", "give a path inside a folder"
+    if block:
+        return (f"the folder {block[1]} does not exist",
+                f"create it (mkdir -p {shlex.quote(str(path.parent))}) or give another path")
+    writable = "choose a place on a writable file system (copy files off read-only media)"
+    reasons = {
+        errno.ENOENT: ("no such file or folder", "check the path"),
+        errno.EISDIR: ("is a folder, not a file", "give the path of a file"),
+        errno.ENOTDIR: ("is not a folder", "give the path of a folder"),
+        errno.EACCES: ("permission denied", "run as root (sudo) or choose a place you may read and write"),
+        errno.EPERM: ("operation not permitted", "run as root (sudo) or choose a place you may read and write"),
+        errno.EROFS: ("read-only file system", writable),
+        errno.ENOSPC: ("no space left on the device", "free some space there or choose another place"),
+        errno.EDQUOT: ("disk quota exceeded", "free some space there or choose another place"),
+    }
+    return reasons.get(n, (e.strerror or str(e), "check the path and its permissions, then run again"))

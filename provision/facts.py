@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from provision.errors import ProvisionError, TransportError
+from provision.errors import CommandTimeout, ProvisionError, TransportError
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _RC_MARK = "\n#provision-rc="
@@ -44,17 +44,41 @@ class Raw:
         return self.rc == 0
 
 
+# A probe's time on the node: each `timeout N` it runs, plus PROBE_BASE for its quick commands (cat,
+# uname, snap list). The script's bound is the sum over its probes (they run one after the other) plus
+# SCRIPT_MARGIN for the connection, sudo and the shell.
+PROBE_BASE = 5.0
+SCRIPT_MARGIN = 15.0
+_TIMEOUT_CMD = re.compile(r"(?<![\w-])timeout\s+(?:-[ks]\s+\S+\s+|--?[a-z-]+\s+)*(\d+(?:\.\d+)?)s?\b")
+
+
 @dataclass(frozen=True)
 class Probe:
-    """One named fact: `script` (sh, stdout is the fact) and `parse` (pure: Raw -> value)."""
+    """One named fact: `script` (sh, stdout is the fact) and `parse` (pure: Raw -> value).
+
+    `timeout`: seconds the probe may take on the node. Leave it None when every slow command in the
+    script runs under `timeout N` (it is derived from those); set it for a probe that loops or waits
+    (e.g. settings.wait_timeout)."""
 
     name: str
     script: str
     parse: Callable[[Raw], Any]
+    timeout: float | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ValueError(f"probe name {self.name!r} must match {_NAME.pattern}")
+
+    @property
+    def bound(self) -> float:
+        if self.timeout is not None:
+            return float(self.timeout)
+        return PROBE_BASE + sum(float(n) for n in _TIMEOUT_CMD.findall(self.script))
+
+
+def script_timeout(probes: Sequence[Probe]) -> float:
+    """How long one gather of these probes may take: they run one after the other on the node."""
+    return SCRIPT_MARGIN + sum(p.bound for p in probes)
 
 
 def quoted(template: str, **values: str) -> str:
@@ -138,11 +162,38 @@ class ProbeFailed(TransportError):
         self.output = output
 
 
-def gather(host: Any, probes: Sequence[Probe], *, sudo: bool = False, timeout: float = 120) -> dict[str, Any]:
-    """Run every probe on `host` in one round trip and return {name: parsed value}."""
+class ProbeTimeout(TransportError):
+    """The probe script ran past its bound; `probe` is the first probe that had not answered."""
+
+    def __init__(self, message: str, hint: str, probe: str):
+        super().__init__(message, hint)
+        self.probe = probe
+
+
+def answered(stdout: str, probes: Sequence[Probe]) -> list[str]:
+    """The probes whose output is complete in a partial script output (each is printed when done)."""
+    done = set(re.findall(r'"([a-z][a-z0-9_]*)":"[A-Za-z0-9+/=]*"', stdout))
+    return [p.name for p in probes if p.name in done]
+
+
+def gather(host: Any, probes: Sequence[Probe], *, sudo: bool = False,
+           timeout: float | None = None) -> dict[str, Any]:
+    """Run every probe on `host` in one round trip and return {name: parsed value}.
+
+    The time limit is the probes' own (script_timeout) unless `timeout` is given. When it runs out the
+    script is ended on the node and the error names the probe that did not answer, never the script."""
     probes = list(probes)
     script = build_script(probes)
-    result = host.run(["sh", "-c", script], sudo=sudo, timeout=timeout, check=False)
+    limit = script_timeout(probes) if timeout is None else timeout
+    try:
+        result = host.run(["sh", "-c", script], sudo=sudo, timeout=limit, check=False)
+    except CommandTimeout as e:
+        done = answered(e.stdout, probes)
+        stuck = next((p.name for p in probes if p.name not in done), probes[-1].name if probes else "")
+        raise ProbeTimeout(f"{host.name}: fact probe {stuck} did not answer within {limit:g} s "
+                           f"({len(done)} of {len(probes)} probes had answered)",
+                           f"what probe {stuck} asks of the node (MicroK8s, snapd, the API server, a disk) is "
+                           "hung or very slow: check it there, then re-run", stuck) from None
     if result.exit_status != 0:
         text = result.stderr.strip() or result.stdout.strip()
         tail = text.splitlines()[-3:]
@@ -481,3 +532,46 @@ def parse_count(raw: Raw) -> int:
 davinci_devices = Probe("davinci_devices",
                         "n=0; for d in /dev/davinci[0-9]*; do [ -e \"$d\" ] && n=$((n+1)); done; echo $n",
                         parse_count)
+
+
+def parse_interfaces(raw: Raw) -> dict[str, Any]:
+    """`ip -o link show`, `---`, `ip -o -4 addr show` → {name: {"up", "carrier", "ipv4": [cidr]}}.
+
+    `ip -o link` writes "3: bond0.100@bond0: <FLAGS> ..." (the parent after '@'); `ip -o addr` writes the
+    bare name. Names may hold dots and dashes (bond0.100, enp3s0-mgmt)."""
+    if raw.rc == 127:
+        return {"ok": False, "links": {}}
+    links_text, _, addrs_text = raw.out.partition("---\n")
+    links: dict[str, dict[str, Any]] = {}
+    for ln in links_text.splitlines():
+        m = re.match(r"^\d+:\s+([^:\s]+):\s+<([^>]*)>", ln)
+        if m:
+            name, flags = m.group(1).split("@", 1)[0], set(m.group(2).split(","))
+            links[name] = {"up": "UP" in flags, "carrier": "LOWER_UP" in flags, "ipv4": []}
+    for ln in addrs_text.splitlines():
+        f = ln.split()
+        if len(f) >= 4 and f[2] == "inet" and f[1] in links:
+            links[f[1]]["ipv4"].append(f[3])
+    return {"ok": bool(links), "links": links}
+
+
+interfaces = Probe("interfaces", "ip -o link show\nprintf -- '---\\n'\nip -o -4 addr show", parse_interfaces)
+
+
+def parse_resolv(raw: Raw) -> dict[str, list[str]]:
+    """nameserver lines of /etc/resolv.conf and of systemd-resolved's upstream file."""
+    etc, _, resolved = raw.out.partition("---\n")
+
+    def servers(text: str) -> list[str]:
+        out = []
+        for ln in text.splitlines():
+            f = ln.split()
+            if len(f) >= 2 and f[0] == "nameserver":
+                out.append(f[1].split("%")[0])
+        return out
+
+    return {"etc": servers(etc), "systemd": servers(resolved)}
+
+
+resolv = Probe("resolv", "cat /etc/resolv.conf 2>/dev/null; printf -- '---\\n'; "
+               "cat /run/systemd/resolve/resolv.conf 2>/dev/null; true", parse_resolv)

@@ -15,7 +15,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from provision.console import Console, LoggedHost, Masker, duration
@@ -27,9 +27,10 @@ from provision.errors import (
     ProvisionError,
     VerifyFailed,
 )
-from provision.stage import ApplyContext, Check, Node, Plan, Scope, Stage
+from provision.stage import ApplyContext, Check, Node, Plan, Role, Scope, Stage
 
 PREFLIGHT = 0
+STOP_GRACE = 1.5  # seconds Ctrl-C waits for the nodes to end their commands (the promise is 2 s to exit)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,10 +158,15 @@ class RunSummary:
     error: str = ""
     exit_code: int = 0
     log_file: str = ""
+    roles: dict[str, list[str]] = field(default_factory=dict)  # per node, once preflight has seen it
 
     @property
     def actions_applied(self) -> int:
         return sum(s.actions_applied for s in self.stages)
+
+    @property
+    def warnings(self) -> int:
+        return sum(_warnings(rec) for s in self.stages for rec in s.nodes.values())
 
     @property
     def actions_planned(self) -> int:
@@ -170,7 +176,8 @@ class RunSummary:
         return {"ok": self.ok, "dry_run": self.dry_run, "actions_applied": self.actions_applied,
                 "actions_planned": self.actions_planned, "seconds": round(self.seconds, 3),
                 "exit_code": self.exit_code, "error": self.error or None, "log_file": self.log_file or None,
-                "nodes": self.nodes, "stages": [s.to_dict() for s in self.stages]}
+                "warnings": self.warnings, "nodes": self.nodes, "roles": self.roles,
+                "stages": [s.to_dict() for s in self.stages]}
 
 
 class StageFailed(ProvisionError):
@@ -244,7 +251,9 @@ class Runner:
             for w in warnings:
                 self.console.warn(w)
             if self.lock is not None and not self.opts.dry_run:
-                self.lock.acquire()
+                took_over = self.lock.acquire()  # a line when it took over a dead run's lock on a node
+                if took_over:
+                    self.console.warn(took_over)
             try:
                 self._pool = ThreadPoolExecutor(max_workers=max(1, self.opts.concurrency),
                                                 thread_name_prefix="provision-node")
@@ -255,7 +264,7 @@ class Runner:
                 if self.lock is not None and not self.opts.dry_run:
                     self.lock.release()
         except KeyboardInterrupt:
-            self.stop.set()
+            self._interrupt_hosts()
             self._fail(Interrupted("interrupted", "re-run the same command to continue; every stage is idempotent"))
         except ProvisionError as e:
             self._fail(e)
@@ -286,7 +295,7 @@ class Runner:
             try:
                 self._run_stage(stage, out)
             except KeyboardInterrupt:
-                self.stop.set()
+                self._interrupt_hosts()
                 out.status = "failed"
                 raise Interrupted(f"interrupted during stage {stage.number:02d} ({stage.title})",
                                   f"re-run the same command to continue (add --from {stage.number:02d} to start "
@@ -317,6 +326,7 @@ class Runner:
         with self.console.status(f"[{stage.number:02d}] gathering facts on {len(targets)} node(s)"):
             planned = self._parallel(targets, lambda n: self._gather_plan(stage, n))
         facts = {name: r[0] for name, r in planned.items() if not isinstance(r, _Failure)}
+        self._update_roles(stage, facts)
         plans: dict[str, Plan] = {name: r[1] for name, r in planned.items() if not isinstance(r, _Failure)}
         cross = self._cross_checks(stage, facts, targets)
         for n in targets:
@@ -383,6 +393,19 @@ class Runner:
             action.apply(host, ctx)
             rec.applied += 1
         return rec.applied
+
+    def _update_roles(self, stage: Stage, facts: Mapping[str, Mapping[str, Any]]) -> None:
+        """A stage's optional `roles(facts, node) -> (roles, line)` (preflight: GPUs/NPUs found) replaces
+        the node's roles for every later stage; Node is frozen, so the Node itself is replaced."""
+        derive = getattr(stage, "roles", None)
+        if derive is None:
+            return
+        for i, node in enumerate(self.nodes):
+            if node.name in facts:
+                roles, line = derive(facts[node.name], node)
+                self.nodes[i] = replace(node, roles=frozenset(roles))
+                self.summary.roles[node.name] = [r.value for r in Role if r in roles]
+                self.console.node(node.name, line)
 
     def _checks(self, stage: Stage, facts: Mapping[str, Any], node: Node) -> list[Check]:
         return list(stage.verify(facts, self.settings, node))
@@ -493,14 +516,27 @@ class Runner:
             while pending:
                 _, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
         except KeyboardInterrupt:
-            self.stop.set()
             for f in futures:
                 f.cancel()
-            self.console.warn("interrupted: no new work is started; waiting for running commands to end or "
-                              "time out")
-            wait(futures)
+            self.console.warn("interrupted: no new work is started; stopping the commands running on the nodes")
+            self._interrupt_hosts()
+            wait(futures, timeout=STOP_GRACE)
             raise
         return {futures[f].name: f.result() for f in futures}
+
+    def _interrupt_hosts(self) -> None:
+        """Ctrl-C: every node ends the commands it runs (every process of each), all nodes at once, bounded;
+        the stop event ends waits and keeps new actions from starting."""
+        if self.stop.is_set():
+            return
+        self.stop.set()
+        stoppers = [threading.Thread(target=fn, daemon=True, name="provision-interrupt")
+                    for fn in (getattr(h, "interrupt", None) for h in self.hosts.values()) if callable(fn)]
+        for t in stoppers:
+            t.start()
+        deadline = time.monotonic() + STOP_GRACE
+        for t in stoppers:
+            t.join(max(0.0, deadline - time.monotonic()))
 
     def _guard(self, fn: Callable[[Node], Any], node: Node) -> Any:
         try:
@@ -520,15 +556,22 @@ class Runner:
 # The summary as a table (stages × nodes) and a closing line.
 
 
+def _warnings(rec: NodeOutcome) -> int:
+    return sum(1 for c in rec.checks if c.warning and not c.ok)
+
+
 def _cell(stage: StageOutcome, node: str) -> str:
     rec = stage.nodes.get(node)
     if rec is None:
         return "skipped" if stage.status == "skipped" else "-"
     if rec.status == "changed":
-        return f"changed ({rec.applied})"
-    if rec.status in ("would change", "conditional") and rec.planned:
-        return f"{rec.status} ({len(rec.planned)})"
-    return rec.status
+        text = f"changed ({rec.applied})"
+    elif rec.status in ("would change", "conditional") and rec.planned:
+        text = f"{rec.status} ({len(rec.planned)})"
+    else:
+        text = rec.status
+    n = _warnings(rec)
+    return text + (f", {n} warning{'s' if n > 1 else ''}" if n and rec.status != "failed" else "")
 
 
 def summary_rows(summary: RunSummary) -> tuple[list[str], list[list[str]]]:
@@ -549,4 +592,6 @@ def closing_line(summary: RunSummary) -> str:
         n = summary.actions_planned
         return f"Dry run finished in {took}: {n} change(s) planned, nothing applied" if n else \
             f"Dry run finished in {took}: no changes needed"
-    return f"Finished in {took}: {summary.actions_applied} action(s) applied"
+    n = summary.warnings
+    warned = f"; {n} warning(s), see the `warn` lines above" if n else ""
+    return f"Finished in {took}: {summary.actions_applied} action(s) applied{warned}"

@@ -156,6 +156,8 @@ class Stage:
 
     # Optional: `verify_all(facts_by_node, settings, nodes) -> {node_name: [Check]}` for checks that
     # need every node at once (unique hostnames). The runner calls it when a stage defines it.
+    # Optional: `roles(facts, node) -> (frozenset[Role], line)`: roles found from facts (preflight: GPUs,
+    # NPUs). The runner replaces the node with one carrying them, for every later stage, and shows the line.
 
 
 _STAGE_FILE = re.compile(r"^s(\d\d)_[a-z0-9_]+$")

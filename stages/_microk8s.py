@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from provision import facts as F
-from provision.errors import BundleError, ConflictError, Interrupted, ProvisionError, VerifyFailed
+from provision.errors import (
+    BundleError,
+    CommandTimeout,
+    ConflictError,
+    Interrupted,
+    ProvisionError,
+    VerifyFailed,
+)
 from provision.stage import Action, ApplyContext, Stage
 
 SNAP_DATA = "/var/snap/microk8s/current"
@@ -206,6 +213,28 @@ def human(n: int) -> str:
     return f"{n} B"
 
 
+def wait_containerd(host: Any, ctx: ApplyContext, timeout: float, interval: float = 1.0) -> None:
+    """Poll `microk8s ctr version` until containerd answers. After `snap install`, `microk8s start` or a
+    restart return, the socket appears only seconds later (the wrapper reloads AppArmor and waits for a
+    default route first), and an import sent before fails. Bounded; Ctrl-C ends it at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:  # `ctr` waits up to 10 s for a missing socket by itself
+            r = host.run(list(mk("ctr", "version")), sudo=True, timeout=60, check=False)
+            rc, out = r.exit_status, r.stderr.strip() or r.stdout.strip()
+        except CommandTimeout:
+            rc, out = 124, "`microk8s ctr version` hung for 60s"
+        if rc == 0:
+            return
+        if time.monotonic() >= deadline:
+            last = out.splitlines()[-1:] or ["no output"]
+            raise ProvisionError(f"{getattr(host, 'name', 'node')}: containerd did not answer within "
+                                 f"{timeout:.0f}s ({last[0][:200]})",
+                                 "check `sudo snap services microk8s` and `sudo journalctl -u "
+                                 "snap.microk8s.daemon-containerd`; re-run once containerd is up")
+        pause_between_polls(ctx, min(interval, max(0.0, deadline - time.monotonic())), "containerd")
+
+
 @dataclass(frozen=True)
 class ImportImages(Action):
     """Import one bundle tarball into containerd's k8s.io namespace on a node.
@@ -222,6 +251,7 @@ class ImportImages(Action):
     refs: tuple[str, ...]
     platform: str
     why: str = "import images"
+    containerd_timeout: float = 120.0  # how long containerd may take to answer after a (re)start
 
     def describe(self) -> str:
         names = ", ".join(self.refs[:4]) + (f" and {len(self.refs) - 4} more" if len(self.refs) > 4 else "")
@@ -245,6 +275,7 @@ class ImportImages(Action):
             if sent:
                 say(f"sent {self.file}: {human(self.size)} in {dt:.1f}s ({human(int(self.size / dt))}/s)")
             path = remote
+        wait_containerd(host, ctx, self.containerd_timeout)
         say(f"importing {self.file}")
         timeout = 300 + self.size / (20 * 1024 * 1024)  # generous: 20 MiB/s on a slow disk
         host.run(list(mk("ctr", "image", "import", "--platform", self.platform, path)), sudo=True, timeout=timeout)
@@ -287,9 +318,10 @@ def to_yaml(*docs: dict[str, Any]) -> str:
 
 
 def import_actions(manifest: Any, refs: Sequence[str], present: Mapping[str, str] | None, arch: str,
-                   node: Any, why: str) -> list[Action]:
+                   node: Any, why: str, containerd_timeout: float = 120.0) -> list[Action]:
     """One ImportImages per tarball holding a ref that is missing or has another digest on the node.
-    present None = unknown (MicroK8s not there yet): import all. Refuses refs the node's arch lacks."""
+    present None = unknown (MicroK8s not there yet): import all. Refuses refs the node's arch lacks.
+    containerd_timeout: how long each import waits for containerd to answer (WAIT_TIMEOUT)."""
     by_file: dict[str, list[str]] = {}
     for ref in refs:
         img = manifest.image(ref)
@@ -306,7 +338,8 @@ def import_actions(manifest: Any, refs: Sequence[str], present: Mapping[str, str
     out: list[Action] = []
     for file, file_refs in by_file.items():
         entry = manifest.files[file]
-        out.append(ImportImages(file, entry.sha256, entry.size, tuple(file_refs), arch or "amd64", why))
+        out.append(ImportImages(file, entry.sha256, entry.size, tuple(file_refs), arch or "amd64", why,
+                                containerd_timeout))
     return out
 
 
@@ -402,10 +435,13 @@ def rollout_text(ds: Mapping[str, Any] | None) -> str:
 
 
 def kube_get(host: Any, *args: str) -> dict[str, Any] | None:
-    """`microk8s kubectl get ARGS -o json` during a wait: the object, or None when the API does not answer."""
+    """`microk8s kubectl get ARGS -o json` during a wait: the object, or None when the API does not answer.
+
+    Only a kubectl that hangs counts as "no answer": a lost link (TransportError), a refused sudo or
+    Ctrl-C (Interrupted) propagate, so the wait stops at once with what really happened."""
     try:
         r = host.run(list(kubectl("get", *args, "-o", "json")), sudo=True, timeout=60, check=False)
-    except ProvisionError:
+    except CommandTimeout:
         return None
     return parse_kube_json(F.Raw(r.stdout, r.exit_status))
 

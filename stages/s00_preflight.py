@@ -21,6 +21,7 @@ from typing import Any
 from provision import facts as F
 from provision.errors import CommandFailed, PreflightError, ProvisionError, TransportError
 from provision.stage import Check, Node, Plan, Role, Scope, Stage
+from stages import _dns as D
 
 SNAP_DATA_ROOT = "/var/snap"
 # microk8s snapcraft.yaml assumes snapd2.52, but stage 10 runs `snap refresh --hold microk8s`, which
@@ -39,7 +40,7 @@ def probes() -> list[F.Probe]:
     """The clock goes first so its reading is taken right after the round trip starts."""
     return [F.clock, F.os_release, F.arch, F.cpus, F.meminfo, F.swaps, F.disk_free(SNAP_DATA_ROOT),
             F.default_route, F.hostname, F.listen_ports, F.port_holders, F.snapd, F.microk8s, F.user,
-            F.nvidia_pci, F.nvidia_smi, F.davinci_devices, F.npu_smi]
+            F.nvidia_pci, F.nvidia_smi, F.davinci_devices, F.npu_smi, F.interfaces, F.resolv]
 
 
 class Preflight(Stage):
@@ -81,6 +82,10 @@ class Preflight(Stage):
             out.extend(result if isinstance(result, list) else [result] if result else [])
         return out
 
+    def roles(self, facts: Mapping[str, Any], node: Node) -> tuple[frozenset[Role], str]:
+        """The runner replaces each node's roles with these for the later stages (see node_roles)."""
+        return node_roles(facts, node)
+
     def verify_all(self, facts_by_node: Mapping[str, Mapping[str, Any]], settings: Any,
                    nodes: Sequence[Node]) -> dict[str, list[Check]]:
         return cluster_checks(facts_by_node, settings, nodes)
@@ -112,13 +117,15 @@ def bundle_fact(bundle_dir: Any, settings: Any) -> dict[str, Any]:
     Files whose size and mtime are unchanged since the last verified run are not re-hashed (cache under
     the state directory), so a re-run of a multi-GB bundle stays fast; `provision bundle verify` always
     re-hashes everything."""
-    from provision.bundle import default_cache_file, verify_bundle
+    from provision.bundle import Needs, default_cache_file, verify_bundle
+    from provision.jupyterhub.needs import bundle_needs
 
     if bundle_dir is None:
         return {"checked": False}
     path = Path(bundle_dir)
     try:
-        problems = [str(p) for p in verify_bundle(path, settings, cache_file=default_cache_file())]
+        needs = bundle_needs(settings) if settings is not None else Needs()
+        problems = [str(p) for p in verify_bundle(path, settings, needs=needs, cache_file=default_cache_file())]
         if not problems and settings is not None:
             problems = release_problems(path, settings)
     except ProvisionError as e:
@@ -379,10 +386,73 @@ def check_npu_driver(facts: Mapping[str, Any], settings: Any, node: Node) -> lis
                   "check the Ascend driver install (/usr/local/Ascend/driver) and reboot")]
 
 
+def check_interface(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
+    """MGMT_INTERFACE (Calico pins its node address to it in stage 30) must exist, be up and have IPv4."""
+    name = settings.mgmt_interface
+    if not name:
+        return []
+    links = facts["interfaces"]["links"]
+    if not facts["interfaces"]["ok"]:
+        return [Check("interface", False, f"cannot list the network interfaces to find MGMT_INTERFACE={name} "
+                      "(`ip` failed)", "install iproute2 on the node, or check `ip -o link` by hand")]
+    have = ", ".join(f"{n} ({', '.join(i['ipv4']) or 'no IPv4'}{'' if i['up'] else ', down'})"
+                     for n, i in sorted(links.items()) if n != "lo") or "none"
+    link = links.get(name)
+    if link is None:
+        return [Check("interface", False, f"MGMT_INTERFACE={name} does not exist on this node; it has: {have}",
+                      "set MGMT_INTERFACE in jhub.env to one of them (the NIC on the management network), "
+                      "or leave it empty to use the default route's interface")]
+    if not link["up"] or not link["carrier"]:
+        state = "down" if not link["up"] else "up but has no carrier (cable or switch port)"
+        return [Check("interface", False, f"MGMT_INTERFACE={name} is {state}",
+                      f"bring it up (`ip link set {name} up`, and in netplan), or pick another interface: {have}")]
+    if not link["ipv4"]:
+        return [Check("interface", False, f"MGMT_INTERFACE={name} has no IPv4 address; Calico takes the node "
+                      "address from it", f"give it an address in netplan, or pick another interface: {have}")]
+    return [Check("interface", True, f"{name} up, {', '.join(link['ipv4'])}")]
+
+
+def check_dns(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
+    """The site DNS server stage 40 will point CoreDNS at, found before anything changes (control node)."""
+    if not node.is_control:
+        return []
+    try:
+        servers = D.upstream_servers(facts, settings, node.name)
+    except ProvisionError as e:
+        return [Check("dns", False, e.message.removeprefix(f"{node.name}: "), e.hint)]
+    return [Check("dns", True, f"CoreDNS will forward to {', '.join(servers)}")]
+
+
 NODE_CHECKS: tuple[Callable[[Mapping[str, Any], Any, Node], Any], ...] = (
     check_os, check_arch, check_cpu, check_memory, check_disk, check_swap, check_route, check_hostname_valid,
     check_clock, check_ports, check_snapd, check_sudo, check_bundle, check_gpu_driver, check_npu_driver,
+    check_interface, check_dns,
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# Roles from facts (pure).
+
+
+def node_roles(facts: Mapping[str, Any], node: Node) -> tuple[frozenset[Role], str]:
+    """The node's roles plus gpu/npu where its facts show accelerators, and the line that says why:
+    NVIDIA GPUs from nvidia-smi (else PCI display controllers of vendor 10de), Ascend NPUs from npu-smi
+    (else /dev/davinci*). Stage 20 imports the accelerator images on nodes with those roles."""
+    roles = set(node.roles)
+    found = []
+    smi = facts.get("nvidia_smi") or {}
+    gpus = len(smi.get("gpus") or []) if smi.get("ok") else int(facts.get("nvidia_pci") or 0)
+    if gpus:
+        roles.add(Role.GPU)
+        found.append(f"{gpus} GPU{'s' if gpus != 1 else ''} found")
+    npu = facts.get("npu_smi") or {}
+    npus = len(npu.get("npus") or []) if npu.get("ok") else int(facts.get("davinci_devices") or 0)
+    if npus:
+        roles.add(Role.NPU)
+        found.append(f"{npus} NPU{'s' if npus != 1 else ''} found")
+    order = list(Role)
+    names = ", ".join(r.value for r in sorted(roles, key=order.index))
+    return frozenset(roles), f"roles: {names}" + (f" ({'; '.join(found)})" if found else "")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from provision import facts as F
+from provision.config import REGISTRY_RE
 from provision.errors import ConfigError, ConflictError, PreflightError
 from provision.stage import Action, ApplyContext, Check, Node, Plan, PutFile, RunCommand, Scope
 from stages import _microk8s as M
 from stages import _snapd as S
-
-_REGISTRY_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?")
 
 
 class MicroK8s(M.BundleStage):
@@ -44,9 +43,20 @@ class MicroK8s(M.BundleStage):
         return verify(facts, settings, node)
 
 
+SNAP_DIR = "/var/lib/provision/snaps"  # snaps and assertions in transit; removed once installed
+
+
+def parse_names(raw: F.Raw) -> list[str]:
+    return sorted(F.lines(raw))
+
+
+snap_files = F.Probe("snap_files", F.quoted("ls -A -- {d} 2>/dev/null; true", d=SNAP_DIR), parse_names)
+
+
 def probes(settings: Any, snaps: tuple[str, ...] = ("core20", "microk8s")) -> list[F.Probe]:
     return [F.arch, M.snap_list, S.changes_probe(snaps), M.status, M.file_probe("template", M.TEMPLATE),
-            M.file_probe("containerd_toml", M.CONTAINERD_TOML), mirrors_probe(settings), M.ctr_images]
+            M.file_probe("containerd_toml", M.CONTAINERD_TOML), mirrors_probe(settings), M.ctr_images,
+            snap_files]
 
 
 def watched_snaps(manifest: Any) -> tuple[str, ...]:
@@ -61,18 +71,28 @@ def watched_snaps(manifest: Any) -> tuple[str, ...]:
 
 
 def registry_dir(registry: str) -> str:
-    if not _REGISTRY_RE.fullmatch(registry):
+    if not REGISTRY_RE.fullmatch(registry):
         raise ConfigError(f"REGISTRY_MIRRORS_CSV: {registry!r} is not a registry host name",
                           "use REGISTRY=URL pairs such as docker.io=https://mirror.lab.example:5000")
     return f"{M.CERTS_D}/{registry}"
 
 
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def toml_str(value: str) -> str:
+    """`value` as a TOML basic string (quotes, backslashes and control characters escaped per TOML 1.0)."""
+    return '"' + "".join(_TOML_ESCAPES.get(c) or (f"\\u{ord(c):04X}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
+                         for c in value) + '"'
+
+
 def hosts_toml(registry: str, mirror: str) -> str:
-    """containerd hosts.toml sending pulls for `registry` to `mirror` first (upstream stays the fallback)."""
+    """containerd hosts.toml sending pulls for `registry` to `mirror` first (upstream stays the fallback).
+    Values go through toml_str, so the file parses to exactly them whatever config let through."""
     server = "https://registry-1.docker.io" if registry == "docker.io" else f"https://{registry}"
     return ("# Written by provision from REGISTRY_MIRRORS_CSV; edit jhub.env, not this file.\n"
-            f'server = "{server}"\n\n'
-            f'[host."{mirror}"]\n'
+            f"server = {toml_str(server)}\n\n"
+            f"[host.{toml_str(mirror)}]\n"
             '  capabilities = ["pull", "resolve"]\n')
 
 
@@ -206,8 +226,7 @@ def plan(facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
 
             raise BundleError(f"the bundle has no {name} snap", "add snaps/NAME_REV.snap and .assert "
                               "(`snap download`), then `provision bundle manifest`")
-        remote = [M.REMOTE_IMAGE_DIR.rsplit("/", 1)[0] + "/snaps/" + p.rsplit("/", 1)[-1]
-                  for p in (snap.assert_file, snap.file)]
+        remote = [f"{SNAP_DIR}/{p.rsplit('/', 1)[-1]}" for p in (snap.assert_file, snap.file)]
         actions.append(SendSnap(snap.assert_file, snap.file, remote[0], remote[1]))
         actions.append(RunCommand(("snap", "ack", remote[0]), f"trust the {name} assertion"))
         argv = ("snap", "install", remote[1]) + (("--classic",) if classic else ())
@@ -228,6 +247,11 @@ def plan(facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
                                 "the installed track; then re-run")
     else:
         install("microk8s", True)
+    # snapd keeps its own copy of an installed snap: ours only cost disk (GBs with several revisions). A run
+    # killed after sending leaves them, so leftovers are removed too; a later install sends them again.
+    if any(isinstance(a, SendSnap) for a in actions) or facts.get("snap_files"):
+        actions.append(RunCommand(("rm", "-rf", "--", SNAP_DIR), "remove the snap files sent to the node "
+                                                                  "(snapd keeps its own copy)"))
     if installed is None or "held" not in installed.get("notes", []):
         actions.append(RunCommand(("snap", "refresh", "--hold", "microk8s"),
                                   "hold MicroK8s refreshes (an auto-refresh restarts the cluster)"))
@@ -249,7 +273,7 @@ def plan(facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
     present = ctr.get("images") if ctr.get("available") else None
     arch = (facts.get("arch") or {}).get("arch", "")
     actions += M.import_actions(manifest, readiness_images(manifest, settings), present, arch, node,
-                              "import the images a node needs to turn Ready")
+                                "import the images a node needs to turn Ready", float(settings.wait_timeout))
 
     st = facts.get("status") or {}
     if st.get("installed") and not st.get("running"):

@@ -43,7 +43,7 @@ def plan(facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
     ctr = facts.get("ctr_images") or {}
     present = ctr.get("images") if ctr.get("available") else None
     arch = (facts.get("arch") or {}).get("arch", "")
-    actions = M.import_actions(manifest, refs, present, arch, node, "import images")
+    actions = M.import_actions(manifest, refs, present, arch, node, "import images", float(settings.wait_timeout))
     if not actions:
         return Plan.noop(f"all {len(refs)} images for {', '.join(sorted(r.value for r in node.roles))} present")
     return Plan(tuple(actions))

@@ -20,8 +20,10 @@ from provision.errors import BundleError, ConflictError
 from provision.stage import Action, ApplyContext, Check, Node, Plan, Scope
 from stages import _microk8s as M
 
+# The env entry's value, to the end of its line (whatever quoting an earlier writer used): replaced whole by
+# a YAML-serialized scalar, so the rest of MicroK8s' file (comments, layout) stays as shipped.
 _METHOD_RE = re.compile(r'(?P<head>-[ \t]*name:[ \t]*"?IP_AUTODETECTION_METHOD"?[ \t]*\n[ \t]*value:[ \t]*)'
-                        r'(?P<q>"?)(?P<value>[^"\n]*)(?P=q)')
+                        r'(?P<value>[^\n]*)')
 _IMAGE_RE = re.compile(r'^\s*image:\s*"?([^"\s]+)"?\s*$', re.MULTILINE)
 
 
@@ -67,17 +69,43 @@ def probes() -> list[F.Probe]:
 
 
 def autodetect_method(cni_yaml: str) -> str | None:
-    m = _METHOD_RE.search(cni_yaml)
-    return m.group("value") if m else None
+    """IP_AUTODETECTION_METHOD of the calico-node DaemonSet in cni.yaml as YAML reads it; None when the
+    file does not parse (e.g. an invalid escape an earlier version wrote) or has no such setting."""
+    import yaml
+
+    try:
+        docs = list(yaml.safe_load_all(cni_yaml))
+    except yaml.YAMLError:
+        return None
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == "DaemonSet" and \
+                (doc.get("metadata") or {}).get("name") == "calico-node":
+            return ds_method(doc)
+    return None
+
+
+def yaml_scalar(value: str) -> str:
+    """`value` as one double-quoted YAML scalar, escaped by the YAML emitter (a regex's `\\.` stays valid)."""
+    import yaml
+
+    return yaml.safe_dump(value, default_style='"', width=1 << 16).strip()
 
 
 def set_autodetect_method(cni_yaml: str, method: str) -> str:
+    """cni.yaml with the calico-node IP_AUTODETECTION_METHOD set to `method`; refuses to return a file that
+    YAML would not read back with exactly that value."""
     if not _METHOD_RE.search(cni_yaml):
         raise ConflictError(f"{M.CNI_YAML} has no IP_AUTODETECTION_METHOD setting",
                             "this is not the Calico manifest MicroK8s ships (microk8s.md §9); restore it with "
                             "`sudo /snap/microk8s/current/upgrade-scripts/000-switch-to-calico/commands` or "
                             "reinstall MicroK8s")
-    return _METHOD_RE.sub(lambda m: f'{m.group("head")}"{method}"', cni_yaml, count=1)
+    new = _METHOD_RE.sub(lambda m: m.group("head") + yaml_scalar(method), cni_yaml, count=1)
+    if autodetect_method(new) != method:
+        raise ConflictError(f"{M.CNI_YAML}: setting IP_AUTODETECTION_METHOD={method} would not read back as "
+                            "written (the file does not parse as YAML, or the setting is not calico-node's)",
+                            "check the file with `microk8s kubectl apply --dry-run=client -f` on the node; "
+                            "restore it from the MicroK8s snap (see microk8s.md §9), then re-run")
+    return new
 
 
 def cni_images(cni_yaml: str) -> list[str]:

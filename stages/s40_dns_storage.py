@@ -1,9 +1,8 @@
 """Stage 40: CoreDNS with a local upstream, and storage that fits the cluster's size.
 
-DNS: MicroK8s' dns addon silently forwards to 8.8.8.8/8.8.4.4 when it finds no usable resolver
-(microk8s.md §6), which in an air gap means every external name lookup hangs. CoreDNS forwards to
-DNS_SERVERS_CSV, else to the node's own non-loopback resolvers; a well-known public resolver is never
-picked on its own, and with none left the stage refuses and asks for DNS_SERVERS_CSV.
+DNS: CoreDNS forwards to the servers stages/_dns.py picks (DNS_SERVERS_CSV, else the node's own
+non-loopback resolvers, never a public one); preflight already refused a node with none, before any
+change, and this stage applies the same rule.
 
 Storage: a single node gets the hostpath-storage addon (the hub database needs a default
 StorageClass). User homes on several nodes must be shared, or a user's files vanish when their server
@@ -14,7 +13,6 @@ refused. Manifests are built as data and validated with kubernetes-validate --st
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,13 +21,11 @@ from provision import facts as F
 from provision.errors import ConflictError
 from provision.jupyterhub import HOMES_PVC
 from provision.stage import Action, Check, Node, Plan, RunCommand, Scope, Stage
+from stages import _dns as D
 from stages import _microk8s as M
 
 SHARED_PV = HOMES_PVC  # PV and PVC name; stage 70 mounts the claim with subPath home/{username}
-PUBLIC_RESOLVERS = frozenset({
-    "8.8.8.8", "8.8.4.4", "1.1.1.1", "1.0.0.1", "9.9.9.9", "149.112.112.112", "208.67.222.222",
-    "208.67.220.220", "2001:4860:4860::8888", "2001:4860:4860::8844", "2606:4700:4700::1111",
-    "2606:4700:4700::1001"})
+PUBLIC_RESOLVERS = D.PUBLIC_RESOLVERS
 LOCAL_FS = frozenset({"ext2/ext3", "ext4", "ext2", "ext3", "xfs", "btrfs", "zfs", "tmpfs", "overlayfs", "overlay",
                       "f2fs", "vfat", "msdos", "ramfs"})
 _FORWARD_RE = re.compile(r"^(?P<i>[ \t]*)forward[ \t]+\.[ \t]+(?P<up>[^{\n]*?)(?P<tail>[ \t]*\{[ \t]*)?$",
@@ -61,8 +57,7 @@ def parse_shared_path(raw: F.Raw) -> dict[str, Any]:
 
 def probes(settings: Any) -> list[F.Probe]:
     out = [M.installed,
-           F.Probe("resolv", "cat /etc/resolv.conf 2>/dev/null; printf -- '---\\n'; "
-                   "cat /run/systemd/resolve/resolv.conf 2>/dev/null; true", parse_resolv),
+           F.resolv,
            M.kube_probe("coredns_cm", "configmap", "coredns", "-n", "kube-system"),
            M.kube_probe("pods", "pods", "-n", "kube-system"),
            M.kube_probe("nodes", "nodes"),
@@ -78,44 +73,12 @@ def probes(settings: Any) -> list[F.Probe]:
 # DNS
 
 
-def parse_resolv(raw: F.Raw) -> dict[str, list[str]]:
-    """nameserver lines of /etc/resolv.conf and of systemd-resolved's upstream file."""
-    etc, _, resolved = raw.out.partition("---\n")
-
-    def servers(text: str) -> list[str]:
-        out = []
-        for ln in text.splitlines():
-            f = ln.split()
-            if len(f) >= 2 and f[0] == "nameserver":
-                out.append(f[1].split("%")[0])
-        return out
-
-    return {"etc": servers(etc), "systemd": servers(resolved)}
-
-
-def _usable(ip: str) -> bool:
-    try:
-        a = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return not (a.is_loopback or a.is_unspecified or a.is_link_local) and ip not in PUBLIC_RESOLVERS
+parse_resolv = F.parse_resolv  # the probe lives in provision.facts; preflight gathers it too
 
 
 def upstream_servers(facts: Mapping[str, Any], settings: Any, node: Node) -> list[str]:
-    """DNS_SERVERS_CSV, else the node's own resolvers (like MicroK8s' find-resolv-conf.py, minus the
-    8.8.8.8 fallback): /etc/resolv.conf unless it only has loopback stubs, then systemd-resolved's list."""
-    if settings.dns_servers_csv:
-        return list(settings.dns_servers_csv)
-    resolv = facts.get("resolv") or {}
-    for source in ("etc", "systemd"):
-        found = [s for s in resolv.get(source) or [] if _usable(s)]
-        if found:
-            return list(dict.fromkeys(found))
-    seen = sorted(set((resolv.get("etc") or []) + (resolv.get("systemd") or [])))
-    raise ConflictError(f"{node.name}: no site DNS server for CoreDNS to forward to (found: "
-                        f"{', '.join(seen) or 'none'}); an air-gapped cluster must not use a public resolver",
-                        "set DNS_SERVERS_CSV in jhub.env to your internal DNS servers "
-                        "(e.g. DNS_SERVERS_CSV=10.0.0.2,10.0.0.3), then re-run")
+    """The servers CoreDNS must forward to (stages/_dns.py: the rule preflight checks first)."""
+    return D.upstream_servers(facts, settings, node.name)
 
 
 def corefile_upstreams(corefile: str) -> list[str] | None:
@@ -184,6 +147,37 @@ def _source_of(pv: Mapping[str, Any]) -> dict[str, Any]:
     return {"other": sorted(k for k in spec if k not in ("capacity", "accessModes", "claimRef"))}
 
 
+def _same_size(quantity: str | None, other: str) -> bool:
+    from provision.config import size_bytes
+
+    try:
+        return quantity is not None and size_bytes(str(quantity)) == size_bytes(other)
+    except (ValueError, TypeError):
+        return False
+
+
+def refuse_claim_resize(pvc: Mapping[str, Any], settings: Any) -> None:
+    """PVC_SIZE must equal the claim's request, or stage 40 would apply half a change: Kubernetes lets the
+    static PV's capacity be edited but refuses the claim's new request (a claim never shrinks, and grows only
+    when bound through a StorageClass with allowVolumeExpansion; ours is static, storageClassName "").
+    So refuse before changing anything. The request is a label: users get the shared filesystem's space."""
+    from provision.config import size_bytes
+
+    have = ((pvc.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage")
+    if have is None or _same_size(have, settings.pvc_size):
+        return
+    ns = settings.hub_namespace
+    grow = size_bytes(settings.pvc_size) > size_bytes(str(have))
+    why = ("Kubernetes resizes only claims whose StorageClass allows volume expansion, and this one is bound to "
+           "a static PersistentVolume" if grow else "Kubernetes never shrinks a claim")
+    raise ConflictError(f"PVC_SIZE={settings.pvc_size} but the claim {ns}/{SHARED_PV} requests {have}; {why}, "
+                        "so nothing was changed",
+                        f"set PVC_SIZE={have} in jhub.env again (the space users get is the free space of "
+                        f"{settings.shared_storage_path or 'the shared filesystem'}, not PVC_SIZE); to record a new "
+                        f"size, stop the user servers, `microk8s kubectl delete pvc -n {ns} {SHARED_PV}; microk8s "
+                        f"kubectl delete pv {SHARED_PV}` (the files stay: reclaim policy Retain), then re-run")
+
+
 def storage_actions(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Action]:
     n = node_count(facts)
     if n is None:
@@ -219,9 +213,11 @@ def storage_actions(facts: Mapping[str, Any], settings: Any, node: Node) -> list
                             f"{volume_source(settings)}; changing it would move every user's home",
                             f"move the data, then `microk8s kubectl delete pvc -n {settings.hub_namespace} "
                             f"{SHARED_PV}; microk8s kubectl delete pv {SHARED_PV}` and re-run")
+    if pvc is not None:
+        refuse_claim_resize(pvc, settings)
     pv_size = ((pv or {}).get("spec") or {}).get("capacity", {}).get("storage")
     pvc_spec = (pvc or {}).get("spec") or {}
-    if (pv is None or pvc is None or pv_size != settings.pvc_size
+    if (pv is None or pvc is None or not _same_size(pv_size, settings.pvc_size)
             or pvc_spec.get("volumeName") != SHARED_PV):
         actions.append(M.KubectlApply(M.to_yaml(*docs), f"shared storage PV + PVC {SHARED_PV} "
                                       f"({settings.pvc_size}, {next(iter(volume_source(settings)))} "

@@ -159,16 +159,13 @@ class HelmRelease(Action):
 
     def apply(self, host: Any, ctx: ApplyContext) -> None:
         chart = self._chart_on_node(host)
-        tmp = host.run(["mktemp", "/tmp/provision-jhub-values.XXXXXXXXXX"], sudo=True).stdout.strip()
-        if not tmp.startswith("/tmp/provision-jhub-values."):
-            raise ProvisionError(f"mktemp printed an unexpected path: {tmp[:80]!r}")
-        try:
-            host.put_bytes(self.values_yaml, tmp, mode=0o600, sudo=True)
+        # values.yaml and its in-transit copy live in a fresh 0700 mktemp -d directory, removed after helm
+        with host.private_dir() as d:
+            values = f"{d}/values.yaml"
+            host.put_bytes(self.values_yaml, values, mode=0o600, sudo=True)
             host.run(list(mk("helm3", "upgrade", "--install", self.release, chart, "-n", self.namespace,
-                              "--create-namespace", "-f", tmp, "--timeout", f"{self.timeout}s")),
+                              "--create-namespace", "-f", values, "--timeout", f"{self.timeout}s")),
                      sudo=True, timeout=self.timeout + 120)
-        finally:
-            host.run(["rm", "-f", tmp], sudo=True, check=False)
 
     def _chart_on_node(self, host: Any) -> str:
         from stages._microk8s import is_local
@@ -253,26 +250,46 @@ class BootstrapAdmin(Action):
             return
         configured = ctx.settings.native_admin_password.reveal()
         password = configured or secrets.token_urlsafe(max(12, self.min_length))
-        r = host.run(list(mk("kubectl", "exec", "-i", "-n", self.namespace, "deploy/hub", "-c", "hub", "--",
-                              "python3", "-c", admin_source(), "signup")),
-                     sudo=True, stdin=json.dumps({"username": self.username, "password": password}).encode(),
-                     timeout=120, check=False)
+        try:
+            r = host.run(list(mk("kubectl", "exec", "-i", "-n", self.namespace, "deploy/hub", "-c", "hub", "--",
+                                  "python3", "-c", admin_source(), "signup")),
+                         sudo=True, stdin=json.dumps({"username": self.username, "password": password}).encode(),
+                         timeout=120, check=False)
+        except BaseException:  # link lost or Ctrl-C mid sign-up: the account may exist with this password
+            if not configured:
+                self._show(ctx, password, "may have been created")
+            raise
         out = parse_admin_result(r.stdout)
-        if not out.get("login"):
-            why = out.get("message") or (r.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ProvisionError(f"could not create the first admin {self.username!r}: {why}",
-                                 "if the account exists with another password, reset it at "
-                                 "/hub/change-password/<user> as another admin, or set NATIVE_ADMIN_PASSWORD "
-                                 "to its password; then re-run")
-        if not configured and out.get("created"):
-            show = ctx.extra.get("show_secret_once")
-            text = (f"First admin account {self.username!r} created with password: {password}\n"
-                    "  It is shown only this once (never logged). Change it at /hub/change-password.")
-            if callable(show):
-                show(text)
-            else:
-                sys.stderr.write(text + "\n")
-                sys.stderr.flush()
+        # A generated password is shown as soon as the account may exist, before the login proof can fail.
+        if not configured and (out.get("created") or not out):
+            self._show(ctx, password, "created" if out.get("created") else "may have been created")
+        if out.get("login"):
+            return
+        why = out.get("message") or (r.stderr.strip().splitlines() or ["no output"])[-1]
+        if out.get("created"):
+            where = "NATIVE_ADMIN_PASSWORD" if configured else "the password shown above"
+            raise ProvisionError(f"created the first admin {self.username!r}, but signing in with it failed: {why}",
+                                 f"the account exists: sign in at /hub/login with {where}, then re-run "
+                                 "`provision install --only 70` (it leaves the account as it is)")
+        if not out and not configured:
+            raise ProvisionError(f"could not tell whether the first admin {self.username!r} was created: {why}",
+                                 "if /hub/login accepts the password shown above, it was; re-run `provision "
+                                 "install --only 70` either way (an existing account is left as it is)")
+        raise ProvisionError(f"could not create the first admin {self.username!r}: {why}",
+                             "if the account exists with another password, reset it at "
+                             "/hub/change-password/<user> as another admin, or set NATIVE_ADMIN_PASSWORD "
+                             "to its password; then re-run")
+
+    def _show(self, ctx: ApplyContext, password: str, what: str) -> None:
+        """The generated password, once, on the terminal only (the log and the summary never see it)."""
+        show = ctx.extra.get("show_secret_once")
+        text = (f"First admin account {self.username!r} {what} with password: {password}\n"
+                "  It is shown only this once (never logged). Change it at /hub/change-password.")
+        if callable(show):
+            show(text)
+        else:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
 
 
 def parse_admin_result(stdout: str) -> dict[str, Any]:
@@ -395,4 +412,17 @@ class JupyterHubStage(Stage):
             checks.append(Check("first admin", bool(admin.get("exists") and admin.get("authorized")),
                                 f"{settings.admin_users_csv[0]}: " + ("ready" if admin.get("exists") else "missing"),
                                 "re-run provision install --only 70"))
-        return checks
+        return checks + [Check(name, False, w, warning=True) for name, w in release_warnings(facts, settings)]
+
+
+def release_warnings(facts: Facts, settings: Any) -> list[tuple[str, str]]:
+    """("chart" | "values", text): what the chart check and the values builder warn about (an old chart, a
+    GPU count unknown ...), for the stage output and the run summary."""
+    from provision.jupyterhub.values import ClusterFacts, build_values
+
+    chart = facts.get("chart")
+    if chart is None:
+        return []
+    built = build_values(settings, ClusterFacts(max_gpus=facts.get("max_gpus")), chart_defaults=chart.values,
+                         branding=facts.get("branding"))
+    return [("chart", w) for w in chart.warnings] + [("values", w) for w in built.warnings]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -40,31 +42,75 @@ class _Progress:
 @bundle.command("verify")
 @bundle_option
 @env_option
-@click.option("--no-env", is_flag=True, help="Check files and images only, not what jhub.env needs.")
+@click.option("--no-env", is_flag=True, help="Check the bundle's integrity only, even when jhub.env exists.")
 def verify(bundle: str, env: str, no_env: bool) -> None:
-    """Check every file's presence and sha256, the images inside each tarball, and the images,
-    snaps and charts jhub.env needs. Lists every problem at once; exit 3 when any.
+    """Check every file's presence, size and sha256, the images inside each tarball and each snap against
+    its assertion; with jhub.env (--env FILE, or ./jhub.env when present) also the MicroK8s track,
+    charts and images the settings need. Lists every problem at once; exit 3 when any.
 
     \b
-    Example:
+    Examples:
+      provision bundle verify --bundle /media/usb/offline-images            # integrity (+ ./jhub.env if any)
       provision bundle verify --bundle /media/usb/offline-images --env jhub.env
     """
     from provision.bundle import load_manifest, verify_bundle
-    from provision.config import load_settings
-    from provision.errors import BundleError
+    from provision.errors import BundleError, path_error
 
-    settings = None if no_env else load_settings(env)
-    problems = verify_bundle(bundle, settings, progress=_Progress())
+    _bundle_dir(bundle)
+    settings, scope = _verify_settings(env, no_env)
+    try:
+        problems = verify_bundle(bundle, settings, needs=_needs(settings), progress=_Progress())
+    except OSError as e:
+        raise path_error(e, "cannot read", BundleError) from None
     if problems:
-        for p in problems:
+        for p in problems if len(problems) > 1 else ():
             click.secho(f"  {p}", fg="red", err=True)
-        raise BundleError(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} with the offline bundle "
-                          f"{bundle}", "replace the files named above from the original bundle (or re-create "
+        click.echo(scope, err=True)
+        head = problems[0] if len(problems) == 1 else f"{len(problems)} problems with the offline bundle {bundle}"
+        raise BundleError(head, "replace the files named above from the original bundle (or re-create "
                           "it and run `provision bundle manifest`), then verify again")
     m = load_manifest(bundle)
     total = sum(f.size for f in m.files.values())
     click.echo(f"{bundle}: OK: {len(m.files)} files ({total / 2**20:,.1f} MiB), {len(m.images)} images, "
                f"{len(m.snaps)} snaps, {len(m.charts)} charts; MicroK8s {m.microk8s_channel}")
+    click.echo(scope)
+
+
+def _needs(settings):
+    """What the JupyterHub deployment needs from the bundle, when there are settings to say so."""
+    from provision.bundle import Needs
+    from provision.jupyterhub.needs import bundle_needs
+
+    return bundle_needs(settings) if settings is not None else Needs()
+
+
+def _verify_settings(env: str, no_env: bool):
+    """(settings or None, the line that says which checks ran). jhub.env is optional: a bundle can be
+    verified where it was built, before any settings exist; --env FILE (or $PROVISION_ENV) must exist."""
+    from provision.config import load_settings
+    from provision.errors import ConfigError
+
+    given = click.get_current_context().get_parameter_source("env") is not click.core.ParameterSource.DEFAULT \
+        or bool(os.environ.get("PROVISION_ENV"))
+    if no_env:
+        if given:
+            raise ConfigError("--env and --no-env exclude each other", "drop one of them")
+        return None, "--no-env: integrity only (files, sizes, sha256, images, snap assertions)"
+    if not given and not Path(env).exists():
+        return None, "no jhub.env: integrity only; pass --env for the settings checks"
+    return load_settings(env, check_files=False), f"checked against {env}"
+
+
+def _bundle_dir(bundle: str) -> Path:
+    """The bundle folder, which must exist before anything is read or written in it (BundleError, exit 3)."""
+    from provision.errors import BundleError
+
+    p = Path(bundle)
+    if not p.is_dir():
+        raise BundleError(f"the bundle folder {p} does not exist",
+                          "pass --bundle DIR: the offline-images/ folder of the offline bundle (or set "
+                          "$PROVISION_BUNDLE)")
+    return p
 
 
 @bundle.command("list")
@@ -81,6 +127,7 @@ def list_(bundle: str, roles: tuple[str, ...]) -> None:
     """
     from provision.bundle import images_for_roles, load_manifest
 
+    _bundle_dir(bundle)
     m = load_manifest(bundle)
     images = images_for_roles(m, roles) if roles else list(m.images)
     if not roles:
@@ -108,11 +155,10 @@ def manifest(bundle: str, channel: str, roles: tuple[str, ...]) -> None:
     Example:
       provision bundle manifest --bundle offline-images --roles images/gpu-operator.tar=gpu
     """
-    from pathlib import Path
+    from provision.bundle import EVERY_NODE, ROLES, manifest_path, write_manifest
+    from provision.errors import BundleError, ConfigError, path_error
 
-    from provision.bundle import EVERY_NODE, ROLES, write_manifest
-    from provision.errors import ConfigError
-
+    _bundle_dir(bundle)
     tar_roles: dict[str, list[str]] = {p.relative_to(bundle).as_posix(): list(EVERY_NODE)
                                        for p in sorted(Path(bundle).glob("images/*.tar"))}
     for spec in roles:
@@ -122,6 +168,12 @@ def manifest(bundle: str, channel: str, roles: tuple[str, ...]) -> None:
             raise ConfigError(f"--roles {spec!r}: expected TARBALL=ROLE[,ROLE] with roles from "
                               f"{', '.join(ROLES)} or all")
         tar_roles[tar.strip()] = wanted
-    m = write_manifest(bundle, microk8s_channel=channel, images=tar_roles)
+    target = manifest_path(bundle)
+    try:
+        m = write_manifest(bundle, microk8s_channel=channel, images=tar_roles)
+    except OSError as e:  # a read-only bundle (write-protected stick, ro mount) or an unreadable file in it
+        writing = os.fsdecode(e.filename or "").startswith(str(target))
+        raise path_error(e, "cannot write" if writing else "cannot read", BundleError,
+                         path=target if writing else None) from None
     click.echo(f"{bundle}/manifest.yaml: {len(m.files)} files, {len(m.images)} images, {len(m.snaps)} snaps, "
                f"{len(m.charts)} charts")

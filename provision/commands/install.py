@@ -108,23 +108,43 @@ def _console(settings: object, log_file: str | None, verbose: bool):
     from provision.console import Console, Masker, open_log
 
     masker = Masker.from_settings(settings)
-    log, problem = open_log(log_file, masker)
+    log, problem = (_log_file(log_file, masker), "") if log_file else open_log(None, masker)
     console = Console(log=log, masker=masker, verbose=verbose)
     if problem:
         console.warn(problem)
     return console
 
 
+def _log_file(path: str, masker: object):
+    """--log-file: the log asked for must be written, in a folder that exists (exit 2, before any node is
+    touched); only the default log may fall back to none."""
+    import errno
+    from pathlib import Path
+
+    from provision.console import LogFile
+    from provision.errors import ConfigError, path_error
+
+    try:
+        if not Path(path).parent.is_dir():  # LogFile would create it: a typo must not make folders
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        return LogFile(Path(path), masker)
+    except OSError as e:
+        raise path_error(e, "--log-file: cannot write", ConfigError, path=path) from None
+
+
 def _runner(settings: object, opts: object, console: object, bundle: str, inventory: object):
     from pathlib import Path
 
-    from provision.lock import RunLock
+    from provision.lock import NodeLock, RunLock, RunLocks
     from provision.runner import Runner
     from provision.stage import discover
 
     stages = [cls() for cls in discover()]
     hosts = {n.name: inventory.host(n) for n in inventory.nodes}
-    return Runner(stages, inventory.nodes, hosts, settings, opts, console, bundle_dir=Path(bundle), lock=RunLock())
+    # this machine's lock, then the control node's (two admins on two machines); neither in --dry-run
+    control = inventory.control
+    lock = RunLocks(RunLock(), NodeLock(inventory.host(control), control.name))
+    return Runner(stages, inventory.nodes, hosts, settings, opts, console, bundle_dir=Path(bundle), lock=lock)
 
 
 def _finish(console, summary, as_json: bool) -> None:

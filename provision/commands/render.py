@@ -25,8 +25,9 @@ def values(env: str, bundle: str, show_secrets: bool, output: str | None) -> Non
 
     With a bundle (--bundle DIR, or offline-images/ when present) the values are merged over the bundled
     chart's defaults and validated against its values.schema.json, exactly as Helm will, and every image
-    they need must be in the bundle manifest. Without one, image tags come from the settings and the values
-    are validated against the z2jh 4.2.0 defaults and schema that ship with provision.
+    they need must be in the bundle manifest. Without one, the values are validated against the chart files
+    that ship with provision (z2jh 4.4.0 and 4.2.0; other versions against 4.4.0's). The login page and logo
+    are provision's own, or those in $PROVISION_TEMPLATES/jupyterhub/.
 
     \b
     Examples:
@@ -44,10 +45,18 @@ def values(env: str, bundle: str, show_secrets: bool, output: str | None) -> Non
     )
 
     settings = load_settings(env, check_files=False)
+    version = settings.z2jh_chart_version.lstrip("v")
     chart, manifest = _bundle_chart(bundle, settings.z2jh_chart_version)
-    rendered = release_values(settings, ClusterFacts(), chart, load_branding(default_templates_dir()))
+    builtin = None
     if chart is None:
-        _check_builtin(rendered.values, settings.z2jh_chart_version)
+        from provision.jupyterhub.chart import builtin_chart, check_jupyterhub_chart
+
+        builtin = check_jupyterhub_chart(builtin_chart(version))
+        chart = builtin if builtin.version == version else None  # provision ships this chart's files
+    branding = load_branding(default_templates_dir())
+    rendered = release_values(settings, ClusterFacts(), chart, branding)
+    if chart is None:
+        _check_builtin(rendered.values, version, builtin)
     for w in rendered.warnings:
         click.secho(f"warning: {w}", fg="yellow", err=True)
     if chart is not None and manifest is not None:
@@ -58,13 +67,21 @@ def values(env: str, bundle: str, show_secrets: bool, output: str | None) -> Non
         if missing:
             raise BundleError(f"the bundle lacks {len(missing)} image(s) these values need: {', '.join(missing)}",
                               "add them to the bundle (images/*.tar) and rebuild its manifest")
-    where = f"validated against bundled chart {chart.name} {chart.version} ({chart.path})" if chart is not None \
-        else f"chart {settings.z2jh_chart_version}, validated against the built-in 4.2.0 schema (no bundle)"
+    if builtin is None:
+        where = f"validated against bundled chart {chart.name} {chart.version} ({chart.path})"
+    else:
+        where = f"chart {version}, validated against the built-in {builtin.version} schema (no bundle)"
+    where += f"; login page and logo: {branding.source if branding else 'JupyterHub defaults'}"
     head = (f"# JupyterHub Helm values from {env}: release {RELEASE} in namespace {settings.hub_namespace}, {where}.\n"
             + ("" if show_secrets else "# Secrets are masked; --show-secrets prints them.\n"))
     text = head + to_yaml(rendered.values, show_secrets=show_secrets)
     if output:
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        from provision.errors import ConfigError, path_error
+
+        try:
+            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as e:
+            raise path_error(e, "-o: cannot write", ConfigError) from None
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -73,16 +90,16 @@ def values(env: str, bundle: str, show_secrets: bool, output: str | None) -> Non
         sys.stdout.write(text)
 
 
-def _check_builtin(values, version: str) -> None:
-    """No bundle: validate against the packaged 4.2.0 chart files, as Helm would (ConfigError on problems)."""
-    from provision.jupyterhub.chart import BUILTIN_VERSION, builtin_chart, validate_release_values
+def _check_builtin(values, version: str, builtin) -> None:
+    """No bundle and a chart version provision does not ship: validate against the default chart's packaged
+    files, as Helm would (ConfigError on problems), and say so."""
+    from provision.jupyterhub.chart import validate_release_values
     from provision.jupyterhub.values import plain, source_of
 
-    validate_release_values(plain(values), builtin_chart(), source_of)
-    if version.lstrip("v") != BUILTIN_VERSION:
-        click.secho(f"note: Z2JH_CHART_VERSION is {version} but without a bundle the values were checked against "
-                    f"the built-in {BUILTIN_VERSION} schema; pass --bundle DIR for the exact chart",
-                    fg="yellow", err=True)
+    validate_release_values(plain(values), builtin, source_of)
+    click.secho(f"note: Z2JH_CHART_VERSION is {version} but without a bundle the values were checked against "
+                f"the built-in {builtin.version} schema; pass --bundle DIR for the exact chart",
+                fg="yellow", err=True)
 
 
 def _bundle_chart(bundle: str, version: str):

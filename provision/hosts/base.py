@@ -10,7 +10,7 @@ import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from provision.config import Secret
 
@@ -65,6 +65,14 @@ class Host(Protocol):
         ...
 
     def get(self, remote: str, local: Path) -> None:
+        ...
+
+    def start(self, argv: Sequence[str | Secret], *, sudo: bool = False) -> Any:
+        """Start a long-lived command with stdin left open (hosts/common.py Background); it ends at EOF."""
+        ...
+
+    def interrupt(self) -> None:
+        """Ctrl-C: end the commands in flight on the node (all their processes); they raise Interrupted."""
         ...
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -10,8 +11,16 @@ import tempfile
 from pathlib import Path
 
 from provision.config import Secret
-from provision.errors import ProvisionError, TransportError
-from provision.hosts.common import INSTALL_SCRIPT, TMP_SUFFIX, FileSource, HostBase, OnCommand, sha256_file
+from provision.errors import CommandTimeout, ProvisionError, TransportError
+from provision.hosts.common import (
+    INSTALL_SCRIPT,
+    TMP_SUFFIX,
+    Background,
+    FileSource,
+    HostBase,
+    OnCommand,
+    sha256_file,
+)
 
 
 class LocalHost(HostBase):
@@ -31,17 +40,43 @@ class LocalHost(HostBase):
               display: str) -> tuple[int, bytes, bytes]:
         if isinstance(stdin, FileSource):
             stdin = b"".join(stdin.chunks())
+        with self._tracked(argv) as running:
+            try:  # a session of its own: interrupt() and timeouts end all of it
+                p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+            except FileNotFoundError:
+                return 127, b"", f"{argv[0]}: command not found\n".encode()
+            except PermissionError:
+                return 126, b"", f"{argv[0]}: permission denied\n".encode()
+            running.sid, running.cancel = p.pid, p.kill
+            try:
+                out, err = p.communicate(stdin or b"", timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._end_sessions([running])
+                with contextlib.suppress(OSError):  # sudo's process is not ours to signal
+                    p.kill()
+                try:
+                    out, err = p.communicate(timeout=5)
+                except subprocess.TimeoutExpired:  # a child in another group still holds the pipes
+                    out, err = b"", b""
+                raise CommandTimeout(f"{self.name}: `{display}` did not finish within {timeout:g} s",
+                                     "re-run to continue; raise the timeout if the step is legitimately slow",
+                                     self.mask(out.decode(errors="replace")),
+                                     self.mask(err.decode(errors="replace"))) from None
+            return p.returncode, out, err
+
+    def _start(self, argv: list[str], stdin: bytes, display: str) -> LocalBackground:
+        # its own session: a Ctrl-C meant for provision must not end it before provision releases it
         try:
-            p = subprocess.run(argv, check=False, input=stdin if stdin is not None else b"", capture_output=True,
-                               timeout=timeout, start_new_session=False)
-        except subprocess.TimeoutExpired:
-            raise TransportError(f"{self.name}: `{display}` did not finish within {timeout:g} s",
-                                 "re-run to continue; raise the timeout if the step is legitimately slow")
-        except FileNotFoundError:
-            return 127, b"", f"{argv[0]}: command not found\n".encode()
-        except PermissionError:
-            return 126, b"", f"{argv[0]}: permission denied\n".encode()
-        return p.returncode, p.stdout, p.stderr
+            p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+        except OSError as e:
+            raise TransportError(f"{self.name}: cannot start `{display}`: {e.strerror or e}",
+                                 "check that the command exists on this machine") from None
+        bg = LocalBackground(self.name, display, p)
+        if stdin:
+            bg.send(stdin)
+        return bg
 
     def put(self, local: Path, remote: str, *, mode: int = 0o644, sudo: bool = False) -> bool:
         """Copy a file; skip when the target already has the same sha256. True when bytes were copied."""
@@ -99,3 +134,36 @@ class LocalHost(HostBase):
 
     def close(self) -> None:
         """Nothing to release; present so LocalHost and SSHHost are interchangeable."""
+
+
+class LocalBackground(Background):
+    """Host.start on this machine: a child process with pipes."""
+
+    def __init__(self, host: str, display: str, proc: subprocess.Popen):
+        super().__init__(host, display)
+        self.proc = proc
+
+    def send(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def _read(self, timeout: float) -> bytes | None:
+        import select
+
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return os.read(self.proc.stdout.fileno(), 65536) if ready else None
+
+    def _close_stdin(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+
+    def _wait(self, timeout: float) -> int | None:
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return rc

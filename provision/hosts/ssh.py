@@ -21,10 +21,25 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from provision.config import Secret
-from provision.errors import CommandFailed, HostKeyError, ProvisionError, TransportError
-from provision.hosts.common import RECEIVE_SCRIPT, TMP_SUFFIX, FileSource, HostBase, OnCommand, sha256_file
+from provision.errors import CommandFailed, CommandTimeout, HostKeyError, ProvisionError, TransportError
+from provision.hosts.common import (
+    RECEIVE_SCRIPT,
+    SESSION_WRAP,
+    SID_MARK,
+    TMP_SUFFIX,
+    Background,
+    FileSource,
+    HostBase,
+    OnCommand,
+    Running,
+    sha256_file,
+)
 
 CHUNK = 32768  # one SFTP write request; paramiko pipelines them
+# Seconds sent data may stay unacknowledged before the link counts as dead (TCP_USER_TIMEOUT). Each lost
+# segment is retransmitted about 6 times in 15 s, so a slow or lossy link that still delivers does not
+# trip it; a cut cable is reported in about 15-18 s (measured, tests/hosts/test_faults.py).
+DEAD_LINK_TIMEOUT = 15.0
 
 
 def fingerprint(key) -> str:
@@ -49,7 +64,7 @@ class SSHHost(HostBase):
                  sudo_password: str | Secret | None = None, known_hosts: str | Path | None = None,
                  system_known_hosts: str | Path | None | bool = True, accept_new_host_keys: bool = False,
                  accept_host_keys: Iterable[str] = (), connect_timeout: float = 15.0,
-                 dead_link_timeout: float = 30.0, nodelay: bool = True, look_for_keys: bool | None = None,
+                 dead_link_timeout: float = DEAD_LINK_TIMEOUT, nodelay: bool = True, look_for_keys: bool | None = None,
                  allow_agent: bool | None = None, on_command: OnCommand | None = None):
         pw = password.reveal() if isinstance(password, Secret) else password
         super().__init__(name or address, address, sudo_password=sudo_password if sudo_password else pw,
@@ -130,7 +145,8 @@ class SSHHost(HostBase):
             raise TransportError(f"{self.name}: SSH handshake with {self.target} failed: {why}",
                                  "check that sshd runs on the node and the port is right") from None
         transport = client.get_transport()
-        transport.set_keepalive(max(1, int(self.dead_link_timeout // 3)))
+        # a keepalive every few seconds gives TCP unacknowledged data to time out even while a command is silent
+        transport.set_keepalive(max(1, round(self.dead_link_timeout / 5)))
         self.stats.connections += 1
         return client
 
@@ -196,18 +212,21 @@ class SSHHost(HostBase):
         import paramiko
 
         transport = self.connect()
-        try:
-            chan = transport.open_session(timeout=self.connect_timeout)
-            chan.exec_command(shlex.join(argv))
-        except (paramiko.SSHException, OSError, EOFError):
-            raise self._lost_error(display) from None
-        try:
-            return self._collect(chan, transport, stdin, timeout, display)
-        finally:
-            chan.close()
+        with self._tracked(argv) as running:
+            try:
+                # a dead link shows here as no answer to the channel open: wait no longer than the command may run
+                chan = transport.open_session(timeout=min(self.connect_timeout, timeout or self.connect_timeout))
+                running.cancel = chan.close
+                chan.exec_command(shlex.join([*SESSION_WRAP, *argv]))
+            except (paramiko.SSHException, OSError, EOFError):
+                raise self._lost_error(display) from None
+            try:
+                return self._collect(chan, transport, stdin, timeout, display, running)
+            finally:
+                chan.close()
 
     def _collect(self, chan, transport, stdin: bytes | None, timeout: float | None,
-                 display: str) -> tuple[int, bytes, bytes]:
+                 display: str, running: Running) -> tuple[int, bytes, bytes]:
         feeder = None
         if isinstance(stdin, FileSource):
             feeder = threading.Thread(target=_feed_chunks, args=(chan, stdin.chunks()), daemon=True)
@@ -228,11 +247,15 @@ class SSHHost(HostBase):
                 out += chan.recv(CHUNK)
             while chan.recv_stderr_ready():
                 err += chan.recv_stderr(CHUNK)
+            if not running.sid:
+                err = _take_sid(err, running)
             if chan.exit_status_ready():
                 while chan.recv_ready():
                     out += chan.recv(CHUNK)
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(CHUNK)
+                if not running.sid:
+                    err = _take_sid(err, running, final=True)
                 status = chan.recv_exit_status()
                 if status == -1 and not transport.is_active():
                     raise self._lost_error(display)
@@ -240,9 +263,26 @@ class SSHHost(HostBase):
             if not transport.is_active() or chan.closed:
                 raise self._lost_error(display)
             if deadline is not None and time.monotonic() > deadline:
-                raise TransportError(f"{self.name}: `{display}` did not finish within {timeout:g} s",
-                                     "re-run to continue; raise the timeout if the step is legitimately slow")
-            select.select([chan], [], [], 0.5)
+                self._end_sessions([running])  # nothing keeps running on the node after we gave up on it
+                raise CommandTimeout(f"{self.name}: `{display}` did not finish within {timeout:g} s",
+                                     "re-run to continue; raise the timeout if the step is legitimately slow",
+                                     self.mask(_text(out)), self.mask(_text(err)))
+            select.select([chan], [], [], 0.2)
+
+    def _start(self, argv: list[str], stdin: bytes, display: str) -> SSHBackground:
+        """A channel on the one connection, left open: when this process exits or dies the connection
+        closes, sshd closes the command's stdin, and the command sees EOF."""
+        import paramiko
+
+        transport = self.connect()
+        try:
+            chan = transport.open_session(timeout=self.connect_timeout)
+            chan.exec_command(shlex.join(argv))
+            if stdin:
+                chan.sendall(stdin)
+        except (paramiko.SSHException, OSError, EOFError):
+            raise self._lost_error(display) from None
+        return SSHBackground(self, chan, display)
 
     # -- files -----------------------------------------------------------------------------------
     def _sftp_client(self):
@@ -301,6 +341,60 @@ class SSHHost(HostBase):
             self._sftp = None
         if self._client is not None:
             self._client.close()
+
+
+class SSHBackground(Background):
+    """Host.start over SSH: one open channel."""
+
+    def __init__(self, host: SSHHost, chan, display: str):
+        super().__init__(host.name, display)
+        self._host = host
+        self.chan = chan
+
+    def send(self, data: bytes) -> None:
+        self.chan.sendall(data)
+
+    def _read(self, timeout: float) -> bytes | None:
+        if self.chan.recv_ready():
+            return self.chan.recv(CHUNK)
+        if self.chan.eof_received or self.chan.closed:
+            return b""
+        transport = self.chan.get_transport()
+        if transport is None or not transport.is_active():
+            raise self._host._lost_error(self.display)
+        select.select([self.chan], [], [], timeout)
+        return None
+
+    def _close_stdin(self) -> None:
+        self.chan.shutdown_write()
+
+    def _wait(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        try:
+            while not self.chan.exit_status_ready() and not self.chan.closed and time.monotonic() < deadline:
+                select.select([self.chan], [], [], 0.1)
+                while self.chan.recv_ready():
+                    self.chan.recv(CHUNK)
+            return self.chan.recv_exit_status() if self.chan.exit_status_ready() else None
+        finally:
+            self.chan.close()
+
+
+def _take_sid(err: bytearray, running: Running, final: bool = False) -> bytearray:
+    """Take the wrapper's `provision-sid:N` line out of stderr (a login script may print before it)."""
+    at = err.find(SID_MARK)
+    end = err.find(b"\n", at)
+    if at < 0 or end < 0:
+        if final:
+            running.sid = -1  # the command ended without saying it: nothing to wait for
+        return err
+    value = bytes(err[at + len(SID_MARK):end])
+    running.sid = int(value) if value.isdigit() else -1
+    return err[:at] + err[end + 1:]
+
+
+def _text(data: bytes | bytearray) -> str:
+    return bytes(data).decode("utf-8", errors="replace")
 
 
 def _feed_chunks(chan, chunks) -> None:

@@ -80,19 +80,24 @@ def open_chart(path: str | os.PathLike) -> Chart:
                  values, schema, str(p))
 
 
-BUILTIN_VERSION = "4.2.0"  # provision/jupyterhub/data/z2jh-4.2.0: the chart's values.yaml and values.schema.json
+BUILTIN_VERSION = "4.4.0"  # the default Z2JH_CHART_VERSION
+# provision/jupyterhub/data/z2jh-VERSION: each chart's values.yaml and values.schema.json -> its appVersion
+PACKAGED = {"4.4.0": "5.5.0", "4.2.0": "5.3.0"}
 
 
-def builtin_chart() -> Chart:
-    """The z2jh 4.2.0 defaults and schema shipped in the package, to validate values before a bundle exists."""
+def builtin_chart(version: str | None = None) -> Chart:
+    """The packaged defaults and schema of chart `version` (the default one when it is not packaged), to
+    validate values before a bundle exists."""
     from importlib import resources
 
     import yaml
 
-    d = resources.files("provision.jupyterhub") / "data" / f"z2jh-{BUILTIN_VERSION}"
+    v = (version or BUILTIN_VERSION).lstrip("v")
+    v = v if v in PACKAGED else BUILTIN_VERSION
+    d = resources.files("provision.jupyterhub") / "data" / f"z2jh-{v}"
     values = yaml.safe_load(d.joinpath("values.yaml").read_text("utf-8"))
     schema = json.loads(d.joinpath("values.schema.json").read_text("utf-8"))
-    return Chart("jupyterhub", BUILTIN_VERSION, "5.3.0", values, schema, f"built-in {BUILTIN_VERSION} schema")
+    return Chart("jupyterhub", v, PACKAGED[v], values, schema, f"built-in {v} schema")
 
 
 def check_jupyterhub_chart(chart: Chart) -> Chart:

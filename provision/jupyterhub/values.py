@@ -40,7 +40,7 @@ NPU_RESOURCES = {
     "huawei.com/npu": ("huawei.com/npu", "huawei-npu"),
 }
 # configurable-http-proxy tag per chart version, for renders without the chart at hand (values.yaml @tag).
-KNOWN_CHP_TAGS = {"4.2.0": "4.6.3"}
+KNOWN_CHP_TAGS = {"4.2.0": "4.6.3", "4.4.0": "5.2.0"}
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,12 @@ class ClusterFacts:
 
 @dataclass(frozen=True)
 class Branding:
-    """A custom login page / logo from templates/jupyterhub/, shipped to the hub as extraFiles."""
+    """A login page / logo from a templates folder's jupyterhub/, shipped to the hub as extraFiles."""
 
     templates: Mapping[str, str] = field(default_factory=dict)  # file name -> text (login.html, page.html ...)
     logo_name: str = ""
     logo: bytes = b""
+    source: str = ""  # where they came from, for the plan and `render values` (not part of the values)
 
 
 @dataclass(frozen=True)
@@ -611,22 +612,25 @@ _LOGO = re.compile(r"logo\.(png|svg|jpg|jpeg)")
 MAX_LOGO = 256 * 1024  # hub.extraFiles live in a Secret (1 MiB for everything)
 
 
-def load_branding(templates_dir: str | Path | None) -> Branding | None:
-    """templates/jupyterhub/*.html and logo.{png,svg,jpg}; None when there is nothing to brand."""
+def load_branding(templates_dir: Any) -> Branding | None:
+    """TEMPLATES/jupyterhub/*.html and logo.{png,svg,jpg}; None when there is nothing to brand. A Path or an
+    importlib.resources Traversable (the defaults inside the installed package)."""
     if templates_dir is None:
         return None
-    d = Path(templates_dir) / "jupyterhub"
+    d = templates_dir / "jupyterhub"
     if not d.is_dir():
         return None
-    pages = {f.name: f.read_text("utf-8") for f in sorted(d.iterdir()) if f.is_file() and _TEMPLATE_FILES.fullmatch(f.name)}
-    logos = [f for f in sorted(d.iterdir()) if f.is_file() and _LOGO.fullmatch(f.name)]
+    files = sorted((f for f in d.iterdir() if f.is_file()), key=lambda f: f.name)
+    pages = {f.name: f.read_text("utf-8") for f in files if _TEMPLATE_FILES.fullmatch(f.name)}
+    logos = [f for f in files if _LOGO.fullmatch(f.name)]
     logo = logos[0].read_bytes() if logos else b""
     if len(logo) > MAX_LOGO:
-        raise ConfigError(f"{logos[0]}: {len(logo)} bytes; a logo must be under {MAX_LOGO // 1024} KiB",
+        raise ConfigError(f"{d / logos[0].name}: {len(logo)} bytes; a logo must be under {MAX_LOGO // 1024} KiB",
                           "shrink the image (it travels in a Kubernetes Secret)")
     if not pages and not logo:
         return None
-    return Branding(pages, logos[0].name if logos else "", logo)
+    where = "provision's built-in pages" if str(templates_dir) == str(builtin_templates()) else str(d)
+    return Branding(pages, logos[0].name if logos else "", logo, where)
 
 
 def _branding(b: Branding | None) -> dict:
@@ -656,15 +660,29 @@ def _branding(b: Branding | None) -> dict:
 # Build + validate against a chart, as render and stage 70 both need
 
 
-def default_templates_dir() -> Path | None:
-    """$PROVISION_TEMPLATES, else templates/ next to the package (a source checkout or the repo root)."""
+TEMPLATES_ENV = "PROVISION_TEMPLATES"
+
+
+def builtin_templates() -> Any:
+    """provision/jupyterhub/templates inside the installed package (no source checkout needed)."""
+    return resources.files("provision.jupyterhub") / "templates"
+
+
+def default_templates_dir() -> Any:
+    """$PROVISION_TEMPLATES (a site's own TEMPLATES/jupyterhub/, used instead of the defaults), else the login
+    page and logo shipped in the package. A set but missing folder is an error, never a silent fallback."""
     import os
 
-    env = os.environ.get("PROVISION_TEMPLATES")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent.parent / "templates"
-    return here if here.is_dir() else None
+    env = os.environ.get(TEMPLATES_ENV, "").strip()
+    if not env:
+        return builtin_templates()
+    d = Path(env).expanduser()
+    if not d.is_dir():
+        raise ConfigError(f"{TEMPLATES_ENV}={env}: no such directory",
+                          f"point {TEMPLATES_ENV} at a folder holding jupyterhub/login.html and/or "
+                          "jupyterhub/logo.{png,svg,jpg} (copy provision/jupyterhub/templates as a start), "
+                          "or unset it for provision's own")
+    return d
 
 
 def release_values(settings: Settings, facts: ClusterFacts = ClusterFacts(), chart: Any = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,7 @@ from provision.bundle import (
 )
 from provision.config import Settings
 from provision.errors import BundleError
+from provision.jupyterhub.needs import bundle_needs
 from tests.bundle import bundletools as bt
 
 
@@ -30,19 +33,24 @@ def bundle(tmp_path: Path) -> Path:
 
 
 def settings(**kw) -> Settings:
-    return Settings(**kw)
+    return Settings(**{"z2jh_chart_version": "4.2.0", "singleuser_image": bt.SINGLEUSER, **kw})  # what bt.build_bundle carries
+
+
+def checked(bundle: Path, s: Settings) -> list[str]:
+    """verify_bundle with the settings and what the JupyterHub deployment needs, as the commands call it."""
+    return verify_bundle(bundle, s, needs=bundle_needs(s))
 
 
 def test_complete_bundle_has_no_problems(bundle: Path):
-    assert verify_bundle(bundle, settings()) == []
-    m = check_bundle(bundle, settings())
+    assert checked(bundle, settings()) == []
+    m = check_bundle(bundle, settings(), needs=bundle_needs(settings()))
     assert m.snap("microk8s").classic and m.snap("microk8s").revision == "7394"
     assert m.chart("jupyterhub", "4.2.0") is not None
 
 
 def test_docker_save_bundle_verifies_too(tmp_path: Path):
     bt.build_bundle(tmp_path, docker_format=True)
-    assert verify_bundle(tmp_path, settings()) == []
+    assert checked(tmp_path, settings()) == []
 
 
 def test_missing_and_corrupted_files_are_each_named(bundle: Path):
@@ -53,7 +61,7 @@ def test_missing_and_corrupted_files_are_each_named(bundle: Path):
     snap.write_bytes(bytes(data))
     tar = bundle / "images" / "jupyterhub.tar"
     tar.write_bytes(tar.read_bytes()[:-1024])  # truncated
-    problems = verify_bundle(bundle, settings())
+    problems = checked(bundle, settings())
     text = "\n".join(problems)
     assert "charts/jupyterhub-4.2.0.tgz: missing" in text
     assert "snaps/core20_2264.snap: sha256" in text and "corrupted" in text
@@ -64,7 +72,7 @@ def test_missing_and_corrupted_files_are_each_named(bundle: Path):
 def test_image_a_role_needs_but_the_bundle_lacks_is_named(tmp_path: Path):
     bt.build_bundle(tmp_path)
     s = settings(singleuser_image="registry.lab.example/ml/notebook:2026.1")
-    problems = verify_bundle(tmp_path, s)
+    problems = checked(tmp_path, s)
     assert problems == ["image registry.lab.example/ml/notebook:2026.1 (SINGLEUSER_IMAGE) is not in the bundle"]
 
 
@@ -74,7 +82,7 @@ def test_core_image_marked_for_gpu_only_is_reported(tmp_path: Path):
                                      "images/jupyterhub.tar": ["control-plane", "worker"],
                                      "images/gpu.tar": ["gpu"]},
                    image_roles={"docker.io/calico/node:v3.25.1": ["gpu"]})
-    problems = verify_bundle(tmp_path, settings())
+    problems = checked(tmp_path, settings())
     assert any("docker.io/calico/node:v3.25.1" in p and "control-plane, worker" in p for p in problems), problems
 
 
@@ -108,7 +116,7 @@ def test_snap_not_matching_its_assertion(bundle: Path):
 
 def test_settings_mismatches(bundle: Path):
     s = settings(microk8s_channel="1.31/stable", z2jh_chart_version="4.3.0", use_gpu_operator=True)
-    problems = verify_bundle(bundle, s)
+    problems = checked(bundle, s)
     assert any("MICROK8S_CHANNEL=1.31/stable" in p for p in problems)
     assert any("chart jupyterhub 4.3.0" in p for p in problems)
     assert any("chart gpu-operator v25.10.0" in p for p in problems)
@@ -166,7 +174,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_verify_ok_and_exit_3(bundle: Path, tmp_path: Path):
     env = tmp_path / "jhub.env"
-    env.write_text("SINGLEUSER_IMAGE=quay.io/jupyterhub/k8s-singleuser-sample:4.2.0\n")
+    env.write_text("SINGLEUSER_IMAGE=quay.io/jupyterhub/k8s-singleuser-sample:4.2.0\nZ2JH_CHART_VERSION=4.2.0\n")
     ok = _cli("bundle", "verify", "--bundle", str(bundle), "--env", str(env))
     assert ok.returncode == 0, ok.stderr
     assert "OK: 8 files" in ok.stdout
@@ -186,3 +194,79 @@ def test_cli_list_and_manifest(bundle: Path):
     assert out.returncode == 0 and bt.GPU in out.stdout and "calico" not in out.stdout
     bad = _cli("bundle", "manifest", "--bundle", str(bundle), "--roles", "images/gpu.tar=gpus")
     assert bad.returncode == 2 and "expected TARBALL=ROLE" in bad.stderr
+
+
+# --- `bundle verify` with and without jhub.env ------------------------------------------------------
+
+INTEGRITY_ONLY = "no jhub.env: integrity only; pass --env for the settings checks"
+
+
+def _verify_in(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PROVISION_ENV"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])  # this checkout's provision, from any cwd
+    return subprocess.run([sys.executable, "-m", "provision", "bundle", "verify", *args], cwd=cwd, env=env,
+                          check=False, capture_output=True, text=True, timeout=60)
+
+
+def _break_every_integrity_check(bundle: Path) -> None:
+    """A truncated tarball, a corrupted chart, an image ref the tarball lacks, a snap that is not its
+    assertion's: what the integrity checks alone must find."""
+    tar = bundle / "images" / "gpu.tar"
+    tar.write_bytes(tar.read_bytes()[:-512])
+    tgz = bundle / "charts" / "jupyterhub-4.2.0.tgz"
+    data = bytearray(tgz.read_bytes())
+    data[-1] ^= 1
+    tgz.write_bytes(bytes(data))
+    snap = bundle / "snaps" / "core20_2264.snap"
+    snap.write_bytes(b"y" * snap.stat().st_size)
+    doc = yaml.safe_load((bundle / "manifest.yaml").read_text())
+    entry = next(f for f in doc["files"] if f["path"] == "snaps/core20_2264.snap")
+    entry["sha256"] = hashlib.sha256(snap.read_bytes()).hexdigest()  # listed right, but not the asserted snap
+    doc["images"][0]["ref"] = "docker.io/calico/node:v9.9.9"
+    (bundle / "manifest.yaml").write_text(yaml.safe_dump(doc))
+
+
+def test_verify_without_jhub_env_checks_integrity_only(bundle: Path, tmp_path: Path):
+    """No jhub.env anywhere: a complete bundle verifies (exit 0) and the output says what was checked."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    ok = _verify_in(cwd, "--bundle", str(bundle))
+    assert ok.returncode == 0, ok.stderr
+    assert "OK: 8 files" in ok.stdout and INTEGRITY_ONLY in ok.stdout
+    _break_every_integrity_check(bundle)
+    bad = _verify_in(cwd, "--bundle", str(bundle))
+    assert bad.returncode == 3, bad.stderr
+    for text in ("images/gpu.tar: size", "charts/jupyterhub-4.2.0.tgz: sha256",
+                 "does not contain docker.io/calico/node:v9.9.9", "snaps/core20_2264.snap: snap-sha3-384 differs"):
+        assert text in bad.stderr, bad.stderr
+    assert INTEGRITY_ONLY in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_verify_uses_jhub_env_in_the_current_directory(bundle: Path, tmp_path: Path):
+    cwd = tmp_path / "site"
+    cwd.mkdir()
+    (cwd / "jhub.env").write_text("Z2JH_CHART_VERSION=4.2.0\nMICROK8S_CHANNEL=1.31/stable\n")
+    r = _verify_in(cwd, "--bundle", str(bundle))
+    assert r.returncode == 3
+    assert "MICROK8S_CHANNEL=1.31/stable" in r.stderr and "checked against jhub.env" in r.stderr
+    ok = _verify_in(cwd, "--bundle", str(bundle), "--no-env")  # --no-env still skips it
+    assert ok.returncode == 0, ok.stderr
+    assert "--no-env: integrity only" in ok.stdout
+
+
+def test_verify_with_env_adds_the_settings_checks(bundle: Path, tmp_path: Path):
+    env = tmp_path / "site.env"
+    env.write_text(f"Z2JH_CHART_VERSION=4.2.0\nSINGLEUSER_IMAGE={bt.SINGLEUSER}\n")
+    ok = _verify_in(tmp_path, "--bundle", str(bundle), "--env", str(env))
+    assert ok.returncode == 0, ok.stderr
+    assert f"checked against {env}" in ok.stdout
+    env.write_text(f"Z2JH_CHART_VERSION=4.3.0\nSINGLEUSER_IMAGE={bt.SINGLEUSER}\n")
+    bad = _verify_in(tmp_path, "--bundle", str(bundle), "--env", str(env))
+    assert bad.returncode == 3 and "chart jupyterhub 4.3.0 (Z2JH_CHART_VERSION) is not in the bundle" in bad.stderr
+
+
+def test_verify_with_a_missing_env_file_is_a_config_error(bundle: Path, tmp_path: Path):
+    r = _verify_in(tmp_path, "--bundle", str(bundle), "--env", str(tmp_path / "nope.env"))
+    assert r.returncode == 2 and "nope.env: no such file" in r.stderr
+    both = _verify_in(tmp_path, "--bundle", str(bundle), "--env", str(tmp_path / "x.env"), "--no-env")
+    assert both.returncode == 2 and "--env and --no-env exclude each other" in both.stderr

@@ -60,7 +60,8 @@ def test_unknown_key_has_did_you_mean_and_names_file_and_line(tmp_path):
 
 
 @pytest.mark.parametrize("line, expect", [
-    ("FOO BAR", "malformed line 'FOO BAR'"),
+    ("FOO BAR", "malformed line: no '=' after the key"),
+    ("AUTH_MODE = github", "AUTH_MODE: malformed line: spaces around '='"),
     ("AUTH_MODE='native", "AUTH_MODE: unterminated single quote"),
     ('AUTH_MODE="native', "AUTH_MODE: unterminated double quote"),
     ("ENABLE_IB=maybe", "ENABLE_IB: expected true or false, got 'maybe'"),
@@ -214,3 +215,82 @@ def test_config_check_missing_file(tmp_path):
                        capture_output=True, text=True, cwd=REPO, check=False)
     assert r.returncode == 2
     assert "no such file" in r.stderr and "jhub.env.example" in r.stderr
+
+
+# --- secrets never echoed, whatever shape the line has -----------------------------------------------
+
+CANARY = "Zq7canaryXw9"  # identifier-like, so it can also hide in a $NAME
+
+# (lines with {key} and {c}, the line the error must name, what the error says)
+MALFORMED = {
+    "spaces-around-=": (["export {key} = {c}"], 1, "spaces around '='"),
+    "no-=": (["{key} {c}"], 1, "no '='"),
+    "unterminated-double": (['{key}="{c}', "AUTH_MODE=native"], 1, "unterminated double quote"),
+    "unterminated-single": (["{key}='{c}"], 1, "unterminated single quote"),
+    "quote-closed-on-a-later-line": (['{key}="{c}', '{c}"', "AUTH_MODE=native"], 1, "runs on to line 2"),
+    "command-substitution": (["{key}=$(echo {c})"], 1, "command substitution"),
+    "stray-backquote": (["{key}={c}`x"], 1, "unquoted '`'"),
+    "backquote-in-double-quotes": (['{key}="{c}`x`"'], 1, "command substitution"),
+    "trailing-backslash": (["{key}={c}\\", "{c}"], 1, "backslash at the end of the line"),
+    "undefined-variable-named-by-the-secret": (["{key}=pre${c}post"], 1, "names a variable that is not defined"),
+    "unquoted-space": (["{key}={c} {c}"], 1, "unquoted space"),
+    "unquoted-semicolon": (["{key}={c};{c}"], 1, "unquoted ';'"),
+    "expanded-into-another-key": (["{key}={c}", "SHARED_STORAGE_PATH=${key}"], 2, "SHARED_STORAGE_PATH:"),
+}
+
+
+def run_main(monkeypatch, *args: str) -> tuple[int, str]:
+    """provision's real entry point (errors as one line and a hint, exit code), in-process: (code, stdout+stderr)."""
+    from provision.cli import main
+
+    monkeypatch.setattr("sys.argv", ["provision", *args])
+    with CliRunner().isolation() as (out, err, _):
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        return code, out.getvalue().decode() + err.getvalue().decode()
+
+
+def secret_key_names() -> list[str]:
+    return [s.name for s in key_specs() if s.kind.name == "secret"]
+
+
+def test_every_secret_key_is_in_the_canary_matrix():
+    assert set(secret_key_names()) == {"GITHUB_CLIENT_SECRET", "AZUREAD_CLIENT_SECRET", "NATIVE_ADMIN_PASSWORD",
+                                       "HUB_DB_URL"}
+
+
+@pytest.mark.parametrize("shape", sorted(MALFORMED))
+@pytest.mark.parametrize("key", secret_key_names())
+def test_malformed_secret_line_never_echoes_the_secret(tmp_path, monkeypatch, key, shape):
+    """config check (stdout and stderr) and install's output and log: the canary never shows, yet the
+    error names the file, the line and the key."""
+    lines, line, says = MALFORMED[shape]
+    env = tmp_path / "jhub.env"
+    env.write_text("\n".join(ln.format(key=key, c=CANARY) for ln in lines) + "\n")
+    code, out = run_main(monkeypatch, "config", "check", "--env", str(env))
+    assert code == 2, out
+    assert CANARY not in out
+    named = key if shape != "expanded-into-another-key" else "SHARED_STORAGE_PATH"
+    assert f"error: {env}:{line}: {named}: " in out, out
+    assert says in out, out
+
+    log = tmp_path / "run.log"
+    code, out = run_main(monkeypatch, "install", "--dry-run", "--env", str(env), "--log-file", str(log), "--json")
+    assert code == 2 and CANARY not in out, out
+    assert not log.exists() or CANARY not in log.read_text()
+
+
+def test_a_stray_line_is_not_quoted(tmp_path):
+    """A secret pasted on a line of its own (or the tail of a broken value) is never quoted back."""
+    out = problems(tmp_path, f"GITHUB_CLIENT_SECRET=abc\n{CANARY}\n{CANARY} and more\n")
+    assert len(out) == 2 and all("malformed line" in p for p in out)
+    assert CANARY not in " ".join(out)
+
+
+def test_a_value_running_over_lines_is_one_problem(tmp_path):
+    out = problems(tmp_path, 'AUTH_MODE="github\nnative"\nNODEPORT=80\n')
+    assert out[0].endswith("AUTH_MODE: unterminated double quote: the value runs on to line 2; put it on one line")
+    assert len(out) == 2 and ":3: NODEPORT:" in out[1]  # line 2 is part of the value, line 3 is parsed again

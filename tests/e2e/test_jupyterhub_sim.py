@@ -3,9 +3,10 @@
 `provision install --to 70` runs as a user runs it (a subprocess, real sshd, real containerd, the
 snap/microk8s/kubectl/helm3 stand-ins). The hub pod runs a REAL JupyterHub with our values
 (tests/harness/sim/runtime.py), so the first-admin sign-up goes through NativeAuthenticator and the
-hub's sqlite database. The tests share one cluster and run in order: a fresh install, a re-run with
-zero changes, a new admin applied by the next run, a missing hub image (WaitHub names the pod, its
-status and its events) and the re-run that converges after stage 20 imports it again.
+hub's sqlite database. The tests share one cluster and run in order: a fresh install of the older chart
+4.2.0 (still supported, its security warning shown and kept in the summary), the upgrade to the default
+4.4.0, a re-run with zero changes, a new admin applied by the next run, a missing hub image (WaitHub names
+the pod, its status and its events) and the re-run that converges after stage 20 imports it again.
 Figures are printed (-s to see them).
 """
 
@@ -28,8 +29,9 @@ from tests.e2e.simcluster import sim_cluster
 pytestmark = [pytest.mark.e2e, pytest.mark.hosts, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
-HUB_IMAGE = "quay.io/jupyterhub/k8s-hub:4.2.0"
+HUB_IMAGE = "quay.io/jupyterhub/k8s-hub:4.4.0"
 SHOWN = re.compile(r"First admin account 'admin' created with password: (\S+)")
+OLD_CHART_WARNING = "jupyterhub chart 4.2.0 predates the security fixes of 4.3.4/4.4.0"
 
 
 class Cluster:
@@ -113,12 +115,26 @@ def cluster(tmp_path_factory):
         yield Cluster(harness, h, bundle, base)
 
 
+def warnings_of(s: dict, number: int) -> list[str]:
+    return [ch["detail"] for n in stage(s, number)["nodes"].values() for ch in n["checks"] if ch["warning"]]
+
+
+def hub_get(c: Cluster, path: str) -> str:
+    r = c.hub_python(f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8081/hub/{path}', "
+                     "timeout=30).read().decode())")
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
 def test_install_through_70_brings_the_hub_up(cluster):
+    """The older chart 4.2.0 still installs; its security warning is in the stage output and the summary."""
     c = cluster
-    r, log, seconds = c.install(c.env())
+    r, log, seconds = c.install(c.env(Z2JH_CHART_VERSION="4.2.0"))
     s = summary(r)
     assert r.returncode == 0 and s["ok"], r.stderr[-3000:]
     assert stage(s, 70)["status"] == "changed"
+    assert f"warn  chart: {OLD_CHART_WARNING}" in r.stderr
+    assert any(OLD_CHART_WARNING in w for w in warnings_of(s, 70)), stage(s, 70)
     c.state["installed"] = True
     pods = c.kube_json("get", "pods", "-n", "jhub")["items"]
     for comp in ("hub", "proxy"):
@@ -136,8 +152,31 @@ def test_install_through_70_brings_the_hub_up(cluster):
     assert out["exists"] and out["login"] and not out["created"], out
     assert not admin_login(c, password + "x")["login"]
     c.state["password"] = password
+    assert hub_get(c, "logo").startswith("<svg")  # provision's built-in logo, from the installed package
     print(f"\nstage 70 on 1 simulated node: full install (00-70) {seconds:.1f}s, stage 70 "
           f"{stage(s, 70)['seconds']:.1f}s")
+
+
+def test_default_chart_4_4_0_upgrades_the_release(cluster):
+    c = cluster
+    if not c.state.get("installed"):
+        pytest.skip("the install did not complete")
+    r, _log, seconds = c.install(c.env(), select=("--only", "70"))
+    s = summary(r)
+    assert r.returncode == 0 and s["ok"], r.stderr[-3000:]
+    planned = stage(s, 70)["nodes"][c.h.address]["planned"]
+    assert any("jupyterhub-4.4.0.tgz" in p and "(chart 4.4.0," in p for p in planned), planned
+    assert warnings_of(s, 70) == [] and "predates the security fixes" not in r.stderr
+    releases = json.loads(c.ssh("sudo microk8s helm3 list -n jhub -o json").stdout)
+    assert [(x["name"], x["chart"], x["revision"], x["status"]) for x in releases] == \
+        [("jhub", "jupyterhub-4.4.0", "2", "deployed")]
+    hub = next(p for p in c.kube_json("get", "pods", "-n", "jhub")["items"]
+               if p["metadata"]["labels"].get("component") == "hub")
+    assert hub["spec"]["containers"][0]["image"] == HUB_IMAGE
+    public = c.kube_json("get", "service", "proxy-public", "-n", "jhub")
+    assert public["spec"]["ipFamilyPolicy"] == "PreferDualStack"  # 4.4.0's templates, rendered by the sim
+    assert admin_login(c, c.state["password"])["login"]  # the hub database survived the upgrade
+    print(f"\nchart upgrade 4.2.0 -> 4.4.0 by stage 70: {seconds:.1f}s")
 
 
 def test_second_run_changes_nothing(cluster):
@@ -166,7 +205,7 @@ def test_new_admin_is_applied_by_the_next_run(cluster):
     assert any(p.startswith("helm upgrade --install jhub") for p in planned), planned
     assert not any("first admin" in p for p in planned)   # the admin exists: no second sign-up
     releases = json.loads(c.ssh("sudo microk8s helm3 list -n jhub -o json").stdout)
-    assert releases[0]["revision"] == "2" and releases[0]["status"] == "deployed"
+    assert releases[0]["revision"] == "3" and releases[0]["status"] == "deployed"
     assert hub_admins(c) == ["admin", "alice"]   # the restarted hub loaded the new values
     assert admin_login(c, c.state["password"])["login"]   # the database (PVC) survived the new hub pod
     print(f"\nvalues change (new admin) applied by stage 70: {seconds:.1f}s")

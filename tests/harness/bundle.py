@@ -1,8 +1,9 @@
 """The test bundle: `python -m tests.harness bundle --dir DIR` writes a complete offline bundle in the
 layout of offline-images/README.md: core20 + microk8s snaps with .assert files the snap stand-in
 accepts, genuine tiny image tarballs (OCI and docker-save, correct digests) for every image the stages
-and the charts need, the charts (z2jh 4.2.0 with its REAL values.yaml and values.schema.json, the GPU
-operator v25.10.0 with its real values.yaml), and manifest.yaml written by provision.bundle.write_manifest.
+and the charts need, the charts (z2jh 4.4.0, the default, and 4.2.0, each with its REAL values.yaml and
+values.schema.json, the GPU operator v25.10.0 with its real values.yaml), and manifest.yaml written by
+provision.bundle.write_manifest.
 """
 
 from __future__ import annotations
@@ -25,13 +26,22 @@ MICROK8S_CORE = [
     "docker.io/library/busybox:1.28.4", "registry.k8s.io/ingress-nginx/controller:v1.11.5",
     "registry.k8s.io/metrics-server/metrics-server:v0.6.3", "registry.k8s.io/pause:3.7",
 ]
-# z2jh-4.2.0-images.txt, default install without autohttps
-JUPYTERHUB = [
+# Default install without autohttps (traefik, k8s-secret-sync). 4.4.0: its values.yaml (see
+# provision/jupyterhub/data/z2jh-4.4.0/SOURCE.md); 4.2.0: z2jh-4.2.0-images.txt.
+JUPYTERHUB_4_4 = [
+    "quay.io/jupyterhub/k8s-hub:4.4.0", "quay.io/jupyterhub/configurable-http-proxy:5.2.0",
+    "quay.io/jupyterhub/k8s-network-tools:4.4.0", "quay.io/jupyterhub/k8s-image-awaiter:4.4.0",
+    "registry.k8s.io/pause:3.10.1", "registry.k8s.io/kube-scheduler:v1.30.14",
+]
+JUPYTERHUB_4_2 = [
     "quay.io/jupyterhub/k8s-hub:4.2.0", "quay.io/jupyterhub/configurable-http-proxy:4.6.3",
     "quay.io/jupyterhub/k8s-network-tools:4.2.0", "quay.io/jupyterhub/k8s-image-awaiter:4.2.0",
     "registry.k8s.io/pause:3.10", "registry.k8s.io/kube-scheduler:v1.30.11",
 ]
-SINGLEUSER = ["quay.io/jupyterhub/k8s-singleuser-sample:4.2.0"]
+JUPYTERHUB = JUPYTERHUB_4_4 + JUPYTERHUB_4_2
+# the charts' singleuser.image defaults; 4.2.0's is also SINGLEUSER_IMAGE's default
+SINGLEUSER = ["quay.io/jupyterhub/k8s-singleuser-sample:4.4.0", "quay.io/jupyterhub/k8s-singleuser-sample:4.2.0"]
+Z2JH_APP_VERSIONS = {"4.4.0": "5.5.0", "4.2.0": "5.3.0"}  # the charts' appVersion (JupyterHub)
 # gpu-operator.md §2, minimal air-gap set for driver.enabled=false (+ MIG manager for H100/A100)
 GPU_OPERATOR = [
     "nvcr.io/nvidia/gpu-operator:v25.10.0", "registry.k8s.io/nfd/node-feature-discovery:v0.18.2",
@@ -95,18 +105,21 @@ def _tgz(path: Path, root: str, files: dict[str, bytes]) -> None:
 
 def write_charts(out: Path) -> list[str]:
     data = REPO / "tests" / "data"
-    z2jh = REPO / "provision" / "jupyterhub" / "data" / "z2jh-4.2.0"  # the copy shipped in the package
-    chart_yaml = (b"apiVersion: v2\nname: jupyterhub\nversion: 4.2.0\nappVersion: 5.3.0\n"
-                  b"kubeVersion: '>=1.28.0-0'\ndescription: Multi-user Jupyter installation\n")
-    _tgz(out / "jupyterhub-4.2.0.tgz", "jupyterhub", {
-        "Chart.yaml": chart_yaml, "values.yaml": (z2jh / "values.yaml").read_bytes(),
-        "values.schema.json": (z2jh / "values.schema.json").read_bytes()})
+    written = []
+    for version, app in Z2JH_APP_VERSIONS.items():
+        z2jh = REPO / "provision" / "jupyterhub" / "data" / f"z2jh-{version}"  # the copy shipped in the package
+        chart_yaml = (f"apiVersion: v2\nname: jupyterhub\nversion: {version}\nappVersion: {app}\n"
+                      "kubeVersion: '>=1.28.0-0'\ndescription: Multi-user Jupyter installation\n").encode()
+        _tgz(out / f"jupyterhub-{version}.tgz", "jupyterhub", {
+            "Chart.yaml": chart_yaml, "values.yaml": (z2jh / "values.yaml").read_bytes(),
+            "values.schema.json": (z2jh / "values.schema.json").read_bytes()})
+        written.append(f"jupyterhub-{version}.tgz")
     gpu = data / "gpu-operator-v25.10.0"
     gpu_chart = (b"apiVersion: v2\nname: gpu-operator\nversion: v25.10.0\nappVersion: v25.10.0\n"
                  b"kubeVersion: '>= 1.16.0-0'\ndescription: NVIDIA GPU Operator\n")
     _tgz(out / "gpu-operator-v25.10.0.tgz", "gpu-operator", {
         "Chart.yaml": gpu_chart, "values.yaml": (gpu / "values.yaml").read_bytes()})
-    return ["jupyterhub-4.2.0.tgz", "gpu-operator-v25.10.0.tgz"]
+    return [*written, "gpu-operator-v25.10.0.tgz"]
 
 
 def write_snaps(out: Path) -> None:

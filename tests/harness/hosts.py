@@ -151,6 +151,25 @@ class TestHost:
                     return pid
         return None
 
+    # -- extra interfaces -------------------------------------------------------------------------
+    def add_link(self, name: str, address: str) -> str:
+        """An extra interface in the host's netns, up, with an IPv4 `address` (CIDR), like a management
+        VLAN `bond0.100`: a VLAN on eth0 when the kernel has 8021q, else one end of a veth pair whose
+        peer (`vethx<index>`, up, no address) stays in the host, so the link has carrier either way.
+        Returns the kind made ("vlan" or "veth"). Gone with the netns at teardown."""
+        ns = ["ip", "-n", self.netns]
+        vid = name.rsplit(".", 1)[1] if "." in name and name.rsplit(".", 1)[1].isdigit() else "100"
+        kind = "vlan"
+        if _run(ns + ["link", "add", "link", "eth0", "name", name, "type", "vlan", "id", vid],
+                check=False).returncode:
+            kind, peer = "veth", f"vethx{self.index}"
+            _run(ns + ["link", "add", name, "type", "veth", "peer", "name", peer])
+            _run(ns + ["link", "set", peer, "up"])
+        _run(ns + ["addr", "add", address, "dev", name])
+        _run(ns + ["link", "set", name, "up"])
+        self.extra.setdefault("links", {})[name] = {"address": address, "kind": kind}
+        return kind
+
     # -- faults -----------------------------------------------------------------------------------
     def link_down(self) -> None:
         """Cut the host's cable (the veth end on the bridge)."""
@@ -311,8 +330,11 @@ class Harness:
     # -- hosts ------------------------------------------------------------------------------------
     def up(self, n: int = 1, *, ubuntu: str | None = "24.04", user: str = "ubuntu", sudo: str = "nopasswd",
            password: str | None = None, password_auth: bool = False, host_keys: str = "stable",
-           names: list[str] | None = None) -> list[TestHost]:
+           names: list[str] | None = None, links: dict[str, str] | None = None) -> list[TestHost]:
         """Start n hosts and return them once every sshd answers.
+
+        links: extra interfaces per host, {name: IPv4 CIDR}, `{i}` in the address replaced by the host's
+        index, e.g. {"bond0.100": "192.168.100.{i}/24"} (TestHost.add_link).
 
         user: the login user ("root" logs in as root, no extra user). sudo: "nopasswd" | "password" |
         "none" for that user. password: its password (generated when sudo="password" or password_auth
@@ -346,6 +368,8 @@ class Harness:
                 new.append(host)
                 self._save()
                 self._boot(host, password_auth, host_keys)
+                for link, address in (links or {}).items():
+                    host.add_link(link, address.replace("{i}", str(i)))
                 self._save()
             for host in new:
                 _wait_port(host.address, 22, READY_TIMEOUT, host)

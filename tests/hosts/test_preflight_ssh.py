@@ -19,7 +19,7 @@ from stages.s00_preflight import Preflight
 pytestmark = pytest.mark.hosts
 
 # the test hosts' overlay upper is a small tmpfs, so the disk threshold is lowered; the rest are defaults
-SETTINGS = Settings(min_disk_free="1Gi")
+SETTINGS = Settings(min_disk_free="1Gi", dns_servers_csv=("10.0.0.2",))  # the hosts only have the 127.0.0.53 stub
 SNAP_STANDIN = """#!/bin/sh
 # stand-in for snapd's `snap version` (snap cannot run in a test host)
 if [ "$1" = version ]; then printf 'snap    2.63+24.04\\nsnapd   2.63+24.04\\nseries  16\\nubuntu  24.04\\n'; exit 0; fi
@@ -113,7 +113,8 @@ def test_cli_dry_run_over_ssh_passes_preflight(fresh_hosts, tmp_path):
     with_snap(th)
     bt.build_bundle(tmp_path / "bundle")
     env = tmp_path / "jhub.env"
-    env.write_text("MIN_DISK_FREE=1Gi\n")
+    env.write_text(f"MIN_DISK_FREE=1Gi\nDNS_SERVERS_CSV=10.0.0.2\nZ2JH_CHART_VERSION=4.2.0\n"
+                   f"SINGLEUSER_IMAGE={bt.SINGLEUSER}\n")  # what bt.build_bundle carries
     args = ["install", "--dry-run", "--only", "00", "--json", "--env", str(env), "--bundle", str(tmp_path / "bundle"),
             "--host", f"{th.ssh_user}@{th.address}", "--identity", th.ssh_key, "--known-hosts", th.known_hosts,
             "--log-file", str(tmp_path / "run.log")]

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-DATA = Path(__file__).resolve().parents[2] / "provision" / "jupyterhub" / "data" / "z2jh-4.2.0"  # the package copy
+PACKAGE_DATA = Path(__file__).resolve().parents[2] / "provision" / "jupyterhub" / "data"
+DATA = PACKAGE_DATA / "z2jh-4.2.0"  # the package copy of the 4.2.0 chart files (most tests use this chart)
+APP_VERSIONS = {"4.2.0": "5.3.0", "4.4.0": "5.5.0"}
 
 
 def make_settings(**keys):
@@ -28,14 +30,17 @@ def chart_schema() -> dict:
 
 
 def write_chart_tgz(dest: Path, version: str = "4.2.0", schema: bool = True) -> Path:
-    """The published chart's layout: jupyterhub/{Chart.yaml,values.yaml,values.schema.json}."""
+    """The published chart's layout: jupyterhub/{Chart.yaml,values.yaml,values.schema.json}, from the package's
+    copy of that version's files (4.2.0's for versions provision does not ship)."""
+    data = PACKAGE_DATA / f"z2jh-{version}" if version in APP_VERSIONS else DATA
     chart_yaml = yaml.safe_dump({"apiVersion": "v2", "name": "jupyterhub", "version": version,
-                                 "appVersion": "5.3.0", "kubeVersion": ">=1.28.0-0"}).encode()
+                                 "appVersion": APP_VERSIONS.get(version, "5.3.0"),
+                                 "kubeVersion": ">=1.28.0-0"}).encode()
     files = {"jupyterhub/Chart.yaml": chart_yaml,
-             "jupyterhub/values.yaml": (DATA / "values.yaml").read_bytes(),
+             "jupyterhub/values.yaml": (data / "values.yaml").read_bytes(),
              "jupyterhub/templates/NOTES.txt": b"notes\n"}
     if schema:
-        files["jupyterhub/values.schema.json"] = (DATA / "values.schema.json").read_bytes()
+        files["jupyterhub/values.schema.json"] = (data / "values.schema.json").read_bytes()
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(dest, "w:gz") as tar:
         for name, data in files.items():

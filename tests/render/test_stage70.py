@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -230,7 +231,7 @@ def local(tmp_path, monkeypatch):
 
 
 def tmp_values_files():
-    return sorted(Path("/tmp").glob("provision-jhub-values.*"))
+    return sorted(Path("/tmp").glob("provision.*"))
 
 
 @pytest.mark.parametrize("rc", [0, 1])
@@ -250,7 +251,8 @@ def test_helm_release_writes_values_0600_and_always_removes_them(local, chart, r
     assert "s3cret" in (d / "values.seen").read_text()
     assert tmp_values_files() == before  # removed, even when helm failed
     call = next(c for c in (d / "calls").read_text().splitlines() if c.startswith("helm3 upgrade"))
-    assert call.startswith(f"helm3 upgrade --install jhub {chart.path} -n jhub --create-namespace -f /tmp/provision-jhub-values.")
+    assert re.match(f"helm3 upgrade --install jhub {chart.path} -n jhub --create-namespace "
+                    r"-f /tmp/provision\.[A-Za-z0-9]{10}/values\.yaml ", call), call  # a private mktemp -d dir
     assert call.endswith("--timeout 300s") and "s3cret" not in call
     assert "s3cret" not in action.describe()
 
@@ -307,6 +309,92 @@ def test_bootstrap_admin_leaves_an_admin_the_gather_could_not_see(local):
     BootstrapAdmin("jhub", "admin").apply(host, ApplyContext(make_settings(), extra={"show_secret_once": shown.append}))
     assert not (d / "exec.stdin").exists() and shown == []
     assert "probe admin" in (d / "calls").read_text()
+
+
+def test_bootstrap_admin_created_but_login_fails_shows_the_password_before_failing(local):
+    """Issue 8 #6: the account exists once created; its generated password must not be lost with the error."""
+    host, d = local
+    (d / "exec.out").write_text('{"created": true, "exists": false, "login": false, "message": "HTTP 500"}\n')
+    shown = []
+    ctx = ApplyContext(make_settings(), extra={"show_secret_once": shown.append})
+    from provision.errors import ProvisionError
+
+    with pytest.raises(ProvisionError) as e:
+        BootstrapAdmin("jhub", "admin").apply(host, ctx)
+    password = json.loads((d / "exec.stdin").read_text())["password"]
+    assert len(shown) == 1 and f"'admin' created with password: {password}" in shown[0]
+    assert e.value.message == "created the first admin 'admin', but signing in with it failed: HTTP 500"
+    assert "the account exists: sign in at /hub/login with the password shown above" in e.value.hint
+    assert "provision install --only 70" in e.value.hint and password not in e.value.message + e.value.hint
+
+
+def test_bootstrap_admin_unknown_outcome_still_shows_the_password(local):
+    """The sign-up's answer is lost (the exec died mid-way): the account may exist, so the password is shown."""
+    host, d = local
+    (d / "exec.out").write_text("error: unable to upgrade connection: container not found\n")
+    shown = []
+    from provision.errors import ProvisionError
+
+    with pytest.raises(ProvisionError, match="could not tell whether the first admin 'admin' was created"):
+        BootstrapAdmin("jhub", "admin").apply(host, ApplyContext(make_settings(),
+                                                                 extra={"show_secret_once": shown.append}))
+    password = json.loads((d / "exec.stdin").read_text())["password"]
+    assert len(shown) == 1 and "may have been created" in shown[0] and password in shown[0]
+
+
+def test_the_runner_shows_the_created_password_on_the_terminal_and_never_logs_it(local, tmp_path, capfd):
+    """Through the real runner and log file: created, login proof failed -> the password is on stderr (the
+    terminal) exactly once, and in neither the log file, the console lines, nor the summary."""
+    import io
+
+    from provision.console import Console, LogFile, Masker
+    from provision.errors import ProvisionError
+    from provision.runner import Runner, RunOptions
+    from provision.stage import Plan, Stage
+
+    host, d = local
+    (d / "exec.out").write_text('{"created": true, "exists": false, "login": false, "message": "HTTP 500"}\n')
+
+    class FirstAdmin(Stage):
+        number, title = 70, "first admin only"
+
+        def gather(self, host, settings, node):
+            return {}
+
+        def plan(self, facts, settings, node):
+            return Plan.of(BootstrapAdmin("jhub", "admin"))
+
+    settings = make_settings()
+    masker = Masker.from_settings(settings)
+    stream = io.StringIO()
+    console = Console(log=LogFile(tmp_path / "run.log", masker), masker=masker, stream=stream, tty=False,
+                      verbose=True)
+    runner = Runner([FirstAdmin()], [NODE], {NODE.name: host}, settings, RunOptions(yes=True), console)
+    with pytest.raises(ProvisionError):
+        runner.run()
+    password = json.loads((d / "exec.stdin").read_text())["password"]
+    terminal = capfd.readouterr().err
+    assert terminal.count(f"First admin account 'admin' created with password: {password}") == 1
+    log = (tmp_path / "run.log").read_text()
+    assert "signing in with it failed" in log and "the account exists" in stream.getvalue()
+    assert password not in log and password not in stream.getvalue()
+    assert password not in json.dumps(runner.summary.to_dict())
+
+
+def test_chart_and_values_warnings_are_warning_checks(chart, tmp_path):
+    """Issue 8 #7: what the chart check and the values builder warn about reaches the stage's checks (shown
+    as `warn` lines and kept in the summary, --json included); the default 4.4.0 chart has none."""
+    s = make_settings(USE_GPU_OPERATOR="true")
+    checks = JupyterHubStage().verify(facts(chart, s, max_gpus=0), s, NODE)
+    warned = {c.name: c.detail for c in checks if c.warning and not c.ok}
+    assert "predates the security fixes of 4.3.4/4.4.0" in warned["chart"]
+    assert "no GPU profiles" in warned["values"]
+    new = check_jupyterhub_chart(open_chart(write_chart_tgz(tmp_path / "jupyterhub-4.4.0.tgz", version="4.4.0")))
+    s = make_settings()
+    f = facts(new, s)
+    f["release"] = {**f["release"], "chart_version": "4.4.0"}
+    assert [c for c in JupyterHubStage().verify(f, s, NODE) if c.warning] == []
+    assert JupyterHubStage().plan(f, s, NODE).empty
 
 
 def test_stage_is_discovered_with_its_number():

@@ -100,13 +100,27 @@ def test_hub_db_sqlite_pvc_by_default_and_external_url_as_secret():
 
 def test_every_image_points_at_the_bundle_and_is_listed():
     v = render(SINGLEUSER_IMAGE="registry.lab:5000/ml/notebook:2026.1")
-    assert v["hub"]["image"] == {"name": "quay.io/jupyterhub/k8s-hub", "tag": "4.2.0", "pullPolicy": "IfNotPresent"}
-    assert v["proxy"]["chp"]["image"]["tag"] == "4.6.3"
+    assert v["hub"]["image"] == {"name": "quay.io/jupyterhub/k8s-hub", "tag": "4.4.0", "pullPolicy": "IfNotPresent"}
+    assert v["proxy"]["chp"]["image"]["tag"] == "5.2.0"  # the default chart 4.4.0's, without the chart at hand
     assert v["singleuser"]["image"] == {"name": "registry.lab:5000/ml/notebook", "tag": "2026.1",
                                         "pullPolicy": "IfNotPresent"}
-    assert images_in_values(v) == {"quay.io/jupyterhub/k8s-hub:4.2.0",
-                                   "quay.io/jupyterhub/configurable-http-proxy:4.6.3",
+    assert images_in_values(v) == {"quay.io/jupyterhub/k8s-hub:4.4.0",
+                                   "quay.io/jupyterhub/configurable-http-proxy:5.2.0",
                                    "registry.lab:5000/ml/notebook:2026.1"}
+    old = render(Z2JH_CHART_VERSION="4.2.0")
+    assert (old["hub"]["image"]["tag"], old["proxy"]["chp"]["image"]["tag"]) == ("4.2.0", "4.6.3")
+
+
+@pytest.mark.parametrize("version", ["4.4.0", "4.2.0"])
+def test_the_test_bundle_carries_what_each_packaged_chart_s_defaults_need(version):
+    """tests/harness/bundle.py's image lists are the charts' own defaults (no autohttps), nothing guessed."""
+    from provision.jupyterhub.chart import builtin_chart
+    from tests.harness import bundle as tb
+
+    listed = {"4.4.0": tb.JUPYTERHUB_4_4, "4.2.0": tb.JUPYTERHUB_4_2}[version]
+    sample = f"quay.io/jupyterhub/k8s-singleuser-sample:{version}"
+    assert images_in_values(builtin_chart(version).values) == {*listed, sample}
+    assert sample in tb.SINGLEUSER
 
 
 def test_images_in_values_of_chart_defaults_match_the_published_list():
@@ -309,7 +323,7 @@ def test_shared_homes_per_user_subpath_with_ownership_fix():
     assert st["type"] == "static"
     assert st["static"] == {"pvcName": "jhub-homes", "subPath": "home/{username}"}
     (init,) = v["singleuser"]["initContainers"]
-    assert init["image"] == "quay.io/jupyterhub/k8s-singleuser-sample:4.2.0"  # already on every user node
+    assert init["image"] == "quay.io/jupyterhub/k8s-singleuser-sample:4.4.0"  # SINGLEUSER_IMAGE: on every user node
     assert init["securityContext"]["runAsUser"] == 0
     assert init["volumeMounts"] == [{"name": "home", "mountPath": "/mnt/home", "subPath": "home/{username}"}]
     assert init["command"][:2] == ["sh", "-c"] and "chown 1000:100" in init["command"][2]

@@ -219,3 +219,66 @@ def test_deployment_rollout_status_and_watch(api):
     seen = [e["type"] for e in watch.Watch().stream(client.CoreV1Api(api).list_namespaced_pod, "default",
                                                      label_selector="app=web", timeout_seconds=1)]
     assert seen.count("ADDED") == 2
+
+
+def test_pv_and_pvc_update_rules_are_the_real_ones(tmp_path):
+    """Kubernetes 1.30: a PV's capacity may change, its source not; a bound claim's request may grow only
+    through a StorageClass with allowVolumeExpansion, never shrink; the rest of a claim's spec is immutable."""
+    import copy
+
+    from tests.harness.sim.store import ApiError
+
+    st = Store(tmp_path / "store.json")
+    ns_res, pv_res, pvc_res = st.kind("Namespace"), st.kind("PersistentVolume"), st.kind("PersistentVolumeClaim")
+    sc_res = st.kind("StorageClass", "storage.k8s.io/v1")
+    st.create(ns_res, "", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "jhub"}})
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "homes"},
+          "spec": {"capacity": {"storage": "2Ti"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                   "hostPath": {"path": "/srv/homes", "type": "Directory"}}}
+    st.create(pv_res, "", pv)
+
+    def claim(name, size, sc=""):
+        return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": "jhub"},
+                "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": sc, "volumeName": "homes" if not sc else "",
+                         "resources": {"requests": {"storage": size}}}}
+
+    def bind(name):
+        obj = st.get(pvc_res, "jhub", name)
+        obj["status"] = {"phase": "Bound", "capacity": {"storage": obj["spec"]["resources"]["requests"]["storage"]}}
+        st.put_internal(obj)
+
+    def update(res, name, change, ns=""):
+        obj = copy.deepcopy(st.get(res, ns, name))
+        change(obj)
+        return st.replace(res, ns, name, obj)
+
+    def grow(size):
+        return lambda o: o["spec"]["resources"]["requests"].update(storage=size)
+
+    update(pv_res, "homes", lambda o: o["spec"]["capacity"].update(storage="4Ti"))  # allowed
+    with pytest.raises(ApiError, match="persistentvolumesource is immutable") as e:
+        update(pv_res, "homes", lambda o: o["spec"]["hostPath"].update(path="/elsewhere"))
+    assert e.value.code == 422
+
+    st.create(pvc_res, "jhub", claim("static", "2Ti"))
+    with pytest.raises(ApiError, match="spec is immutable after creation except resources.requests"):
+        update(pvc_res, "static", grow("4Ti"), "jhub")  # not bound yet: the request is immutable too
+    bind("static")
+    with pytest.raises(ApiError, match="only dynamically provisioned pvc can be resized") as e:
+        update(pvc_res, "static", grow("4Ti"), "jhub")
+    assert e.value.code == 403
+    with pytest.raises(ApiError, match="field can not be less than previous value") as e:
+        update(pvc_res, "static", grow("1Ti"), "jhub")
+    assert e.value.code == 422
+    with pytest.raises(ApiError, match="spec is immutable"):
+        update(pvc_res, "static", lambda o: o["spec"].update(accessModes=["ReadWriteOnce"]), "jhub")
+    update(pvc_res, "static", grow("2048Gi"), "jhub")  # the same size written otherwise
+
+    for name, expand in (("fixed", False), ("expandable", True)):
+        st.create(sc_res, "", {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name},
+                               "provisioner": "microk8s.io/hostpath", "allowVolumeExpansion": expand})
+        st.create(pvc_res, "jhub", claim(f"c-{name}", "1Gi", name))
+        bind(f"c-{name}")
+    with pytest.raises(ApiError, match="only dynamically provisioned"):
+        update(pvc_res, "c-fixed", grow("2Gi"), "jhub")
+    assert update(pvc_res, "c-expandable", grow("2Gi"), "jhub")["spec"]["resources"]["requests"]["storage"] == "2Gi"

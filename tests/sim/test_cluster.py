@@ -37,10 +37,14 @@ def copied(sim_hosts, bundle):
     return "/tmp/b"
 
 
+# containerd answers seconds after `snap install` / `microk8s start` return (sim-fidelity.md row 1)
+WAIT_CONTAINERD = "timeout 30 sh -c 'until sudo microk8s ctr version >/dev/null 2>&1; do sleep 0.2; done'"
+
+
 def install(host, b: str) -> None:
     ssh(host, f"sudo snap ack {b}/snaps/core20_2264.assert && sudo snap install {b}/snaps/core20_2264.snap && "
               f"sudo snap ack {b}/snaps/microk8s_7394.assert && "
-              f"sudo snap install {b}/snaps/microk8s_7394.snap --classic", check=True)
+              f"sudo snap install {b}/snaps/microk8s_7394.snap --classic && {WAIT_CONTAINERD}", check=True)
 
 
 def kube(host):

@@ -53,7 +53,8 @@ def ready(pod: dict) -> bool:
 def native_values(**keys) -> str:
     from provision.jupyterhub.values import build_values, plain
     from tests.render.conftest import make_settings
-    return yaml.safe_dump(plain(build_values(make_settings(**{"ADMIN_USERS_CSV": "admin", **keys})).values))
+    keys = {"ADMIN_USERS_CSV": "admin", "Z2JH_CHART_VERSION": "4.2.0", **keys}  # the chart helm_install uses
+    return yaml.safe_dump(plain(build_values(make_settings(**keys)).values))
 
 
 def helm_install(h, values: str) -> None:
@@ -87,7 +88,8 @@ def node(tmp_path_factory, bundle):
         b = "/tmp/b"
         ssh(h, f"sudo snap ack {b}/snaps/core20_2264.assert && sudo snap install {b}/snaps/core20_2264.snap && "
                f"sudo snap ack {b}/snaps/microk8s_7394.assert && sudo snap install {b}/snaps/microk8s_7394.snap "
-               f"--classic && for t in microk8s-core jupyterhub singleuser; do sudo microk8s ctr images import "
+               f"--classic && timeout 30 sh -c 'until sudo microk8s ctr version >/dev/null 2>&1; do sleep 0.2; "
+               f"done' && for t in microk8s-core jupyterhub singleuser; do sudo microk8s ctr images import "
                f"{b}/images/$t.tar >/dev/null || exit 1; done && sudo microk8s status --wait-ready --timeout 120 "
                "&& sudo microk8s enable hostpath-storage", check=True, timeout=240)
         helm_install(h, native_values())

@@ -19,7 +19,8 @@ from tests.stages import stagefacts as sf
 def facts10(snap_list: str | None = sf.SNAP_LIST_CONVERGED, status: str | None = sf.STATUS_RUNNING,
             template: str | None = sf.TEMPLATE, mirrors: str = "", images: list[str] | None = None,
             arch: str = "x86_64", containerd_toml: str | None = sf.TEMPLATE,
-            snap_changes: str = "== core20\nno changes found\n== microk8s\nno changes found\n") -> sf.StrictFacts:
+            snap_changes: str = "== core20\nno changes found\n== microk8s\nno changes found\n",
+            snap_files: str = "") -> sf.StrictFacts:
     if images is None:
         images = s10.readiness_images(sf.manifest(), Settings())
     return sf.StrictFacts({
@@ -31,6 +32,7 @@ def facts10(snap_list: str | None = sf.SNAP_LIST_CONVERGED, status: str | None =
         "containerd_toml": M.parse_file(sf.raw(containerd_toml) if containerd_toml is not None else sf.raw("", 1)),
         "mirrors": s10.parse_mirrors(sf.raw(mirrors)),
         "ctr_images": M.parse_ctr_images(sf.raw(sf.ctr_ls(images)) if status is not None else sf.raw("", 127)),
+        "snap_files": s10.parse_names(sf.raw(snap_files)),
         "bundle": sf.manifest(),
     })
 
@@ -70,8 +72,9 @@ def test_fresh_node_installs_everything_in_order():
                       "snap install /var/lib/provision/snaps/microk8s_7394.snap"]
     install_mk = plan.actions[5]
     assert install_mk.argv[-1] == "--classic" and plan.actions[2].argv[-1] != "--classic"
-    assert k[6] == "snap refresh --hold"
-    assert k[7] == "ConfigureContainerd"
+    assert plan.actions[6].argv == ("rm", "-rf", "--", "/var/lib/provision/snaps")  # once installed
+    assert k[7] == "snap refresh --hold"
+    assert k[8] == "ConfigureContainerd"
     imports = [a for a in plan.actions if isinstance(a, M.ImportImages)]
     assert len(imports) == 1 and imports[0].platform == "amd64"
     assert set(imports[0].refs) == {normalize_ref(sf.SANDBOX), "docker.io/calico/cni:v3.25.1",
@@ -83,6 +86,15 @@ def test_converged_node_plans_nothing():
     plan = s10.plan(facts10(), Settings(), sf.CONTROL)
     assert plan.empty, [a.describe() for a in plan.actions]
     assert all(c.ok for c in s10.verify(facts10(), Settings(), sf.CONTROL))
+
+
+def test_snap_files_left_by_a_killed_run_are_removed_and_not_needed_again():
+    """Sent, then killed before (or during) the install, and snapd finished it: the copies are removed."""
+    leftovers = "core20_2264.assert\ncore20_2264.snap\nmicrok8s_7394.snap.provision-tmp\n"
+    plan = s10.plan(facts10(snap_files=leftovers), Settings(), sf.CONTROL)
+    assert kinds(plan) == ["rm -rf --", "microk8s status --wait-ready"]
+    assert "snap_files" in {p.name for p in s10.probes(Settings())}
+    assert s10.parse_names(sf.raw("")) == []
 
 
 def test_unheld_and_stopped_node():
@@ -156,6 +168,41 @@ def test_mirror_registry_name_with_shell_metacharacters_is_refused():
         s10.mirrors_probe(Settings(registry_mirrors_csv=(("docker.io/$(reboot)", "https://m:5000"),)))
 
 
+@pytest.mark.parametrize("value", [
+    'docker.io=https://m.lab/"]\n[host."https://evil', 'docker.io=https://m.lab/"x', "docker.io=https://m.lab:5000 x", "docker.io=ftp://m.lab",
+    "docker.io=https://user:pw@m.lab", "docker.io=https://m.lab?x=1", "docker.io=https://m.lab:70000",
+    "docker.io=https://m.lab\\x", "docker.io=https://m.lab\x01", "docker.io=https://", "docker.io=m.lab",
+    "docker.io/$(reboot)=https://m.lab", 'do"cker.io=https://m.lab', "docker.io:0x1=https://m.lab", "=https://m"])
+def test_hostile_registry_mirrors_are_refused_by_config(value):
+    from provision.config import load_settings
+    from provision.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_settings(None, {"REGISTRY_MIRRORS_CSV": value})
+    assert len(e.value.problems) == 1 and "REGISTRY_MIRRORS_CSV" in e.value.problems[0]
+    assert "\n" not in e.value.problems[0] and "pw" not in e.value.problems[0]
+
+
+def test_registry_mirrors_hosts_toml_parses_to_the_exact_values():
+    import tomllib
+
+    from provision.config import load_settings
+
+    csv = "docker.io=https://mirror.lab.example:5000, localhost:32000=http://10.0.0.5:5000/v2/x_y~z%20"
+    s = load_settings(None, {"REGISTRY_MIRRORS_CSV": csv})
+    assert s.registry_mirrors_csv == (("docker.io", "https://mirror.lab.example:5000"),
+                                      ("localhost:32000", "http://10.0.0.5:5000/v2/x_y~z%20"))
+    plan = s10.plan(facts10(), s, sf.CONTROL)
+    puts = {p.path.split("/")[-2]: tomllib.loads(p.content.decode()) for p in plan.actions if isinstance(p, PutFile)}
+    assert puts == {"docker.io": {"server": "https://registry-1.docker.io", "host": {
+                        "https://mirror.lab.example:5000": {"capabilities": ["pull", "resolve"]}}},
+                    "localhost:32000": {"server": "https://localhost:32000", "host": {
+                        "http://10.0.0.5:5000/v2/x_y~z%20": {"capabilities": ["pull", "resolve"]}}}}
+    # the emitter alone, on what config would refuse: still one key with exactly that value
+    hostile = 'https://m/"]\n[host."x\\y\x7f\t'
+    assert tomllib.loads(s10.hosts_toml("docker.io", hostile))["host"] == {hostile: {"capabilities": ["pull", "resolve"]}}
+
+
 def test_missing_readiness_image_is_imported():
     present = [r for r in s10.readiness_images(sf.manifest(), Settings()) if "calico/node" not in r]
     plan = s10.plan(facts10(images=present), Settings(), sf.CONTROL)
@@ -211,3 +258,51 @@ def test_image_actions_describe_without_reading_files():
     plan = s20.plan(facts20(None), Settings(), sf.CONTROL)
     line = plan.actions[0].describe()
     assert "images/core.tar" in line and "--platform amd64" in line and "more" in line
+
+
+class _SlowContainerd:
+    """`microk8s ctr version` fails `down` times (socket not there yet), then answers; records argv."""
+
+    name = "cp1"
+
+    def __init__(self, down: int):
+        self.down, self.calls = down, []
+
+    def run(self, argv, **kw):
+        from provision.hosts.base import Result
+
+        self.calls.append(list(argv))
+        if argv[:3] == ["microk8s", "ctr", "version"] and self.down > 0:
+            self.down -= 1
+            return Result(tuple(argv), 1, "", 'ctr: failed to dial "/var/snap/microk8s/common/run/'
+                                              'containerd.sock": context deadline exceeded\n')
+        return Result(tuple(argv), 0, "", "")
+
+
+def test_import_waits_for_containerd_after_a_restart(tmp_path):
+    """The import is sent only once containerd answers (its socket comes seconds after a start)."""
+    import threading
+
+    from provision.errors import Interrupted, ProvisionError
+    from provision.stage import ApplyContext
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images/core.tar").write_bytes(b"x")
+    ctx = ApplyContext(Settings(), tmp_path)
+    action = M.ImportImages("images/core.tar", "0" * 64, 1, ("a:1",), "amd64", containerd_timeout=30)
+    host = _SlowContainerd(down=2)
+    host.is_local = True
+    M.wait_containerd(host, ctx, 30, interval=0.01)
+    host.down = 2
+    host.calls.clear()
+    action.apply(host, ctx)
+    assert [c[:4] for c in host.calls] == [["microk8s", "ctr", "version"]] * 3 + [["microk8s", "ctr", "image", "import"]]
+
+    with pytest.raises(ProvisionError, match=r"cp1: containerd did not answer within 0s \(ctr: failed to dial"):
+        M.wait_containerd(_SlowContainerd(down=99), ctx, 0)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Interrupted):
+        M.wait_containerd(_SlowContainerd(down=99), ApplyContext(Settings(), extra={"stop": stop}), 30)
+    imports = s20.plan(facts20(None), Settings(wait_timeout=900), sf.CONTROL).actions
+    assert imports and all(a.containerd_timeout == 900 for a in imports)

@@ -112,6 +112,39 @@ def test_calico_mgmt_interface_setting_wins():
     assert plan.actions[0].method == r"interface=^bond0\.100$"
 
 
+@pytest.mark.parametrize("iface", ["eth0", "bond0.100", "enp3s0-mgmt", "ib0"])
+def test_calico_interface_pin_is_valid_yaml_and_matches_only_that_interface(iface):
+    """The written cni.yaml must parse (a `\\.` inside a double-quoted scalar once broke it) and carry a
+    regex that matches exactly the interface; applying it again is a no-op."""
+    import re
+
+    method = s30.desired_method(facts30(), Settings(mgmt_interface=iface), sf.CONTROL)
+    new = s30.set_autodetect_method(CNI_YAML, method)
+    docs = list(yaml.safe_load_all(new))  # raises on an invalid escape
+    env = docs[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "IP_AUTODETECTION_METHOD", "value": method} in env
+    assert {"name": "CALICO_IPV4POOL_CIDR", "value": "10.1.0.0/16"} in env  # the rest untouched
+    pattern = method.removeprefix("interface=")
+    assert re.search(pattern, iface)
+    for other in (iface + "0", "x" + iface, iface.replace(".", "x"), "eth1"):
+        assert other == iface or not re.search(pattern, other), other
+    assert s30.set_autodetect_method(new, method) == new
+    done = facts30(cni=new, daemonset=ds(method))
+    assert s30.plan(done, Settings(mgmt_interface=iface), sf.CONTROL).empty
+
+
+def test_calico_repairs_the_invalid_escape_an_earlier_version_wrote():
+    broken = CNI_YAML.replace('"first-found"', '"interface=^bond0\\.100$"')
+    with pytest.raises(yaml.YAMLError):
+        list(yaml.safe_load_all(broken))
+    s = Settings(mgmt_interface="bond0.100")
+    f = facts30(cni=broken, daemonset=ds(r"interface=^bond0\.100$"))
+    plan = s30.plan(f, s, sf.CONTROL)
+    assert [type(a).__name__ for a in plan.actions] == ["PinAutodetect", "WaitPods"]
+    fixed = s30.set_autodetect_method(broken, plan.actions[0].method)
+    assert s30.autodetect_method(fixed) == r"interface=^bond0\.100$"
+
+
 def test_calico_multi_nic_without_default_route_asks_for_mgmt_interface():
     with pytest.raises(ConflictError, match=r"2 network interfaces \(eno1, ib0\) and no default route") as e:
         s30.plan(facts30(nics=NICS_IB, route="Iface\tDestination\n---\n"), Settings(), sf.CONTROL)
@@ -336,3 +369,46 @@ def _validate(doc: dict) -> None:
     import kubernetes_validate
 
     kubernetes_validate.validate(doc, "1.30.0", strict=True)
+
+
+def _shared_state(size: str, pv_size: str | None = None):
+    """A converged shared-storage cluster whose claim requests `size` (and its PV has `pv_size`)."""
+    done = COREFILE.replace("8.8.8.8 8.8.4.4", "10.0.0.2 10.0.0.3")
+    base = Settings(shared_storage_enabled=True, shared_storage_path="/mnt/cephfs/jhub", pvc_size=size)
+    docs = s40.shared_storage_docs(base)
+    pv, pvc = copy.deepcopy(docs[1]), copy.deepcopy(docs[2])
+    pv["spec"]["capacity"]["storage"] = pv_size or size
+    pvc["status"] = {"phase": "Bound", "capacity": {"storage": size}}
+    return facts40(corefile=done, node_list=("cp1", "w1"), pv=pv, pvc=pvc,
+                   shared_path={"exists": True, "fstype": "ceph"})
+
+
+@pytest.mark.parametrize("new, why", [
+    ("4Ti", ("Kubernetes resizes only claims whose StorageClass allows volume expansion, and this one is bound "
+            "to a static PersistentVolume")),
+    ("1Ti", "Kubernetes never shrinks a claim"),
+])
+def test_pvc_size_change_is_refused_before_any_change(new, why):
+    """Defect 13: the API would take the PV's new capacity and refuse the claim's; never half-apply."""
+    s = Settings(shared_storage_enabled=True, shared_storage_path="/mnt/cephfs/jhub", pvc_size=new)
+    with pytest.raises(ConflictError) as e:
+        s40.plan(_shared_state("2Ti"), s, sf.CONTROL)
+    assert e.value.message == (f"PVC_SIZE={new} but the claim jhub/jhub-homes requests 2Ti; {why}, so nothing was "
+                               "changed")
+    assert e.value.hint.startswith("set PVC_SIZE=2Ti in jhub.env again (the space users get is the free space of "
+                                   "/mnt/cephfs/jhub, not PVC_SIZE)")
+    assert "microk8s kubectl delete pvc -n jhub jhub-homes" in e.value.hint
+
+
+def test_half_applied_resize_is_not_reported_as_converged():
+    """The state the old stage 40 left (PV at the new size, claim refused): still refused, not success."""
+    s = Settings(shared_storage_enabled=True, shared_storage_path="/mnt/cephfs/jhub", pvc_size="4Ti")
+    with pytest.raises(ConflictError, match="requests 2Ti"):
+        s40.plan(_shared_state("2Ti", pv_size="4Ti"), s, sf.CONTROL)
+
+
+def test_pv_capacity_alone_is_resized_and_equal_quantities_are_equal():
+    s = Settings(shared_storage_enabled=True, shared_storage_path="/mnt/cephfs/jhub", pvc_size="2Ti")
+    plan = s40.plan(_shared_state("2Ti", pv_size="1Ti"), s, sf.CONTROL)  # only the PV differs: editable
+    assert [type(a).__name__ for a in plan.actions] == ["KubectlApply"]
+    assert s40.plan(_shared_state("2048Gi"), s, sf.CONTROL).empty  # the API may write 2Ti as 2048Gi

@@ -32,6 +32,7 @@ def invoke(*args, input=None):
 @pytest.mark.skipif(is_supported_ubuntu(), reason="this machine is a supported Ubuntu: preflight may pass")
 def test_dry_run_on_this_machine_stops_in_preflight(tmp_path):
     log = tmp_path / "logs" / "run.log"
+    log.parent.mkdir()  # --log-file's folder must exist (only the default log folder is created)
     before = sorted(p.name for p in Path("/var/snap").glob("*")) if Path("/var/snap").exists() else None
     r = invoke("install", "--dry-run", "--env", str(EXAMPLE), "--bundle", str(tmp_path / "no-bundle"),
                "--log-file", str(log))

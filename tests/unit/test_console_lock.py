@@ -105,3 +105,64 @@ def test_lock_held_by_another_process_names_its_pid(tmp_path):
         holder.wait(timeout=10)
     with RunLock(path):  # free again once the holder is gone
         assert path.read_text().strip() == str(os.getpid())
+
+
+# --- the lock on the control node (defect 14), here on this machine with real sh + flock -----------------
+
+
+def _holder_process(directory: Path) -> subprocess.Popen:
+    """Another provision process holding the node lock (LocalHost: the same script, pipes instead of SSH)."""
+    code = ("import sys; from provision.hosts.local import LocalHost; from provision.lock import NodeLock\n"
+            f"l = NodeLock(LocalHost('n1'), 'cp1', directory={str(directory)!r}); l.acquire()\n"
+            "print('held', flush=True); sys.stdin.read()")
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_node_lock_names_the_holder_and_a_clean_release_leaves_no_holder(tmp_path):
+    import re
+
+    from provision.hosts.local import LocalHost
+    from provision.lock import NodeLock
+
+    first = NodeLock(LocalHost("n1"), "cp1", directory=str(tmp_path))
+    assert first.acquire() == ""
+    with pytest.raises(LockedError) as e:
+        NodeLock(LocalHost("n2"), "cp1", directory=str(tmp_path)).acquire()
+    assert e.value.exit_code == 4
+    assert re.fullmatch(rf"another provision run holds the lock on cp1: \S+@\S+, PID {os.getpid()}, started "
+                        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}", e.value.message), e.value.message
+    assert re.fullmatch(r"wait for it to finish, then run again; if that run is gone \(its machine crashed or lost "
+                        r"the link\), end its lock process on cp1: `sudo kill \d+`", e.value.hint), e.value.hint
+    first.release()
+    assert not (tmp_path / "run.holder").exists()
+    second = NodeLock(LocalHost("n2"), "cp1", directory=str(tmp_path))
+    assert second.acquire() == ""  # released cleanly: no takeover message
+    second.release()
+
+
+def test_node_lock_of_a_killed_run_is_taken_over_with_a_message(tmp_path):
+    import signal
+    import time
+
+    from provision.hosts.local import LocalHost
+    from provision.lock import NodeLock
+
+    holder = _holder_process(tmp_path)
+    with pytest.raises(LockedError, match=f"PID {holder.pid}, started"):
+        NodeLock(LocalHost("n2"), "cp1", directory=str(tmp_path)).acquire()
+    holder.send_signal(signal.SIGKILL)  # no cleanup at all: only the kernel closes its pipes
+    holder.wait(10)
+    deadline = time.monotonic() + 10
+    while True:  # its lock process sees EOF and ends within moments
+        lock = NodeLock(LocalHost("n2"), "cp1", directory=str(tmp_path))
+        try:
+            note = lock.acquire()
+            break
+        except LockedError:
+            assert time.monotonic() < deadline, "the dead run's lock was never freed"
+            time.sleep(0.05)
+    assert note.startswith("the previous run (") and f"PID {holder.pid}, started" in note
+    assert note.endswith(") ended without releasing the lock on cp1; taking it over")
+    lock.release()

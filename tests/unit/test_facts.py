@@ -47,6 +47,99 @@ def test_a_failed_script_is_a_clear_error():
         F.gather(Broken("n1"), [F.arch])
 
 
+# --- time limits (defect 4) ----------------------------------------------------------------------------
+
+
+def test_probe_bound_comes_from_the_timeouts_it_runs():
+    assert F.Probe("a", "uname -m", F.parse_arch).bound == F.PROBE_BASE
+    assert F.Probe("a", "timeout 60 x\ntimeout -k 5 30 y; timeout 2.5 z", F.parse_arch).bound == F.PROBE_BASE + 92.5
+    # an option named --timeout is not a time limit of the probe; an explicit bound wins
+    assert F.Probe("a", "microk8s status --wait-ready --timeout 600", F.parse_arch).bound == F.PROBE_BASE
+    assert F.Probe("a", "timeout 60 x", F.parse_arch, timeout=700).bound == 700
+    assert F.script_timeout([F.arch, F.Probe("w", "sleep 9", F.parse_arch, timeout=9)]) == \
+        F.SCRIPT_MARGIN + F.PROBE_BASE + 9
+
+
+def test_each_stage_gets_a_limit_longer_than_its_own_probes():
+    """The old fixed 120 s was shorter than what stage 70's probes may take (six `timeout 60` calls)."""
+    from provision.config import Settings
+    from stages import _microk8s as M
+    from stages.s70_jupyterhub import JupyterHubStage
+
+    s70 = JupyterHubStage().probes(Settings(auth_mode="native", admin_users_csv=("admin",)))
+    assert len(s70) == 6 and all("timeout 60 " in p.script for p in s70)
+    assert F.script_timeout(s70) >= 6 * 60 + F.SCRIPT_MARGIN
+    assert F.script_timeout([M.ctr_images, M.status]) >= 180
+
+
+def _timing_out_host(name: str, probes, done: int):
+    """A host whose probe script times out after the first `done` probes printed their output."""
+    from provision.errors import CommandTimeout
+    from tests.unit.fakes import FakeHost
+
+    class Hung(FakeHost):
+        def run(self, argv, **kw):
+            self.seen = kw
+            full = F.build_script(probes)
+            assert argv[2] == full
+            out = "{" + ",".join(f'"{p.name}":"{"YQo=" if i < done else ""}"' for i, p in enumerate(probes))
+            cut = out.find(f'"{probes[done].name}":"') + len(probes[done].name) + 4  # its value never came
+            raise CommandTimeout(f"{name}: `sh -c ...` did not finish within {kw['timeout']:g} s", "", out[:cut], "")
+
+    return Hung(name)
+
+
+def test_timeout_error_names_node_and_probe_never_the_script():
+    secret_code = "import hubinternals  # in-hub code must never reach an error"
+    probes = [F.arch, F.Probe("hub_admin", f"timeout 60 python3 -c '{secret_code}'", F.parse_arch), F.user]
+    host = _timing_out_host("n1", probes, done=1)
+    with pytest.raises(F.ProbeTimeout) as e:
+        F.gather(host, probes, sudo=True)
+    limit = F.SCRIPT_MARGIN + 3 * F.PROBE_BASE + 60
+    assert host.seen["timeout"] == limit
+    assert e.value.message == f"n1: fact probe hub_admin did not answer within {limit:g} s (1 of 3 probes had answered)"
+    assert e.value.probe == "hub_admin" and "re-run" in e.value.hint
+    assert secret_code not in e.value.message + e.value.hint and "provision facts" not in e.value.message
+
+
+def test_runner_names_stage_node_and_probe_of_a_timed_out_gather(tmp_path):
+    from tests.unit.stubs import KeyStage
+    from tests.unit.test_runner import make, run_expect
+
+    probes = [F.arch, F.os_release, F.meminfo]
+
+    class Probing(KeyStage):
+        def gather(self, host, settings, node):
+            return F.gather(_timing_out_host(node.name, probes, done=2), probes)
+
+    runner, _, _ = make([Probing(10)], names=("a",), tmp_path=tmp_path)
+    err = run_expect(runner)
+    assert err.message.startswith("stage 10 (Stub 10) failed on a:\n  a: fact probe meminfo did not answer within")
+    assert "(2 of 3 probes had answered)" in err.message
+
+
+def test_a_hanging_probe_on_this_machine_is_named_and_ended(tmp_path):
+    """A real sh: the probes before the hung one print their output as they finish, so the partial
+    output names it; the hung command's process is ended with the script."""
+    import time
+    from pathlib import Path
+
+    from provision.hosts.local import LocalHost
+
+    pidfile = tmp_path / "pid"
+    hang = F.Probe("hang", F.quoted("sleep 307 & echo $! > {p}; wait", p=str(pidfile)), F.parse_arch)
+    t0 = time.monotonic()
+    with pytest.raises(F.ProbeTimeout) as e:
+        F.gather(LocalHost("here"), [F.arch, F.user, hang, F.cpus], timeout=1.5)
+    assert time.monotonic() - t0 < 4
+    assert e.value.message == "here: fact probe hang did not answer within 1.5 s (2 of 4 probes had answered)"
+    proc = Path(f"/proc/{pidfile.read_text().strip()}")
+    deadline = time.monotonic() + 2
+    while proc.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not proc.exists() or (proc / "stat").read_text().split(")")[-1].split()[0] == "Z"
+
+
 def test_probe_names_must_be_unique_and_simple():
     with pytest.raises(ValueError):
         F.Probe("Bad-Name", "true", lambda r: r)

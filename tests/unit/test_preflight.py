@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from provision import facts as F
 from provision.config import Settings
 from provision.errors import PreflightError
 from provision.runner import check_line
@@ -24,6 +25,24 @@ class Facts(dict):
 
     def __missing__(self, key):
         raise AssertionError(f"preflight read fact {key!r}, which the fixture does not supply")
+
+
+# Captured `ip -o link show` / `ip -o -4 addr show` (names with dots and dashes; a VLAN shows its parent).
+IP_LINK = """\
+1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT group default qlen 1000\\    link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00
+2: eno1: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc mq state UP mode DEFAULT group default qlen 1000\\    link/ether 3c:ec:ef:10:20:30 brd ff:ff:ff:ff:ff:ff\\    altname enp24s0f0
+3: enp3s0-mgmt: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 qdisc mq state DOWN mode DEFAULT group default qlen 1000\\    link/ether 3c:ec:ef:10:20:31 brd ff:ff:ff:ff:ff:ff
+4: ib0: <BROADCAST,MULTICAST> mtu 4092 qdisc noop state DOWN mode DEFAULT group default qlen 256\\    link/infiniband 00:00:10:29:fe:80 brd 00:ff:ff:ff:ff:12
+5: bond0: <BROADCAST,MULTICAST,MASTER,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP mode DEFAULT group default qlen 1000\\    link/ether 3c:ec:ef:10:20:32 brd ff:ff:ff:ff:ff:ff
+6: bond0.100@bond0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP mode DEFAULT group default qlen 1000\\    link/ether 3c:ec:ef:10:20:32 brd ff:ff:ff:ff:ff:ff
+"""
+IP_ADDR = """\
+1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
+2: eno1    inet 10.0.0.11/24 brd 10.0.0.255 scope global eno1\\       valid_lft forever preferred_lft forever
+6: bond0.100    inet 10.1.0.11/24 brd 10.1.0.255 scope global bond0.100\\       valid_lft forever preferred_lft forever
+"""
+RESOLV_STUB = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lab.example\n"
+RESOLV_SITE = "nameserver 10.0.0.2\nnameserver 10.0.0.3\n"
 
 
 def ubuntu2404(**changes) -> Facts:
@@ -49,6 +68,8 @@ def ubuntu2404(**changes) -> Facts:
         "davinci_devices": 0,
         "npu_smi": {"present": False, "ok": False, "npus": [], "version": "", "error": "npu-smi not found"},
         "bundle": {"checked": False},
+        "interfaces": F.parse_interfaces(F.Raw(IP_LINK + "---\n" + IP_ADDR, 0)),
+        "resolv": F.parse_resolv(F.Raw(RESOLV_STUB + "---\n" + RESOLV_SITE, 0)),
     })
     for k, v in changes.items():
         f[k] = v
@@ -68,7 +89,7 @@ def warnings(facts, settings=None, node=NODE):
 def test_healthy_ubuntu_2404_passes_every_check():
     checks = Preflight().verify(ubuntu2404(), Settings(), NODE)
     assert [c.name for c in checks] == ["os", "arch", "cpu", "memory", "disk", "swap", "route", "hostname",
-                                        "clock", "ports", "snapd", "sudo"]
+                                        "clock", "ports", "snapd", "sudo", "dns"]
     assert all(c.ok for c in checks)
     assert check_line(checks[0]) == "os: Ubuntu 24.04.1 LTS"
     assert Preflight().plan(ubuntu2404(), Settings(), NODE).empty
@@ -318,6 +339,7 @@ def raw_probes(os_release: str = "ID=ubuntu\nVERSION_ID=\"24.04\"\nPRETTY_NAME=\
         "port_holders": 'LISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:(("sshd",pid=801,fd=3))\n',
         "snapd": "snap    2.63+24.04\nsnapd   2.63+24.04\n", "microk8s": ("", 1), "user": "0\nroot\n",
         "nvidia_pci": "", "nvidia_smi": ("", 127), "davinci_devices": "0", "npu_smi": ("", 127),
+        "interfaces": IP_LINK + "---\n" + IP_ADDR, "resolv": RESOLV_STUB + "---\n" + RESOLV_SITE,
     }
 
 
@@ -372,11 +394,11 @@ def test_preflight_failure_is_a_preflight_error():
 def test_bundle_fact_verifies_a_real_bundle(tmp_path):
     from tests.bundle import bundletools as bt
 
-    bt.build_bundle(tmp_path / "b")
-    fact = P.bundle_fact(tmp_path / "b", Settings())
+    bt.build_bundle(tmp_path / "b")  # chart 4.2.0 and its images
+    fact = P.bundle_fact(tmp_path / "b", Settings(z2jh_chart_version="4.2.0", singleuser_image=bt.SINGLEUSER))
     assert fact["ok"] and fact["verified"] and fact["problems"] == []
     (tmp_path / "b" / "images" / "jupyterhub.tar").write_bytes(b"truncated")
-    fact = P.bundle_fact(tmp_path / "b", Settings())
+    fact = P.bundle_fact(tmp_path / "b", Settings(z2jh_chart_version="4.2.0", singleuser_image=bt.SINGLEUSER))
     assert not fact["ok"] and any(p.startswith("images/jupyterhub.tar: ") for p in fact["problems"])
 
 
@@ -391,7 +413,101 @@ def test_bundle_fact_requires_every_image_the_hub_release_needs(tmp_path):
     write_manifest(root, microk8s_channel="1.30/stable",
                    images={"images/microk8s-core.tar": ["control-plane", "worker"],
                            "images/jupyterhub.tar": ["control-plane", "worker"]})
-    fact = P.bundle_fact(root, Settings())
+    fact = P.bundle_fact(root, Settings(z2jh_chart_version="4.2.0", singleuser_image=bt.SINGLEUSER))
     assert not fact["ok"]
     assert fact["problems"] == [("images/: no tarball holds quay.io/jupyterhub/configurable-http-proxy:4.6.3, "
                                  "which the JupyterHub values need")]
+
+
+# --- MGMT_INTERFACE (defect 19), site DNS (defect 12), roles from accelerators (defect 17) ------------------
+
+
+def test_interfaces_parser_reads_captured_ip_output():
+    links = ubuntu2404()["interfaces"]["links"]
+    assert links["bond0.100"] == {"up": True, "carrier": True, "ipv4": ["10.1.0.11/24"]}
+    assert links["enp3s0-mgmt"] == {"up": True, "carrier": False, "ipv4": []}
+    assert links["ib0"] == {"up": False, "carrier": False, "ipv4": []}
+    assert F.parse_interfaces(F.Raw("", 127)) == {"ok": False, "links": {}}
+
+
+@pytest.mark.parametrize("name", ["eno1", "bond0.100"])
+def test_mgmt_interface_that_is_up_with_ipv4_passes(name):
+    checks = Preflight().verify(ubuntu2404(), Settings(mgmt_interface=name), NODE)
+    line = next(check_line(c) for c in checks if c.name == "interface")
+    assert line.startswith(f"interface: {name} up, 10.") and failures(ubuntu2404(), Settings(mgmt_interface=name)) == []
+
+
+@pytest.mark.parametrize("name, line", [
+    ("bond0.10", ("interface: MGMT_INTERFACE=bond0.10 does not exist on this node; it has: bond0 (no IPv4), "
+                 "bond0.100 (10.1.0.11/24), eno1 (10.0.0.11/24), enp3s0-mgmt (no IPv4), ib0 (no IPv4, down) — set "
+                 "MGMT_INTERFACE in jhub.env to one of them (the NIC on the management network), or leave it empty "
+                 "to use the default route's interface")),
+    ("ib0", ("interface: MGMT_INTERFACE=ib0 is down — bring it up (`ip link set ib0 up`, and in netplan), or pick "
+            "another interface: bond0 (no IPv4), bond0.100 (10.1.0.11/24), eno1 (10.0.0.11/24), enp3s0-mgmt (no "
+            "IPv4), ib0 (no IPv4, down)")),
+    ("enp3s0-mgmt", ("interface: MGMT_INTERFACE=enp3s0-mgmt is up but has no carrier (cable or switch port) — bring "
+                    "it up (`ip link set enp3s0-mgmt up`, and in netplan), or pick another interface: bond0 (no "
+                    "IPv4), bond0.100 (10.1.0.11/24), eno1 (10.0.0.11/24), enp3s0-mgmt (no IPv4), ib0 (no IPv4, "
+                    "down)")),
+    ("bond0", ("interface: MGMT_INTERFACE=bond0 has no IPv4 address; Calico takes the node address from it — give "
+              "it an address in netplan, or pick another interface: bond0 (no IPv4), bond0.100 (10.1.0.11/24), eno1 "
+              "(10.0.0.11/24), enp3s0-mgmt (no IPv4), ib0 (no IPv4, down)")),
+])
+def test_mgmt_interface_problems_are_one_line_with_the_fix(name, line):
+    assert failures(ubuntu2404(), Settings(mgmt_interface=name)) == [line]
+
+
+def test_mgmt_interface_is_checked_on_every_node_and_not_when_empty():
+    worker = Node("w1", "10.0.0.21", frozenset({Role.WORKER}))
+    assert len(failures(ubuntu2404(), Settings(mgmt_interface="eth9"), worker)) == 1
+    assert not [c for c in Preflight().verify(ubuntu2404(), Settings(), worker) if c.name == "interface"]
+
+
+def test_no_site_dns_server_fails_preflight_with_stage_40s_line():
+    """Before any change (defect 12): the same message and fix stage 40 gives, from the same code."""
+    from provision.errors import ConflictError
+    from stages import s40_dns_storage as s40
+
+    f = ubuntu2404(resolv=F.parse_resolv(F.Raw(RESOLV_STUB + "---\nnameserver 8.8.8.8\n", 0)))
+    line = ("dns: no site DNS server for CoreDNS to forward to (found: 127.0.0.53, 8.8.8.8); an air-gapped cluster "
+            "must not use a public resolver — set DNS_SERVERS_CSV in jhub.env to your internal DNS servers (e.g. "
+            "DNS_SERVERS_CSV=10.0.0.2,10.0.0.3), then re-run")
+    assert failures(f) == [line]
+    with pytest.raises(ConflictError) as e:
+        s40.upstream_servers(f, Settings(), NODE)
+    assert f"{e.value.message.removeprefix('gpu1: ')} — {e.value.hint}" == line.removeprefix("dns: ")
+    assert failures(f, Settings(dns_servers_csv=("10.9.9.9",))) == []
+    worker = Node("w1", "10.0.0.21", frozenset({Role.WORKER}))  # stage 40 runs on the control node only
+    assert failures(f, node=worker) == []
+
+
+def test_healthy_node_dns_check_names_the_servers():
+    checks = Preflight().verify(ubuntu2404(), Settings(), NODE)
+    assert check_line(next(c for c in checks if c.name == "dns")) == "dns: CoreDNS will forward to 10.0.0.2, 10.0.0.3"
+
+
+def test_roles_from_accelerator_facts():
+    plain = Node("cp1", "10.0.0.11", frozenset({Role.CONTROL}))
+    assert P.node_roles(ubuntu2404(), plain) == (frozenset({Role.CONTROL}), "roles: control-plane")
+    eight = {**GPU, "gpus": GPU["gpus"] * 4}
+    assert P.node_roles(ubuntu2404(nvidia_pci=8, nvidia_smi=eight), plain) == (
+        frozenset({Role.CONTROL, Role.GPU}), "roles: control-plane, gpu (8 GPUs found)")
+    # no driver yet: the PCI display controllers of vendor 10de still make it a GPU node
+    assert P.node_roles(ubuntu2404(nvidia_pci=2), plain)[1] == "roles: control-plane, gpu (2 GPUs found)"
+    npu = {"present": True, "ok": True, "version": "24.1.rc1", "error": "",
+           "npus": [{"id": i, "name": "910B3", "health": "OK"} for i in range(8)]}
+    assert P.node_roles(ubuntu2404(npu_smi=npu, davinci_devices=8), plain) == (
+        frozenset({Role.CONTROL, Role.NPU}), "roles: control-plane, npu (8 NPUs found)")
+    assert P.node_roles(ubuntu2404(davinci_devices=1), plain)[1] == "roles: control-plane, npu (1 NPU found)"
+
+
+def test_interface_and_dns_facts_come_in_the_one_probe_round_trip():
+    from provision.facts import CountingHost
+    from tests.unit.fakes import FakeHost
+
+    host = CountingHost(FakeHost("gpu1", probes=raw_probes()))
+    s = Settings(mgmt_interface="bond0.100")
+    facts = Preflight().gather(host, s, NODE)
+    assert host.round_trips == 1
+    lines = [check_line(c) for c in Preflight().verify(facts, s, NODE) if c.name in ("interface", "dns")]
+    assert lines == ["interface: bond0.100 up, 10.1.0.11/24", "dns: CoreDNS will forward to 10.0.0.2, 10.0.0.3"]

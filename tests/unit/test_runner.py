@@ -315,9 +315,57 @@ def test_ctrl_c_lets_running_commands_end_and_starts_nothing_new(tmp_path):
     assert err.exit_code == 130
     assert err.message == "interrupted during stage 10 (Stub 10)"
     assert "--from 10" in err.hint
-    assert done == ["first"]  # the running command finished; the next one never started
+    assert done == ["first"]  # a fake host cannot be interrupted: its command finished; the next never started
     assert later.gathers == 0
-    assert "waiting for running commands to end" in stream.getvalue()
+    assert "stopping the commands running on the nodes" in stream.getvalue()
+
+
+def test_ctrl_c_ends_a_long_command_and_its_children_within_2s(tmp_path):
+    """Ctrl-C while a LocalHost command (a shell with a child sleep) runs: the runner interrupts the host,
+    every process of it ends, and run() raises Interrupted (exit 130) within 2 s."""
+    from provision.hosts.local import LocalHost
+    from provision.stage import Plan, RunCommand
+
+    marker = tmp_path / "pid"
+
+    class Long(KeyStage):
+        def gather(self, host, settings, node):
+            return {}
+
+        def plan(self, facts, settings, node):
+            return Plan.of(RunCommand(("sh", "-c", 'sleep 300 & echo $! > "$1"; wait', "sh", str(marker)),
+                                      "long", sudo=False))
+
+    console = Console(stream=io.StringIO(), tty=False)
+    runner = Runner([Long(10)], [Node("local", "127.0.0.1")], {"local": LocalHost("local")}, Settings(),
+                    RunOptions(yes=True), console)
+    sent = []
+
+    def ctrl_c_once_running():
+        deadline = time.monotonic() + 10
+        while not (marker.exists() and marker.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=ctrl_c_once_running, daemon=True).start()
+    err = run_expect(runner, Interrupted)
+    took = time.monotonic() - sent[0]
+    child = int(marker.read_text())
+    assert err.exit_code == 130 and err.message == "interrupted during stage 10 (Stub 10)"
+    assert took < 2, f"{took:.2f}s from Ctrl-C to the end of the run"
+    deadline = time.monotonic() + 1
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _alive(child), "the command's child process outlived the interrupt"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_secrets_never_reach_screen_or_log(tmp_path):
@@ -359,3 +407,56 @@ def test_summary_json_shape(tmp_path):
     assert s10["number"] == 10 and s10["status"] == "changed" and s10["actions_applied"] == 1
     assert s10["nodes"]["a"] == {"status": "changed", "planned": ["set x=1"], "actions_applied": 1,
                                  "reason": "changed (1 actions)", "error": None, "checks": []}
+
+
+# --- roles found by preflight reach the later stages (defect 17) ------------------------------------------
+
+
+def test_preflight_gpu_facts_make_stage_20_import_the_gpu_images(tmp_path):
+    """The real preflight and stage 20 plan: a node whose nvidia-smi lists 8 GPUs gets the gpu role, and
+    stage 20 plans the GPU tarball there (dry run), while a node without GPUs does not."""
+    from stages.s00_preflight import Preflight
+    from stages.s20_images import Images
+    from tests.stages import stagefacts as sf
+    from tests.unit.test_preflight import raw_probes
+
+    h100 = "NVIDIA H100 80GB HBM3, 550.54.15, 81559 MiB\n" * 8
+    images = Images()
+    images._manifest.get = lambda stage: sf.manifest()  # the fixture manifest instead of a bundle dir
+    ns = [Node("cp1", "10.0.0.11", frozenset({Role.CONTROL})), Node("cp2", "10.0.0.12", frozenset({Role.CONTROL}))]
+    hosts = {}
+    for n in ns:
+        probes = {**raw_probes(), "ctr_images": ("", 127),
+                  "hostname": f"{n.name}\n---\n{n.address}       STREAM {n.name}\n---\n{n.address} \n"}
+        if n.name == "cp1":
+            probes.update(nvidia_pci="0x030200\n" * 8, nvidia_smi=h100)
+        hosts[n.name] = FakeHost(n.name, n.address, probes=probes)
+    stream = io.StringIO()
+    console = Console(masker=Masker(), stream=stream, tty=False)
+    runner = Runner([Preflight(), images], ns, hosts, Settings(), RunOptions(dry_run=True), console)
+    summary = runner.run()
+    planned = {name: rec.planned for name, rec in summary.stages[1].nodes.items()}
+    assert any("images/gpu.tar" in line and sf.GPU_IMAGE in line for line in planned["cp1"]), planned
+    assert not any("images/gpu.tar" in line for line in planned["cp2"]), planned
+    out = stream.getvalue()
+    assert "roles: control-plane, gpu (8 GPUs found)" in out and "roles: control-plane\n" in out
+    assert [n.roles for n in runner.nodes] == [frozenset({Role.CONTROL, Role.GPU}), frozenset({Role.CONTROL})]
+
+
+def test_warnings_reach_the_table_the_closing_line_and_the_json():
+    """A stage's warning checks (e.g. stage 70's old-chart warning) are not lost in the summary."""
+    from provision.runner import closing_line, summary_rows
+
+    def warn(facts, node):
+        return [Check("chart", False, "chart 4.2.0 predates the security fixes", "use 4.4.0", warning=True)]
+
+    runner, _hosts, stream = make([StubPreflight(), KeyStage(10, {"k": "v"}, checks=warn)], names=("a",))
+    summary = runner.run()
+    assert "a: warn  chart: chart 4.2.0 predates the security fixes" in stream.getvalue()
+    _headers, rows = summary_rows(summary)
+    assert rows[1][1] == "changed (1), 1 warning"
+    assert closing_line(summary).endswith("1 action(s) applied; 1 warning(s), see the `warn` lines above")
+    data = summary.to_dict()
+    assert data["warnings"] == 1
+    (check,) = data["stages"][1]["nodes"]["a"]["checks"]
+    assert check["warning"] is True and "4.2.0" in check["detail"]

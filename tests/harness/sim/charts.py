@@ -1,6 +1,8 @@
 """What `helm install` of a bundled chart creates, as Python data: the workloads of the Zero-to-JupyterHub
-4.2.0 chart and of the GPU operator v25.10.0 chart (images, names, service types and ports as the
-references state), and, for any other chart, its plain (untemplated) manifests from templates/.
+4.2.0 and 4.4.0 charts and of the GPU operator v25.10.0 chart (images, names, service types and ports as the
+references state; 4.4.0's Services also take `ipFamilyPolicy`/`ipFamilies`, and proxy-public
+`externalIPs`, from the values, as its templates do), and, for any other chart, its plain (untemplated)
+manifests from templates/.
 Hooks are returned separately: Helm runs them before the release and waits for them even without
 --wait (z2jh's hook-image-awaiter waits for the hook-image-puller DaemonSet)."""
 
@@ -129,6 +131,15 @@ def _hub_volumes(hub: dict) -> tuple[list[dict], list[dict]]:
     return volumes, mounts
 
 
+def _ip_families(service_values: dict, spec: dict, external_ips: bool = False) -> dict:
+    """z2jh 4.4.0 templates/{hub,proxy}/service.yaml: `with` each key, so empty or absent ones are left out
+    (4.2.0's values have none of them)."""
+    for key in ("ipFamilyPolicy", "ipFamilies") + (("externalIPs",) if external_ips else ()):
+        if service_values.get(key):
+            spec[key] = service_values[key]
+    return spec
+
+
 def jupyterhub(values: dict, release: str, ns: str, chart: dict) -> tuple[list[dict], list[dict]]:
     v = values
     objs: list[dict] = []
@@ -138,8 +149,9 @@ def jupyterhub(values: dict, release: str, ns: str, chart: dict) -> tuple[list[d
     objs += [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "hub", "namespace": ns, "labels": L("hub")}},
              config_map, secret,
              {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hub", "namespace": ns, "labels": L("hub")},
-              "spec": {"type": "ClusterIP", "selector": {"component": "hub", "release": release},
-                       "ports": [{"name": "hub", "port": 8081, "targetPort": "http"}]}}]
+              "spec": _ip_families(hub.get("service") or {}, {
+                  "type": "ClusterIP", "selector": {"component": "hub", "release": release},
+                  "ports": [{"name": "hub", "port": 8081, "targetPort": "http"}]})}]
     volumes, mounts = _hub_volumes(hub)
     if hub["db"]["type"] == "sqlite-pvc":
         pvc = hub["db"].get("pvc") or {}
@@ -172,11 +184,12 @@ def jupyterhub(values: dict, release: str, ns: str, chart: dict) -> tuple[list[d
     if (svc.get("nodePorts") or {}).get("http") and svc["type"] in ("NodePort", "LoadBalancer"):
         port["nodePort"] = svc["nodePorts"]["http"]
     objs += [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "proxy-api", "namespace": ns, "labels": L("proxy")},
-              "spec": {"selector": {"component": "proxy", "release": release},
-                       "ports": [{"port": 8001, "targetPort": "api"}]}},
+              "spec": _ip_families(svc, {"selector": {"component": "proxy", "release": release},
+                                         "ports": [{"port": 8001, "targetPort": "api"}]})},
              {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "proxy-public", "namespace": ns,
                                                                   "labels": L("proxy-public")},
-              "spec": {"type": svc["type"], "selector": {"component": "proxy", "release": release}, "ports": [port]}}]
+              "spec": _ip_families(svc, {"type": svc["type"], "selector": {"component": "proxy", "release": release},
+                                         "ports": [port]}, external_ips=True)}]
     us = sched["userScheduler"]
     if us.get("enabled"):
         objs.append(_deploy("user-scheduler", ns, L("user-scheduler"),

@@ -10,6 +10,8 @@ Kinds:
   link-down     (network) eth0 of the host goes down; done with `ip`, not with a file
   image-missing (containerd) the image is really removed from the node's containerd
   snap-linger   the next `snap install` of a snap keeps its change Doing for N seconds
+  containerd-slow the next N containerd starts (snap install, microk8s start, restarts) open the socket
+                only after S seconds (default for every start: services.DEFAULT_CONTAINERD_DELAY)
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ def snap_change_lingers(root: Path | str, snap: str, seconds: float) -> Path:
     snapd goes on after a killed client: `snap changes` lists it, `snap watch` waits for it, and a second
     install of the snap is refused while it runs (standins/snap_changes.py)."""
     return _arm(root, "snap-linger", snap=snap, seconds=seconds, times=1)
+
+
+def containerd_slow(root: Path | str, seconds: float, times: int = 1) -> Path:
+    """The next `times` containerd starts answer on the socket only after `seconds`, as a real node's can
+    when its wrapper waits for a default route (sim-fidelity.md row 1): an import sent at once fails."""
+    return _arm(root, "containerd-slow", seconds=seconds, times=times)
 
 
 def join_fails_halfway(root: Path | str) -> Path:
@@ -120,6 +128,18 @@ def take(kind: str) -> bool:
         _consume(path, data)
         return True
     return False
+
+
+def take_value(kind: str, key: str):
+    """data[key] of the first armed fault of `kind` (consumed, unless permanent), or None."""
+    for path in sorted(_dir("/").glob(f"{kind}-*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        _consume(path, data)
+        return data.get(key)
+    return None
 
 
 def armed(kind: str) -> bool:

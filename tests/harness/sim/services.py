@@ -245,6 +245,21 @@ def regenerate_containerd_toml() -> None:
     Path(paths.ARGS, "containerd.toml").write_text(text)
 
 
+DEFAULT_CONTAINERD_DELAY = 1.0  # seconds; host.json "containerd_delay" or faults.containerd_slow override it
+
+
+def containerd_delay() -> float:
+    """How long after a start containerd's socket appears. Real: run-containerd-with-args reloads AppArmor
+    and waits up to 10 s for a default route before containerd runs (sim-fidelity.md row 1), while
+    `snap install` / `microk8s start` / `systemctl restart` have already returned. `ctr` itself waits up
+    to 10 s for a missing socket, so only a longer delay (faults.containerd_slow) fails an import."""
+    from . import faults
+    slow = faults.take_value("containerd-slow", "seconds")
+    if slow is not None:
+        return float(slow)
+    return float(host_config().get("containerd_delay", DEFAULT_CONTAINERD_DELAY))
+
+
 def start_containerd() -> None:
     if running("containerd"):
         return
@@ -264,6 +279,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [metrics]
   address = ""
 """)
+    delay = containerd_delay()
+    if delay > 0:  # like the real wrapper: the unit is started, the socket comes seconds later
+        _spawn("containerd", ["sh", "-c", 'sleep "$1"; exec containerd --config "$2"', "sh", f"{delay:g}", str(conf)])
+        return
     _spawn("containerd", ["containerd", "--config", str(conf)])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -310,8 +329,8 @@ def stop(name: str) -> None:
 
 def start_all() -> None:
     from . import systemd
-    start_containerd()
     start_daemon()
+    start_containerd()  # last: a delayed socket appears `containerd_delay()` s after the start returned
     systemd.set_units(UNITS, active=True)
 
 

@@ -370,12 +370,59 @@ class Store:
                     meta["generation"] = old["metadata"].get("generation", 1)
             if check:
                 validate(new)
+                if not status_only:
+                    self._check_update(res, old, new)
             if dry_run:
                 return new
             self.objects[(res.key, ns if res.namespaced else "", name)] = new
             self._bump(new)
             self.save()
             return new
+
+    def _check_update(self, res: Resource, old: dict, new: dict) -> None:
+        """What the real API server refuses on update of a PV or PVC (Kubernetes 1.30): a claim's spec is
+        immutable except resources.requests on a bound claim (ValidatePersistentVolumeClaimUpdate; 422), its
+        request never shrinks (RecoverVolumeExpansionFailure is off before 1.32), and it grows only when bound
+        through a StorageClass with allowVolumeExpansion (the PersistentVolumeClaimResize admission plugin;
+        403). A PV's source is immutable; its capacity may be edited."""
+        from .controllers import quantity
+
+        name, ospec, nspec = old["metadata"]["name"], old.get("spec") or {}, new.get("spec") or {}
+        if res.kind == "PersistentVolume":
+            keys = ("capacity", "accessModes", "claimRef", "persistentVolumeReclaimPolicy", "storageClassName",
+                    "mountOptions", "volumeMode", "nodeAffinity", "volumeAttributesClassName")
+            if {k: v for k, v in ospec.items() if k not in keys} != {k: v for k, v in nspec.items() if k not in keys}:
+                raise ApiError(422, "Invalid", f'PersistentVolume "{name}" is invalid: spec.persistentvolumesource: '
+                               "Forbidden: spec.persistentvolumesource is immutable after creation")
+            return
+        if res.kind != "PersistentVolumeClaim":
+            return
+        bound = (old.get("status") or {}).get("phase") == "Bound"
+
+        def size(spec: dict) -> str:
+            return ((spec.get("resources") or {}).get("requests") or {}).get("storage", "0")
+
+        o, n = copy.deepcopy(ospec), copy.deepcopy(nspec)
+        if not o.get("volumeName"):
+            o["volumeName"] = n.get("volumeName")  # binding an unbound claim may set it once
+        if bound:
+            n.setdefault("resources", {}).setdefault("requests", {})["storage"] = size(ospec)
+            o.setdefault("resources", {}).setdefault("requests", {})["storage"] = size(ospec)
+        if o != n:
+            raise ApiError(422, "Invalid", f'PersistentVolumeClaim "{name}" is invalid: spec: Forbidden: spec is '
+                           "immutable after creation except resources.requests and volumeAttributesClassName for "
+                           "bound claims")
+        old_size, new_size = quantity(size(ospec)), quantity(size(nspec))
+        if new_size < old_size:
+            raise ApiError(422, "Invalid", f'PersistentVolumeClaim "{name}" is invalid: spec.resources.requests.'
+                           "storage: Forbidden: field can not be less than previous value")
+        if new_size > old_size:
+            sc_name = ospec.get("storageClassName") or ""
+            sc = self.find(self.kind("StorageClass", "storage.k8s.io/v1"), "", sc_name) if sc_name else None
+            if sc_name != (nspec.get("storageClassName") or "") or not (sc or {}).get("allowVolumeExpansion"):
+                raise ApiError(403, "Forbidden", f'persistentvolumeclaims "{name}" is forbidden: only dynamically '
+                               "provisioned pvc can be resized and the storageclass that provisions the pvc must "
+                               "support resize")
 
     def patch(self, res: Resource, ns: str, name: str, ctype: str, body: bytes, *, status_only=False,
               dry_run=False, force_create=False) -> dict:
