@@ -436,10 +436,6 @@ class Background:
 
     def readline(self, timeout: float) -> str:
         """The next line of stdout ('' at EOF); TransportError when none comes within `timeout` s."""
-        import time
-
-        from provision.errors import TransportError
-
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()

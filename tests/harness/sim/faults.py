@@ -120,25 +120,24 @@ def take_command_fault(argv: list[str]) -> dict | None:
 
 def take(kind: str) -> bool:
     """True (and consumed, unless permanent) when a fault of `kind` is armed on this host."""
-    for path in sorted(_dir("/").glob(f"{kind}-*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        _consume(path, data)
-        return True
-    return False
+    return _take(kind) is not None
 
 
 def take_value(kind: str, key: str):
     """data[key] of the first armed fault of `kind` (consumed, unless permanent), or None."""
+    data = _take(kind)
+    return None if data is None else data.get(key)
+
+
+def _take(kind: str) -> dict | None:
+    """The first armed fault of `kind`, consumed (unless permanent); None when none is armed."""
     for path in sorted(_dir("/").glob(f"{kind}-*.json")):
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
         _consume(path, data)
-        return data.get(key)
+        return data
     return None
 
 
