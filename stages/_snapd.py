@@ -130,3 +130,40 @@ class WaitSnapChange(Action):
             raise CommandFailed(name, " ".join(argv), r.exit_status, r.stdout, r.stderr,
                                 hint=f"{what} did not finish cleanly: see `snap tasks {self.change_id}`; "
                                      "snapd undoes a failed install, so fix the cause and re-run")
+
+
+# A freshly booted host may still be seeding: until then snapd refuses installs and refreshes with "too early
+# for operation, device not yet seeded or device model not acknowledged" (a retryable ChangeConflictError:
+# exit 10). `snap wait system seed.loaded` blocks until seeding is done (cmd/snap cmd_wait.go), which is what
+# cloud-init and image tooling run first. The probe only looks (2 s), the action waits (bounded).
+def parse_seeded(raw: F.Raw) -> bool:
+    """True when seeded (or no snap at all: stage 10 reports that itself); False when the wait ran out."""
+    return raw.rc in (0, 127)
+
+
+seeded_probe = F.Probe("snap_seeded", "command -v snap >/dev/null 2>&1 || exit 127\n"
+                       "timeout 2 snap wait system seed.loaded >/dev/null 2>&1", parse_seeded)
+
+
+@dataclass(frozen=True)
+class WaitSeeded(Action):
+    """Wait (bounded) for snapd to finish seeding before the first install or refresh."""
+
+    timeout: float
+
+    def describe(self) -> str:
+        return f"wait up to {self.timeout:.0f}s for snapd to finish seeding: snap wait system seed.loaded"
+
+    def apply(self, host: Any, ctx: ApplyContext) -> None:
+        argv = ["timeout", str(int(self.timeout)), "snap", "wait", "system", "seed.loaded"]
+        r = host.run(argv, sudo=True, timeout=self.timeout + 60, check=False)
+        name = getattr(host, "name", "node")
+        if r.exit_status == 124:
+            raise ProvisionError(f"{name}: snapd has not finished seeding after {self.timeout:.0f}s (a freshly "
+                                 "booted host: snap installs are refused until then)",
+                                 "see `snap changes` (the \"Initialize system state\" change) and `systemctl "
+                                 "status snapd.seeded.service`; re-run once `snap wait system seed.loaded` returns; "
+                                 "raise WAIT_TIMEOUT on slow nodes")
+        if r.exit_status != 0:
+            raise CommandFailed(name, " ".join(argv), r.exit_status, r.stdout, r.stderr,
+                                hint="snapd is not answering: `systemctl status snapd`, then re-run")

@@ -54,9 +54,9 @@ snap_files = F.Probe("snap_files", F.quoted("ls -A -- {d} 2>/dev/null; true", d=
 
 
 def probes(settings: Any, snaps: tuple[str, ...] = ("core20", "microk8s")) -> list[F.Probe]:
-    return [F.arch, M.snap_list, S.changes_probe(snaps), M.status, M.file_probe("template", M.TEMPLATE),
-            M.file_probe("containerd_toml", M.CONTAINERD_TOML), mirrors_probe(settings), M.ctr_images,
-            snap_files]
+    return [F.arch, M.snap_list, S.seeded_probe, S.changes_probe(snaps), M.status,
+            M.file_probe("template", M.TEMPLATE), M.file_probe("containerd_toml", M.CONTAINERD_TOML),
+            mirrors_probe(settings), M.ctr_images, snap_files]
 
 
 def watched_snaps(manifest: Any) -> tuple[str, ...]:
@@ -282,6 +282,10 @@ def plan(facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
         t = settings.wait_timeout
         actions.append(RunCommand(M.mk("status", "--wait-ready", "--timeout", str(t)),
                                   "wait until MicroK8s is ready", timeout=t + 60))
+    # a freshly booted host refuses snap installs/refreshes until snapd has seeded: wait for it first
+    if not facts["snap_seeded"] and any(isinstance(a, RunCommand) and a.argv[:2] in (("snap", "install"),
+                                        ("snap", "refresh")) for a in actions):
+        actions.insert(0, S.WaitSeeded(settings.wait_timeout))
     if not actions:
         return Plan.noop("MicroK8s installed, held, configured and ready")
     return Plan(tuple(actions))

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from provision import facts as F
 from provision.errors import ConflictError
 from provision.jupyterhub import HOMES_PVC
-from provision.stage import Action, Check, Node, Plan, RunCommand, Scope, Stage
+from provision.stage import Action, ApplyContext, Check, Node, Plan, RunCommand, Scope, Stage
 from stages import _dns as D
 from stages import _microk8s as M
 
@@ -104,6 +105,44 @@ def coredns_configmap(live: Mapping[str, Any], corefile: str) -> dict[str, Any]:
     data = dict(live.get("data") or {})
     data["Corefile"] = corefile
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": out_meta, "data": data}
+
+
+def corefile_actions(cm: Mapping[str, Any], servers: Sequence[str]) -> list[Action]:
+    """Point the live Corefile's `forward .` at `servers` (nothing when it already does)."""
+    corefile = (cm.get("data") or {}).get("Corefile", "")
+    if corefile_upstreams(corefile) == list(servers):
+        return []
+    new = set_corefile_upstreams(corefile, servers)
+    out: list[Action] = [M.KubectlApply(M.to_yaml(coredns_configmap(cm, new)),
+                                        f"CoreDNS Corefile forwarding to {', '.join(servers)}")]
+    if not re.search(r"^\s*reload\b", corefile, re.MULTILINE):
+        out.append(RunCommand(M.kubectl("-n", "kube-system", "rollout", "restart", "deployment/coredns"),
+                              "restart CoreDNS (its Corefile has no reload plugin)"))
+    return out
+
+
+@dataclass(frozen=True)
+class EnableDns(Action):
+    """`microk8s enable dns:SERVERS`, then make sure the Corefile really forwards to SERVERS.
+
+    On a fresh node MicroK8s' cluster agent enables dns by itself, asynchronously, from its default launch
+    configuration (a 5 s loop once the API is up), forwarding to the host's resolvers or 8.8.8.8 (microk8s.md
+    §6). When its enable lands between this stage's gather and this action, ours only says "Addon core/dns is
+    already enabled" and exits 0 (both are serialised by the addon lock), so the Corefile is checked after."""
+
+    servers: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"enable CoreDNS forwarding to {', '.join(self.servers)}"
+
+    def apply(self, host: Any, ctx: ApplyContext) -> None:
+        host.run(list(M.mk("enable", "dns:" + ",".join(self.servers))), sudo=True, timeout=300)
+        cm = M.kube_get(host, "configmap", "coredns", "-n", "kube-system")
+        if cm is None:
+            raise ConflictError("`microk8s enable dns` returned but the CoreDNS ConfigMap cannot be read",
+                                "check `microk8s kubectl -n kube-system get configmap coredns`, then re-run")
+        for action in corefile_actions(cm, self.servers):
+            action.apply(host, ctx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,17 +277,9 @@ def plan(facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
     cm = facts.get("coredns_cm")
     addons = M.addons_from_pods(facts.get("pods"))
     if addons["dns"] != "enabled" or cm is None:
-        actions.append(RunCommand(M.mk("enable", "dns:" + ",".join(servers)),
-                                  f"enable CoreDNS forwarding to {', '.join(servers)}", timeout=300))
+        actions.append(EnableDns(tuple(servers)))
     else:
-        corefile = (cm.get("data") or {}).get("Corefile", "")
-        if corefile_upstreams(corefile) != servers:
-            new = set_corefile_upstreams(corefile, servers)
-            actions.append(M.KubectlApply(M.to_yaml(coredns_configmap(cm, new)),
-                                          f"CoreDNS Corefile forwarding to {', '.join(servers)}"))
-            if not re.search(r"^\s*reload\b", corefile, re.MULTILINE):
-                actions.append(RunCommand(M.kubectl("-n", "kube-system", "rollout", "restart", "deployment/coredns"),
-                                          "restart CoreDNS (its Corefile has no reload plugin)"))
+        actions += corefile_actions(cm, servers)
     if actions or M.not_ready_pods(facts.get("pods"), None, "coredns-", per_node=False):
         actions.append(M.WaitPods("kube-system", "coredns-", False, float(settings.wait_timeout), "CoreDNS"))
     storage = storage_actions(facts, settings, node)
@@ -265,8 +296,9 @@ def plan(facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
 def verify(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
     cm = facts.get("coredns_cm") or {}
     ups = corefile_upstreams((cm.get("data") or {}).get("Corefile", "")) or []
-    public = [u for u in ups if u in PUBLIC_RESOLVERS]
-    checks = [Check("CoreDNS upstream is not a public resolver", not public or bool(settings.dns_servers_csv),
+    # a public resolver only when DNS_SERVERS_CSV names it (MicroK8s' own dns enable falls back to 8.8.8.8)
+    public = [u for u in ups if u in PUBLIC_RESOLVERS and u not in (settings.dns_servers_csv or ())]
+    checks = [Check("CoreDNS upstream is not a public resolver", not public,
                     f"forwards to {' '.join(ups) or 'nothing'}", "set DNS_SERVERS_CSV"),
               Check("CoreDNS ready", not M.not_ready_pods(facts.get("pods"), None, "coredns-", False),
                     hint="microk8s kubectl -n kube-system describe pod -l k8s-app=kube-dns")]

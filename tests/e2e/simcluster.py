@@ -16,11 +16,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 @contextmanager
 def sim_cluster(base: Path, n: int = 1, *, bundle_cli: bool = False,
-                links: dict[str, str] | None = None) -> Iterator[tuple]:
+                links: dict[str, str] | None = None, spec=None) -> Iterator[tuple]:
     """(harness, hosts, bundle): n simulated hosts (tests/harness/sim) and a test bundle under base, all
     removed on exit. Skips the test where the harness cannot run. bundle_cli writes the bundle through
     `python -m tests.harness bundle` (the whole bundle, as a developer would), else a small one in-process.
-    links: extra interfaces on every host (Harness.up), e.g. {"bond0.100": "192.168.100.{i}/24"}."""
+    links: extra interfaces on every host (Harness.up), e.g. {"bond0.100": "192.168.100.{i}/24"}.
+    spec: a tests.harness.sim.spec.SimSpec (e.g. SimSpec(timing=0.1) for MicroK8s' real delays, scaled)."""
     from tests.harness.hosts import Harness, unavailable_reason
 
     reason = unavailable_reason()
@@ -37,7 +38,7 @@ def sim_cluster(base: Path, n: int = 1, *, bundle_cli: bool = False,
     else:
         write_bundle(bundle, gpu=False, npu=False)
     harness = Harness(base / "harness", owner_pid=os.getpid())
-    enable(harness)
+    enable(harness, spec)
     try:
         yield harness, harness.up(n, links=links), bundle
     finally:

@@ -234,3 +234,42 @@ def test_missing_hub_image_names_pod_status_and_events_then_rerun_converges(clus
     assert HUB_IMAGE in c.ssh("sudo microk8s ctr images ls -q").stdout.split()
     assert hub_admins(c) == ["admin", "alice", "bob"]
     print(f"\nre-run after the missing image (stage 20 re-imports, stage 70 converges): {seconds:.1f}s")
+
+
+def test_release_left_pending_is_refused_with_helms_message_then_recovered(cluster):
+    """A `helm upgrade` killed mid-way leaves its new revision pending-upgrade (helm stores it before it applies
+    anything): helm itself then refuses with pkg/action/upgrade.go errPending, stage 70 stops with the remedy
+    instead of calling helm, and the remedy (`helm rollback`) lets the next run converge."""
+    import base64
+    import gzip
+
+    c = cluster
+    if not c.state.get("installed"):
+        pytest.skip("the install did not complete")
+    secrets = c.kube_json("get", "secrets", "-n", "jhub", "-l", "owner=helm,name=jhub")["items"]
+    latest = max(secrets, key=lambda x: int(x["metadata"]["labels"]["version"]))
+    rel = json.loads(gzip.decompress(base64.b64decode(base64.b64decode(latest["data"]["release"]))))
+    rel["version"] += 1
+    rel["info"] = dict(rel["info"], status="pending-upgrade", description="Preparing upgrade")
+    stuck = {"apiVersion": "v1", "kind": "Secret", "type": "helm.sh/release.v1",
+             "metadata": {"name": f"sh.helm.release.v1.jhub.v{rel['version']}", "namespace": "jhub",
+                          "labels": {"name": "jhub", "owner": "helm", "status": "pending-upgrade",
+                                     "version": str(rel["version"])}},
+             "data": {"release": base64.b64encode(base64.b64encode(gzip.compress(json.dumps(rel).encode()))).decode()}}
+    assert c.ssh("sudo microk8s kubectl apply -f -", json.dumps(stuck)).returncode == 0
+    r = c.ssh("sudo microk8s helm3 upgrade --install jhub /var/lib/provision/charts/jupyterhub-4.4.0.tgz -n jhub")
+    assert r.returncode == 1
+    assert r.stderr == "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress\n"
+    env = c.env(ADMIN_USERS_CSV="admin,alice,bob")
+    r, _log, _ = c.install(env, select=("--only", "70"))
+    err = " ".join(r.stderr.split())
+    assert r.returncode != 0 and "release jhub is stuck in pending-upgrade" in err, err[-3000:]
+    assert "run `microk8s helm3 rollback jhub -n jhub`, then re-run provision" in err
+    r = c.ssh("sudo microk8s helm3 rollback jhub -n jhub")
+    assert (r.returncode, r.stdout) == (0, "Rollback was a success! Happy Helming!\n"), r.stderr
+    r, _log, seconds = c.install(env, select=("--only", "70"))
+    s = summary(r)
+    assert r.returncode == 0 and s["ok"], r.stderr[-3000:]
+    releases = json.loads(c.ssh("sudo microk8s helm3 list -n jhub -o json").stdout)
+    assert [(x["revision"], x["status"]) for x in releases] == [(str(rel["version"] + 1), "deployed")]
+    print(f"\nrun after `helm rollback` of a release left pending-upgrade: {seconds:.1f}s")

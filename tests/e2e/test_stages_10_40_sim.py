@@ -91,9 +91,14 @@ def test_install_faults_kills_and_reruns_converge(sim):
     assert r.returncode == 1, r.stderr
     assert "stage 10" in r.stderr and "snap install" in r.stderr
 
-    # 2. killed in the middle of stage 20 (after its first import started)
+    # 2. a freshly booted host: snapd still seeds for 8 s and refuses installs "too early"; stage 10 waits
+    #    (`snap wait system seed.loaded`) before installing; the run is then killed in the middle of stage 20
+    faults.snapd_seeding(root, 8)
     _run_and_kill_at(_args(h, env, bundle, base / "r2.log", "--yes"), base / "r2.log",
                      r"\[1/\d+\] import images")
+    waited = re.search(r"\$ timeout \d+ snap wait system seed\.loaded  -> exit 0 in ([\d.]+)s",
+                       (base / "r2.log").read_text())
+    assert waited and float(waited.group(1)) > 1, (base / "r2.log").read_text()[-3000:]
 
     # 3. a plain re-run converges
     t = time.monotonic()

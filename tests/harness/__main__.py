@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-EXTENSIONS = ("tests.harness.sim", "tests.harness.bundle")
+EXTENSIONS = ("tests.harness.sim", "tests.harness.bundle", "tests.harness.tools")
 
 AddArgs = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]

@@ -1,8 +1,8 @@
 """The test bundle: `python -m tests.harness bundle --dir DIR` writes a complete offline bundle in the
 layout of offline-images/README.md: core20 + microk8s snaps with .assert files the snap stand-in
 accepts, genuine tiny image tarballs (OCI and docker-save, correct digests) for every image the stages
-and the charts need, the charts (z2jh 4.4.0, the default, and 4.2.0, each with its REAL values.yaml and
-values.schema.json, the GPU operator v25.10.0 with its real values.yaml), and manifest.yaml written by
+and the charts need, the charts (the REAL packages of z2jh 4.4.0, the default, and 4.2.0 and of the GPU
+operator v25.10.0, copied from shared/reference/charts), and manifest.yaml written by
 provision.bundle.write_manifest.
 """
 
@@ -103,7 +103,31 @@ def _tgz(path: Path, root: str, files: dict[str, bytes]) -> None:
     path.write_bytes(buf.getvalue())
 
 
+REAL_CHARTS = ("jupyterhub-4.4.0.tgz", "jupyterhub-4.2.0.tgz", "gpu-operator-v25.10.0.tgz")
+
+
+def reference_charts() -> Path | None:
+    """shared/reference/charts/ (the packages a user brings, see its SOURCE.md) beside the repository or
+    above it (CI clones the repository next to a copy of shared/), or None."""
+    for d in (REPO, *REPO.parents):
+        charts = d / "shared" / "reference" / "charts"
+        if all((charts / f).is_file() for f in REAL_CHARTS):
+            return charts
+    return None
+
+
 def write_charts(out: Path) -> list[str]:
+    """The real chart packages (templates, subcharts, CRDs) from shared/reference/charts; without them, a
+    stand-in archive per chart with only Chart.yaml and the real values.yaml (+ values.schema.json)."""
+    import shutil
+    import warnings
+
+    real = reference_charts()
+    if real is not None:
+        for f in REAL_CHARTS:
+            shutil.copyfile(real / f, out / f)
+        return list(REAL_CHARTS)
+    warnings.warn("shared/reference/charts not found: the test bundle carries charts without templates", stacklevel=2)
     data = REPO / "tests" / "data"
     written = []
     for version, app in Z2JH_APP_VERSIONS.items():

@@ -78,6 +78,7 @@ def test_snap_offline_install_rules(sim_hosts, copied):
     r = ssh(h1, f"sudo snap install {b}/snaps/microk8s_7394.snap --classic")   # §10: base snap first
     # snapd overlord/snapstate/handlers_prereq.go prereqError("snap base", ...)
     assert r.returncode == 1 and 'Ensure prerequisites for "microk8s" are available (cannot install snap base "core20": ' in r.stderr
+    faults.launch_config_held(h1.path("/"))   # the cluster agent's dns enable waits (next test)
     t = time.monotonic()
     install(h1, b)
     install_s = time.monotonic() - t
@@ -89,6 +90,24 @@ def test_snap_offline_install_rules(sim_hosts, copied):
     r = ssh(h1, "microk8s status")   # §1: the permission check, exit 1
     assert r.returncode == 1 and "Insufficient permissions to access MicroK8s" in r.stderr
     assert install_s < 15
+
+
+def test_dns_is_enabled_asynchronously_by_the_cluster_agent(sim_hosts):
+    """§6 / sim-fidelity.md row 4: `snap install` returns with dns NOT enabled; the install hook leaves the default
+    launch configuration in $SNAP_COMMON/etc/launcher/install.yaml and the cluster agent's 5 s loop enables dns
+    with no arguments (forwarding to 8.8.8.8 8.8.4.4: the host's resolv.conf has only the 127.0.0.53 stub), then
+    renames the file *.applied (microk8s-cluster-agent 1.30 cmd/cluster-agent.go, pkg/k8sinit/apply.go)."""
+    h1 = sim_hosts[0]
+    launcher = h1.path("/var/snap/microk8s/common/etc/launcher")
+    assert "- name: dns" in (launcher / "install.yaml").read_text()
+    get_cm = "sudo microk8s kubectl get configmap coredns -n kube-system -o jsonpath='{.data.Corefile}'"
+    assert ssh(h1, get_cm).returncode == 1   # held: the agent has not applied it
+    faults.clear(h1.path("/"), "launch-held")
+    t = time.monotonic()
+    assert wait_for(lambda: (launcher / "install.yaml.applied").exists(), timeout=30)
+    assert time.monotonic() - t < 12   # within about one 5 s tick (the enable itself takes ~1 s here)
+    assert "forward . 8.8.8.8 8.8.4.4\n" in ssh(h1, get_cm, check=True).stdout
+    assert not (launcher / "install.yaml").exists()
 
 
 def test_containerd_is_real_and_status_follows_readiness(sim_hosts, copied):
@@ -158,6 +177,12 @@ def test_join_worker_over_the_network_with_gpu_capacity(sim_hosts, copied):
     url = json.loads(ssh(h1, "sudo microk8s add-node --format json", check=True).stdout)["urls"][0]
     r = ssh(h2, f"sudo microk8s join {url} --worker", check=True)
     assert r.stdout.startswith(f"Contacting cluster at {h1.address}") and "Successfully joined the cluster." in r.stdout
+    for verb in ("stop", "start"):   # microk8s-stop/start.wrapper (1.30): nothing happens on a worker, exit 0
+        r = ssh(h2, f"sudo microk8s {verb}")
+        assert r.returncode == 0 and r.stdout == ("This MicroK8s deployment is acting as a node in a cluster.\n"
+                                                  f"Use 'snap {verb} microk8s' to {verb} services on this node.\n")
+        assert not h2.path("/var/snap/microk8s/current/var/lock/stopped.lock").exists()
+        assert ssh(h2, "sudo microk8s ctr version").returncode == 0   # containerd still runs
     for cmd in ("kubectl get nodes", "status", "config"):   # §1: worker-node messages, exit 0
         r = ssh(h2, f"sudo microk8s {cmd}")
         assert r.returncode == 0 and "acting as a node in a cluster" in r.stdout, cmd

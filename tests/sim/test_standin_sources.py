@@ -53,8 +53,6 @@ def test_find_resolv_conf_needs_only_non_loopback_nameservers(tmp_path):
     good.write_text("search lab\nnameserver 10.0.0.2\n")
     assert addons.find_resolv_conf((str(stub), str(mixed))) is None
     assert addons.find_resolv_conf((str(stub), str(good))) == str(good)
-    assert addons.find_upstreams((str(stub),)) == ["8.8.8.8", "8.8.4.4"]   # addons/dns/enable fallback
-    assert addons.find_upstreams((str(good),)) == ["/etc/resolv.conf"]
 
 
 def test_kubelet_opt_insert_and_replace(tmp_path, monkeypatch):
@@ -84,3 +82,13 @@ def test_snap_change_conflict_message(tmp_path, monkeypatch):
     with snap._change("microk8s", "remove-snap"):   # the holder is gone: stale, taken over
         assert '"remove-snap"' in (tmp_path / "microk8s.json").read_text()
     assert not os.path.exists(tmp_path / "microk8s.json")
+
+
+def test_sim_timing_option_parses_and_reaches_host_json():
+    """`--sim-timing real:F` / SimSpec(timing=F): the factor the stand-ins scale REAL_SECONDS by (0 = fast)."""
+    from tests.harness.sim.spec import SimSpec, host_config
+    assert [SimSpec.parse_timing(t) for t in ("fast", "real", "real:0.1")] == [0.0, 1.0, 0.1]
+    with pytest.raises(ValueError, match="real:FACTOR"):
+        SimSpec.parse_timing("slow")
+    assert host_config(SimSpec(timing=0.1), "h1", 1, "10.0.0.2", "python3")["timing"] == 0.1
+    assert host_config(SimSpec(), "h1", 1, "10.0.0.2", "python3")["timing"] == 0.0

@@ -20,13 +20,14 @@ def facts10(snap_list: str | None = sf.SNAP_LIST_CONVERGED, status: str | None =
             template: str | None = sf.TEMPLATE, mirrors: str = "", images: list[str] | None = None,
             arch: str = "x86_64", containerd_toml: str | None = sf.TEMPLATE,
             snap_changes: str = "== core20\nno changes found\n== microk8s\nno changes found\n",
-            snap_files: str = "") -> sf.StrictFacts:
+            snap_files: str = "", seeded: bool = True) -> sf.StrictFacts:
     if images is None:
         images = s10.readiness_images(sf.manifest(), Settings())
     return sf.StrictFacts({
         "arch": F.parse_arch(sf.raw(arch + "\n")),
         "snap_list": M.parse_snap_list(sf.raw(snap_list) if snap_list is not None else sf.raw("", 127)),
         "snap_changes": S.parse_snap_changes(sf.raw(snap_changes)),
+        "snap_seeded": S.parse_seeded(sf.raw("", 0 if seeded else 124)),
         "status": M.parse_status(sf.raw(status) if status is not None else sf.raw("", 127)),
         "template": M.parse_file(sf.raw(template) if template is not None else sf.raw("", 1)),
         "containerd_toml": M.parse_file(sf.raw(containerd_toml) if containerd_toml is not None else sf.raw("", 1)),

@@ -143,3 +143,26 @@ def test_wait_action_is_bounded_and_names_the_change():
     with pytest.raises(CommandFailed, match="exited 1") as e:
         wait.apply(_Host(1, err), None)
     assert "install hook" in str(e.value) and "snap tasks 6" in e.value.hint
+
+
+def test_unseeded_host_waits_for_seeding_before_the_first_install():
+    """A freshly booted host refuses snap installs until snapd has seeded ("too early for operation, device not
+    yet seeded ..."); stage 10 waits with `snap wait system seed.loaded` first -- only when it installs or
+    refreshes something."""
+    fresh = s10.plan(facts10(sf.SNAP_LIST_FRESH, status=None, template=None, seeded=False), Settings(), sf.CONTROL)
+    assert kinds(fresh)[:2] == ["WaitSeeded", "SendSnap"]
+    assert "WaitSeeded" not in kinds(s10.plan(facts10(sf.SNAP_LIST_FRESH, status=None, template=None), Settings(),
+                                               sf.CONTROL))
+    assert s10.plan(facts10(seeded=False), Settings(), sf.CONTROL).empty   # installed and held: nothing to wait for
+    assert S.parse_seeded(sf.raw("", 124)) is False and S.parse_seeded(sf.raw("", 0)) is True
+    assert S.seeded_probe in s10.probes(Settings())
+
+
+def test_seed_wait_is_bounded_and_explains_a_timeout():
+    wait = S.WaitSeeded(300)
+    ok = _Host(0)
+    wait.apply(ok, None)
+    assert ok.calls == [(("timeout", "300", "snap", "wait", "system", "seed.loaded"), True, 360)]
+    with pytest.raises(ProvisionError, match=r"cp1: snapd has not finished seeding after 300s") as e:
+        wait.apply(_Host(124), None)
+    assert "snap wait system seed.loaded" in e.value.hint

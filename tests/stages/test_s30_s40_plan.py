@@ -291,6 +291,16 @@ def test_dns_settings_win_and_converged_plans_nothing():
     assert all(c.ok for c in s40.verify(done, s, sf.CONTROL))
 
 
+def test_verify_fails_on_a_public_forward_the_settings_do_not_name():
+    """MicroK8s' own dns enable forwards to 8.8.8.8 8.8.4.4 (microk8s.md §6): with DNS_SERVERS_CSV set to site
+    servers that Corefile must not pass verify; a public resolver the user listed does."""
+    check = next(c for c in s40.verify(facts40(), Settings(dns_servers_csv=("10.9.9.9",)), sf.CONTROL)
+                 if c.name == "CoreDNS upstream is not a public resolver")
+    assert not check.ok and check.detail == "forwards to 8.8.8.8 8.8.4.4"
+    listed = Settings(dns_servers_csv=("8.8.8.8", "8.8.4.4"))
+    assert all(c.ok for c in s40.verify(facts40(), listed, sf.CONTROL) if c.name.startswith("CoreDNS upstream"))
+
+
 def test_dns_refuses_when_only_loopback_or_public_resolvers_exist():
     with pytest.raises(ConflictError, match=r"no site DNS server.*127.0.0.53, 8.8.8.8") as e:
         s40.plan(facts40(systemd="nameserver 8.8.8.8\n"), Settings(), sf.CONTROL)
@@ -299,7 +309,44 @@ def test_dns_refuses_when_only_loopback_or_public_resolvers_exist():
 
 def test_dns_addon_disabled_is_enabled_with_servers():
     plan = s40.plan(facts40(corefile=None, pods=("hostpath-provisioner-5c-y",)), Settings(), sf.CONTROL)
-    assert plan.actions[0].argv == ("microk8s", "enable", "dns:10.0.0.2,10.0.0.3")
+    assert plan.actions[0] == s40.EnableDns(("10.0.0.2", "10.0.0.3"))
+
+
+class _DnsNode:
+    """`microk8s enable dns:...` and `kubectl get/apply` of the CoreDNS ConfigMap on a node where MicroK8s'
+    cluster agent enabled dns (forwarding to 8.8.8.8) just before: enable only says "already enabled"."""
+
+    name = "cp1"
+
+    def __init__(self, corefile: str):
+        self.corefile, self.calls = corefile, []
+
+    def run(self, argv, stdin=None, **kw):
+        import json
+
+        from provision.hosts.base import Result
+
+        self.calls.append(tuple(argv[:3]))
+        out = ""
+        if argv[:2] == ["microk8s", "enable"]:
+            out = "Infer repository core for addon dns\nAddon core/dns is already enabled\n"
+        elif argv[:3] == ["microk8s", "kubectl", "get"]:
+            out = json.dumps(cm(self.corefile))
+        elif argv[:3] == ["microk8s", "kubectl", "apply"]:
+            self.corefile = yaml.safe_load(stdin)["data"]["Corefile"]
+        return Result(tuple(argv), 0, out, "")
+
+
+@pytest.mark.parametrize("agent_first", [True, False])
+def test_enable_dns_fixes_the_forward_when_the_cluster_agent_enabled_dns_first(agent_first):
+    """MicroK8s' cluster agent enables dns asynchronously (launch configuration, microk8s.md §6): when it lands
+    between gather and apply, `enable dns:SERVERS` changes nothing and the Corefile still says 8.8.8.8."""
+    from provision.stage import ApplyContext
+
+    host = _DnsNode(COREFILE if agent_first else COREFILE.replace("8.8.8.8 8.8.4.4", "10.0.0.2 10.0.0.3"))
+    s40.EnableDns(("10.0.0.2", "10.0.0.3")).apply(host, ApplyContext(Settings()))
+    assert s40.corefile_upstreams(host.corefile) == ["10.0.0.2", "10.0.0.3"]
+    assert (("microk8s", "kubectl", "apply") in host.calls) is agent_first
 
 
 def test_corefile_forward_with_options_block_keeps_the_block():

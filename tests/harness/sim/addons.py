@@ -119,10 +119,3 @@ def find_resolv_conf(paths_=("/etc/resolv.conf", "/run/systemd/resolve/resolv.co
         if servers and all(map(ok, servers)):
             return path
     return None
-
-
-def find_upstreams(resolv_paths=("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf")) -> list[str]:
-    """What `enable dns` without arguments forwards to (core-addons 1.30 addons/dns/enable): the pod's
-    /etc/resolv.conf when the host has a resolv.conf with only non-loopback nameservers, else 8.8.8.8 8.8.4.4
-    (the air-gap pitfall: Ubuntu's 127.0.0.53 stub is loopback)."""
-    return ["/etc/resolv.conf"] if find_resolv_conf(resolv_paths) else ["8.8.8.8", "8.8.4.4"]

@@ -14,12 +14,15 @@ def _add(p: argparse.ArgumentParser) -> None:
                    help="Ascend NPUs on a node, e.g. node3=8x910B3")
     g.add_argument("--firewalld", action="append", default=[], metavar="NODE",
                    help="give NODE firewall-cmd instead of ufw")
+    g.add_argument("--sim-timing", default="fast", metavar="fast|real[:FACTOR]",
+                   help="apply MicroK8s' real delays (snap install minutes, API after containerd, leave 20 s, "
+                        "control-plane join) scaled by FACTOR, e.g. real:0.1; default fast")
 
 
 def _handle(args: argparse.Namespace, harness) -> None:
     if not args.sim:
-        if args.gpu or args.npu or args.firewalld:
-            raise SystemExit("error: --gpu/--npu/--firewalld need --sim")
+        if args.gpu or args.npu or args.firewalld or args.sim_timing != "fast":
+            raise SystemExit("error: --gpu/--npu/--firewalld/--sim-timing need --sim")
         return
     from .install import enable
     from .spec import SimSpec
@@ -31,6 +34,10 @@ def _handle(args: argparse.Namespace, harness) -> None:
         ref, count, model = SimSpec.parse_device(text)
         spec.npus[ref] = (count, model)
     spec.firewalld = set(args.firewalld)
+    try:
+        spec.timing = SimSpec.parse_timing(args.sim_timing)
+    except ValueError as e:
+        raise SystemExit(f"error: --sim-timing: {e}") from None
     enable(harness, spec)
 
 

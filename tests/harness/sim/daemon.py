@@ -186,10 +186,16 @@ class AgentHandler(JsonHandler):
         if self.path.startswith("/cluster/api/v2.0/image/import"):
             tmp = Path(paths.SIM_RUN, f"import-{os.getpid()}-{threading.get_ident()}.tar")
             tmp.write_bytes(body)
+            # ImageImport (cluster agent 1.30 pkg/api/v2/image.go, pkg/snap/snap.go ImportImage): ctr's output goes
+            # to the agent's log; the caller gets {"error": "Failed to import the image: microk8s.ctr command
+            # failed: exit status N"} (httputil.Error upper-cases the first letter)
             r = subprocess.run(["ctr", "--address", paths.CONTAINERD_SOCK, "--namespace", "k8s.io", "images",
-                                "import", str(tmp)], capture_output=True, text=True, check=False)
+                                "import", "--platform", "amd64", str(tmp)], capture_output=True, text=True, check=False)
             tmp.unlink(missing_ok=True)
-            return self._json(200 if r.returncode == 0 else 500, {"output": r.stdout + r.stderr})
+            if r.returncode:
+                return self._json(500, {"error": "Failed to import the image: microk8s.ctr command failed: exit "
+                                                 f"status {r.returncode}"})
+            return self._json(200, {})
         self._json(404, {"error": "not found"})
 
     def _join(self, req: dict) -> None:
@@ -235,6 +241,50 @@ def _name_process(name: str) -> None:
         pass
 
 
+# ---- launch configurations (cluster agent) ---------------------------------------------------------
+
+LAUNCH_INTERVAL = 5.0   # cmd/cluster-agent.go: --launch-configurations-interval 5s (and never less than 5 s)
+
+
+def apply_launch_configs() -> None:
+    """One tick of the cluster agent's launch-configuration loop (microk8s-cluster-agent 1.30 cmd/cluster-agent.go,
+    pkg/k8sinit/apply.go): each $SNAP_COMMON/etc/launcher/*.yaml has its addons enabled/disabled through the
+    microk8s-enable/disable wrappers; once every part applied, the file is renamed *.yaml.applied, else it is
+    tried again at the next tick. The default launch configuration enables dns with no arguments, so CoreDNS
+    forwards to the host's resolvers or 8.8.8.8 (addons/dns/enable), seconds after `snap install` returned."""
+    import yaml
+
+    from . import faults
+    if faults.armed("launch-held"):
+        return
+    for f in sorted(Path(paths.SNAP_COMMON, "etc", "launcher").glob("*.yaml")):
+        try:
+            parts = [p for p in yaml.safe_load_all(f.read_text()) if p]
+        except (OSError, yaml.YAMLError) as e:
+            print(f"Failed to parse configuration file {f}: {e}", flush=True)
+            continue
+        ok = True
+        for part in parts:
+            for addon in part.get("addons") or []:
+                action = "disable" if addon.get("disable") else "enable"
+                r = subprocess.run([f"{paths.SNAP_BIN}/microk8s", action, addon["name"], *addon.get("args", [])],
+                                   capture_output=True, text=True, timeout=600, check=False)
+                print(f"launch configuration {f.name}: microk8s {action} {addon['name']}: rc {r.returncode}\n"
+                      f"{r.stdout}{r.stderr}", flush=True)
+                ok = ok and r.returncode == 0
+        if ok:
+            os.rename(f, str(f) + ".applied")
+
+
+def launch_configs_forever(stop: threading.Event) -> None:
+    interval = float(host_config().get("launch_interval", LAUNCH_INTERVAL))
+    while not stop.wait(interval):   # a ticker: the first apply comes one interval after the agent started
+        try:
+            apply_launch_configs()
+        except Exception as e:  # noqa: BLE001 - the agent logs and goes on
+            print(f"launch configuration failed: {e}", flush=True)
+
+
 def main() -> int:
     _name_process("kubelite")
     cfg = host_config()
@@ -252,8 +302,12 @@ def main() -> int:
     ctx.load_cert_chain(f"{paths.CERTS}/server.crt", f"{paths.CERTS}/server.key")
     agent.socket = ctx.wrap_socket(agent.socket, server_side=True)
     servers.append(agent)
+    for s in servers:
+        threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+    threading.Thread(target=launch_configs_forever, args=(stop,), daemon=True).start()
     cluster = read_json(paths.SIM_CLUSTER, {}) or {}
-    if cluster.get("role") != "worker":
+    from .services import real_delay
+    if cluster.get("role") != "worker" and not stop.wait(real_delay("api")):   # real timing: the API comes later
         from .apiserver import ApiServer
         from .nodes import bootstrap
         from .store import Store
@@ -263,8 +317,7 @@ def main() -> int:
         agent.api = api
         servers.append(api)
         threading.Thread(target=api.reconcile_forever, args=(stop,), daemon=True).start()
-    for s in servers:
-        threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+        threading.Thread(target=api.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
     print(f"sim daemon up on {socket.gethostname()}: {[s.server_address[1] for s in servers]}", flush=True)
     stop.wait()
     for s in servers:

@@ -10,6 +10,10 @@ Kinds:
   link-down     (network) eth0 of the host goes down; done with `ip`, not with a file
   image-missing (containerd) the image is really removed from the node's containerd
   snap-linger   the next `snap install` of a snap keeps its change Doing for N seconds
+  not-seeded    snapd is still seeding (a freshly booted host) until a given time: install/refresh fail "too early"
+  launch-held   the cluster agent's launch-configuration loop skips its ticks (dns stays disabled) until
+                cleared, or until the first command matching `release_before` starts: that one sees the
+                agent's tick land just before it (standins/microk8s.py)
   containerd-slow the next N containerd starts (snap install, microk8s start, restarts) open the socket
                 only after S seconds (default for every start: services.DEFAULT_CONTAINERD_DELAY)
 """
@@ -55,6 +59,48 @@ def containerd_slow(root: Path | str, seconds: float, times: int = 1) -> Path:
     """The next `times` containerd starts answer on the socket only after `seconds`, as a real node's can
     when its wrapper waits for a default route (sim-fidelity.md row 1): an import sent at once fails."""
     return _arm(root, "containerd-slow", seconds=seconds, times=times)
+
+
+def launch_config_held(root: Path | str, release_before: str | None = None) -> Path:
+    """Hold the cluster agent's launch-configuration loop (the default one enables dns, daemon.py): nothing is
+    applied until `clear(root, "launch-held")`, or until a command starting with `release_before` (e.g.
+    "microk8s enable") runs: the pending configuration is then applied first, as an agent tick landing right
+    then would, so a test hits "the agent enabled dns after the stage looked and before it acted"."""
+    return _arm(root, "launch-held", times=-1, release_before=shlex.split(release_before or ""))
+
+
+def release_launch_hold(argv: list[str]) -> bool:
+    """Inside the host: True (and the hold removed) when a launch-held fault waits for this command."""
+    for path in sorted(_dir("/").glob("launch-held-*.json")):
+        try:
+            match = json.loads(path.read_text()).get("release_before") or []
+        except (OSError, json.JSONDecodeError):
+            continue
+        if match and argv[: len(match)] == match:
+            path.unlink(missing_ok=True)
+            return True
+    return False
+
+
+def snapd_seeding(root: Path | str, seconds: float) -> Path:
+    """A freshly booted host: snapd is still seeding for `seconds` (from now). Meanwhile `snap install` and
+    `snap refresh` fail with snapd's "too early for operation, device not yet seeded or device model
+    not acknowledged" (exit 10: a ChangeConflictError, overlord/snapstate), and `snap wait system seed.loaded`
+    blocks until seeding ends (standins/snap.py)."""
+    import time
+    return _arm(root, "not-seeded", until=time.time() + seconds, times=-1)
+
+
+def seeding() -> bool:
+    """Inside the host: True while an armed not-seeded fault's time has not run out."""
+    import time
+    for path in _dir("/").glob("not-seeded-*.json"):
+        try:
+            if json.loads(path.read_text()).get("until", 0) > time.time():
+                return True
+        except (OSError, json.JSONDecodeError):
+            continue
+    return False
 
 
 def join_fails_halfway(root: Path | str) -> Path:

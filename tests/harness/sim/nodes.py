@@ -34,8 +34,7 @@ def register_node(store: Store, name: str, ip: str, worker: bool) -> None:
 
 
 def bootstrap(store: Store, cfg: dict) -> None:
-    """First start: namespaces, service/kubernetes, this node, Calico (90-calico-apply, once) and the dns
-    addon when the default launch configuration applies (no /etc/microk8s.yaml etc.)."""
+    """First start: namespaces, service/kubernetes, this node, Calico (90-calico-apply, once)."""
     ns_res = store.kind("Namespace")
     for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
         if store.find(ns_res, "", ns) is None:
@@ -54,13 +53,7 @@ def bootstrap(store: Store, cfg: dict) -> None:
         for obj in addons.calico():
             _create(store, obj)
         open(lock, "w").close()
-    dns_lock = os.path.join(paths.SIM, "dns-bootstrapped")
-    if not os.path.exists(dns_lock):
-        if not any(os.path.exists(p) for p in ("/etc/microk8s.yaml", paths.SNAP_COMMON + "/.microk8s.yaml")):
-            for obj in addons.coredns(addons.find_upstreams()):
-                _create(store, obj)
-        open(dns_lock, "w").close()
-    store.save()
+    store.save()   # dns: the cluster agent enables it later, from the launch configuration (daemon.py)
 
 
 def _create(store: Store, obj: dict) -> None:

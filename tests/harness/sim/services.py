@@ -193,12 +193,39 @@ def install_hook(revision: str, snap_dir: str) -> None:
         if not os.path.lexists(link):
             Path(link).parent.mkdir(parents=True, exist_ok=True)
             os.symlink(target, link)
+    write_launch_config(common)
     for src in (Path("/root/snap/microk8s/common/sideload"), common / "sideload", Path(snap_dir) / "sideload"):
         for tar in src.glob("*.tar") if src.is_dir() else []:
             shutil.copy2(tar, common / "etc" / "sideload" / tar.name)
     with updating(paths.SIM_CLUSTER, {}) as c:
         c.clear()
         c["role"] = "standalone"
+
+
+# microk8s 1.30 microk8s-resources/microk8s.default.yaml
+DEFAULT_LAUNCH_CONFIG = """# Default launch configuration for MicroK8s.
+---
+version: 0.1.0
+extraKubeletArgs:
+  --cluster-domain: cluster.local
+  --cluster-dns: 10.152.183.10
+addons:
+  - name: dns
+"""
+
+
+def write_launch_config(common: Path) -> None:
+    """snap/hooks/install (microk8s 1.30): the first of /etc/microk8s.yaml, $SNAP_USER_COMMON/.microk8s.yaml,
+    $SNAP_COMMON/.microk8s.yaml, $SNAP/microk8s.default.yaml is copied to $SNAP_COMMON/etc/launcher/install.yaml;
+    the cluster agent applies it later, asynchronously (daemon.launch_configs_forever). The extra kubelet args
+    are applied at once (`cluster-agent init --pre-init`): ARGS["kubelet"] already carries them."""
+    launcher = common / "etc" / "launcher"
+    launcher.mkdir(parents=True, exist_ok=True)
+    for src in ("/etc/microk8s.yaml", "/root/snap/microk8s/common/.microk8s.yaml", str(common / ".microk8s.yaml")):
+        if os.path.isfile(src):
+            shutil.copyfile(src, launcher / "install.yaml")
+            return
+    (launcher / "install.yaml").write_text(DEFAULT_LAUNCH_CONFIG)
 
 
 def _mem_kib() -> int:
@@ -247,6 +274,26 @@ def regenerate_containerd_toml() -> None:
 
 DEFAULT_CONTAINERD_DELAY = 1.0  # seconds; host.json "containerd_delay" or faults.containerd_slow override it
 
+# Real durations in seconds (sim-fidelity.md rows 1-2; microk8s.md), applied x host.json "timing" (the factor of
+# `python -m tests.harness up --sim --sim-timing real:F`, SimSpec.timing); 0, the default, keeps the sim fast.
+REAL_SECONDS = {
+    "snap-install": 120.0,   # "real snap install takes minutes" (download-free: hooks, certs, services)
+    "containerd": 10.0,      # run-containerd-with-args: AppArmor reload + wait_for_default_route (5 x 2 s)
+    "api": 30.0,             # kubelite + k8s-dqlite: the API answers well after containerd after a (re)start
+    "leave": 20.0,           # scripts/wrappers/leave.py: time.sleep(10) twice (reset dqlite, apply_cni)
+    "join-api-stop": 30.0,   # join.py update_dqlite: apiserver + dqlite stopped, sleep 10 s, poll up to 10x (10-60 s)
+    "dns-manifest": 5.0,     # core-addons 1.30 addons/dns/enable: `sleep 5` after applying the manifest
+}
+
+
+def timing() -> float:
+    return float(host_config().get("timing") or 0)
+
+
+def real_delay(what: str) -> float:
+    """REAL_SECONDS[what] scaled by this host's timing factor (0 = no delay)."""
+    return REAL_SECONDS[what] * timing()
+
 
 def containerd_delay() -> float:
     """How long after a start containerd's socket appears. Real: run-containerd-with-args reloads AppArmor
@@ -257,7 +304,7 @@ def containerd_delay() -> float:
     slow = faults.take_value("containerd-slow", "seconds")
     if slow is not None:
         return float(slow)
-    return float(host_config().get("containerd_delay", DEFAULT_CONTAINERD_DELAY))
+    return float(host_config().get("containerd_delay", max(DEFAULT_CONTAINERD_DELAY, real_delay("containerd"))))
 
 
 def start_containerd() -> None:
@@ -298,8 +345,8 @@ def start_daemon() -> None:
     cfg = host_config()
     _spawn("daemon", [cfg.get("python", sys.executable), "-m", "provision_sim.daemon"])
     _wait_port(paths.KUBELET_PORT)
-    if (read_json(paths.SIM_CLUSTER, {}) or {}).get("role") != "worker":
-        _wait_port(paths.API_PORT)
+    if (read_json(paths.SIM_CLUSTER, {}) or {}).get("role") != "worker" and not real_delay("api"):
+        _wait_port(paths.API_PORT)   # with real timing the API answers real_delay("api") s later (daemon.main)
 
 
 def _wait_port(port: int, timeout: float = 15) -> None:

@@ -13,6 +13,15 @@ class SimSpec:
     gpus: dict[str, tuple[int, str]] = field(default_factory=dict)   # node ref -> (count, model)
     npus: dict[str, tuple[int, str]] = field(default_factory=dict)
     firewalld: set[str] = field(default_factory=set)                  # node refs with firewalld instead of ufw
+    timing: float = 0.0   # real delays (services.REAL_SECONDS) x this factor; 0 = fast (--sim-timing real:F)
+
+    @staticmethod
+    def parse_timing(text: str) -> float:
+        """`fast` -> 0, `real` -> 1, `real:F` -> F (e.g. real:0.1: a 120 s snap install takes 12 s)."""
+        m = re.fullmatch(r"fast|real(?::(\d+(?:\.\d+)?))?", text)
+        if not m:
+            raise ValueError(f"expected fast, real or real:FACTOR (e.g. real:0.1), got {text!r}")
+        return 0.0 if text == "fast" else float(m.group(1) or 1)
 
     @staticmethod
     def parse_device(text: str) -> tuple[str, int, str]:
@@ -37,5 +46,6 @@ def host_config(spec: SimSpec, name: str, index: int, ip: str, python: str) -> d
         if matches(ref, name, index):
             resource = next(r for k, r in NPU_RESOURCES if k in model or k == "910")
             cfg.update(npus=count, npu_model=model, npu_resource=resource)
+    cfg["timing"] = spec.timing
     cfg["firewall"] = "firewalld" if any(matches(r, name, index) for r in spec.firewalld) else "ufw"
     return cfg

@@ -59,6 +59,61 @@ def _store(api: Api, rel: dict) -> None:
         api.request("POST", f"/api/v1/namespaces/{rel['namespace']}/secrets", secret)
 
 
+# helm v3 pkg/action/validate.go: the release's ownership marks, set on every rendered object
+# (setMetadataVisitor) and required of an existing object before helm adopts it (checkOwnership)
+MANAGED_BY, REL_NAME, REL_NS = "app.kubernetes.io/managed-by", "meta.helm.sh/release-name", "meta.helm.sh/release-namespace"
+ERR_PENDING = "another operation (install/upgrade/rollback) is in progress"   # pkg/action/upgrade.go errPending
+
+
+def _owned(o: dict, release: str, ns: str) -> dict:
+    o = json.loads(json.dumps(o))
+    meta = o.setdefault("metadata", {})
+    meta.setdefault("labels", {})[MANAGED_BY] = "Helm"
+    meta.setdefault("annotations", {}).update({REL_NAME: release, REL_NS: ns})
+    return o
+
+
+def _require(meta: dict, key: str, want: str) -> str | None:
+    if key not in meta:
+        return f'missing key "{key}": must be set to "{want}"'
+    if meta[key] != want:
+        return f'key "{key}" must equal "{want}": current value is "{meta[key]}"'
+    return None
+
+
+def existing_conflict(api: Api, objs: list[dict], release: str, ns: str) -> str | None:
+    """existingResourceConflict / checkOwnership (pkg/action/validate.go): the first rendered object that already
+    exists without this release's ownership marks, as helm words it; None when all are absent or adoptable."""
+    for o in objs:
+        r = api.by_kind(o["apiVersion"], o["kind"])
+        if r is None:
+            continue
+        target_ns = (o["metadata"].get("namespace") or ns) if r["namespaced"] else ""
+        try:
+            cur = api.request("GET", Api.path(r, target_ns or None, o["metadata"]["name"]))
+        except KubeError as e:
+            if e.code == 404:
+                continue
+            raise
+        meta = cur.get("metadata") or {}
+        errs = [f"label validation error: {e}" for e in [_require(meta.get("labels") or {}, MANAGED_BY, "Helm")] if e]
+        errs += [f"annotation validation error: {e}" for e in (_require(meta.get("annotations") or {}, k, v)
+                                                                for k, v in ((REL_NAME, release), (REL_NS, ns))) if e]
+        if errs:
+            return (f'{o["kind"]} "{o["metadata"]["name"]}" in namespace "{target_ns}" exists and cannot be imported '
+                    "into the current release: invalid ownership metadata; " + "; ".join(errs))
+    return None
+
+
+def _merge_maps(a: dict, b: dict) -> dict:
+    """pkg/cli/values mergeMaps: several -f files / --set merge key by key; a null stays (coalescing with the
+    chart's defaults then deletes that key)."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge_maps(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def _apply(api: Api, objs: list[dict], ns: str) -> None:
     for o in objs:
         r = api.by_kind(o["apiVersion"], o["kind"])
@@ -149,11 +204,18 @@ def cmd_install(a, upgrade: bool) -> int:
     user: dict = {}
     for f in a.values or []:
         with open(f) as fh:
-            user = merge_values(user, yaml.safe_load(fh) or {})
+            user = _merge_maps(user, yaml.safe_load(fh) or {})
     for s in a.set or []:
         _set(user, s, False)
     for s in a.set_string or []:
         _set(user, s, True)
+    # install.go availableName / upgrade.go prepareUpgrade (Last, IsPending) come before the values are checked
+    history = _releases(api, ns, a.name)
+    if history and not upgrade:
+        return _err("INSTALLATION FAILED: cannot re-use a name that is still in use")
+    phase = "UPGRADE" if history else "INSTALLATION"
+    if history and history[-1]["info"]["status"].startswith("pending-"):
+        return _err(f"UPGRADE FAILED: {ERR_PENDING}")
     merged = merge_values(chart["values"], user)
     if chart.get("schema"):
         errs = _schema_errors(chart["schema"], merged)
@@ -167,11 +229,15 @@ def cmd_install(a, upgrade: bool) -> int:
             return _err(f'{"UPGRADE" if upgrade else "INSTALLATION"} FAILED: create: failed to create: namespaces '
                         f'"{ns}" not found')
         api.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    history = _releases(api, ns, a.name)
-    if history and not upgrade:
-        return _err("INSTALLATION FAILED: cannot re-use a name that is still in use")
-    phase = "UPGRADE" if history else "INSTALLATION"
     objs, hooks = render(chart, merged, a.name, ns)
+    # install checks every rendered object, upgrade those not in the last release (target.Difference(current))
+    old_keys = {(o["kind"], o["metadata"]["name"]) for o in yaml.safe_load_all(history[-1].get("manifest", ""))
+                if o} if history else set()
+    conflict = existing_conflict(api, [o for o in objs if (o["kind"], o["metadata"]["name"]) not in old_keys],
+                                 a.name, ns)
+    if conflict:
+        return _err(f"{phase} FAILED: rendered manifests contain a resource that already exists. Unable to continue "
+                    f"with {'update' if history else 'install'}: {conflict}")
     timeout = go_duration(a.timeout)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
     rel = {"name": a.name, "namespace": ns, "version": (history[-1]["version"] + 1) if history else 1,
@@ -188,7 +254,7 @@ def cmd_install(a, upgrade: bool) -> int:
             if not _wait(api, [h for h in hooks if h["kind"] == "Job"], ns, timeout):
                 raise TimeoutError
             _delete(api, hooks, ns)
-        _apply(api, objs, ns)
+        _apply(api, [_owned(o, a.name, ns) for o in objs], ns)
         if history:
             keep = {(o["kind"], o["metadata"]["name"]) for o in objs}
             old = [o for o in yaml.safe_load_all(history[-1].get("manifest", "")) if o]
@@ -213,6 +279,33 @@ def cmd_install(a, upgrade: bool) -> int:
         print(f'Release "{a.name}" has been upgraded. Happy Helming!')
     print(f"NAME: {a.name}\nLAST DEPLOYED: {now}\nNAMESPACE: {ns}\nSTATUS: deployed\nREVISION: {rel['version']}\n"
           "TEST SUITE: None")
+    return 0
+
+
+def cmd_rollback(api: Api, history: list[dict], version: int) -> int:
+    """pkg/action/rollback.go: a new revision (Last + 1) with the chart, values and manifest of the target
+    (default: Last - 1), applied; the deployed ones are superseded -- so a release stuck in pending-upgrade is
+    recovered by `helm rollback NAME`. "Rollback was a success! Happy Helming!" (cmd/helm/rollback.go)."""
+    import yaml
+    current = history[-1]
+    want = version or current["version"] - 1
+    target = next((r for r in history if r["version"] == want), None)
+    if target is None:
+        return _err("release: not found" if want > 0 else "no revision to roll back to")
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    rel = dict(target, version=current["version"] + 1,
+               info=dict(target["info"], status="pending-rollback", last_deployed=now,
+                         description=f"Rollback to {want}"))
+    _store(api, rel)
+    _apply(api, [_owned(o, rel["name"], rel["namespace"]) for o in yaml.safe_load_all(rel.get("manifest", "")) if o],
+           rel["namespace"])
+    for old in history:
+        if old["info"]["status"] in ("deployed", "pending-upgrade", "pending-install", "pending-rollback"):
+            old["info"]["status"] = "superseded"
+            _store(api, old)
+    rel["info"]["status"] = "deployed"
+    _store(api, rel)
+    print("Rollback was a success! Happy Helming!")
     return 0
 
 
@@ -248,15 +341,22 @@ def main(argv: list[str]) -> int:
         if a.cmd in ("upgrade", "install"):
             if len(a.args) != 2:
                 return _err(f'"helm {a.cmd}" requires 2 arguments')
-            if a.cmd == "upgrade" and not a.install and not _releases(api, a.namespace or "default", a.args[0]):
+            exists = bool(_releases(api, a.namespace or "default", a.args[0]))
+            if a.cmd == "upgrade" and not a.install and not exists:
                 return _err(f'UPGRADE FAILED: "{a.args[0]}" has no deployed releases')
             a.name, a.chart = a.args
+            if a.cmd == "upgrade" and not exists:   # cmd/helm/upgrade.go: --install runs an install (stdout, table)
+                if a.output == "table":
+                    print(f'Release "{a.name}" does not exist. Installing it now.')
+                return cmd_install(a, upgrade=False)
             return cmd_install(a, upgrade=a.cmd == "upgrade")
         if a.cmd in ("list", "ls"):
             rels = _releases(api, None if a.all_namespaces else (a.namespace or "default"))
             latest = {}
             for r in rels:
                 latest[(r["namespace"], r["name"])] = r
+            if not a.all:   # pkg/action/list.go: without --all (or a state flag) only deployed and failed ones
+                latest = {k: r for k, r in latest.items() if r["info"]["status"] in ("deployed", "failed")}
             rows = [{"name": r["name"], "namespace": r["namespace"], "revision": str(r["version"]),
                      "updated": r["info"]["last_deployed"], "status": r["info"]["status"],
                      "chart": f"{r['chart']['metadata']['name']}-{r['chart']['metadata']['version']}",
@@ -272,9 +372,9 @@ def main(argv: list[str]) -> int:
                     print("\t".join([r["name"], r["namespace"], r["revision"], r["updated"], r["status"], r["chart"],
                                      r["app_version"]]))
             return 0
-        name = a.args[-1] if a.args else ""
+        name = (a.args[0] if a.cmd == "rollback" else a.args[-1]) if a.args else ""
         rels = _releases(api, a.namespace or "default", name) if name else []
-        if a.cmd in ("get", "status", "uninstall", "delete") and not rels:
+        if a.cmd in ("get", "status", "uninstall", "delete", "rollback") and not rels:
             return _err("release: not found" if a.cmd != "uninstall" else f"uninstall: Release not loaded: {name}: "
                         "release: not found")
         rel = rels[-1] if rels else None
@@ -296,6 +396,8 @@ def main(argv: list[str]) -> int:
                       f"{rel['namespace']}\nSTATUS: {rel['info']['status']}\nREVISION: {rel['version']}\n"
                       "TEST SUITE: None")
             return 0
+        if a.cmd == "rollback":
+            return cmd_rollback(api, rels, int(a.args[1]) if len(a.args) > 1 else 0)
         if a.cmd in ("uninstall", "delete"):
             import yaml
             _delete(api, [o for o in yaml.safe_load_all(rel.get("manifest", "")) if o], rel["namespace"])

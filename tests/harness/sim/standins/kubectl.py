@@ -348,44 +348,98 @@ def cmd_wait(api: Api, a, rest: list[str]) -> int:
     r = api.resolve(kind)
     ns = None if a.all_namespaces else (a.namespace or "default")
     deadline = time.monotonic() + (a.timeout_s if a.timeout_s is not None else 30)
+    short = f"{r['kind'].lower()}.{r['group']}" if r["group"] else r["kind"].lower()
+    first = True
     while True:
         objs = [api.request("GET", Api.path(r, ns, name))] if name else \
             api.request("GET", Api.path(r, ns), query={"labelSelector": a.selector})["items"]
+        if first and not objs:   # kubectl 1.30 cmd/wait/wait.go: errNoMatchingResources, at once, no waiting
+            return _err("error: no matching resources found")
+        first = False
         done = [o for o in objs if any(c["type"].lower() == want and c["status"] == "True"
                                        for c in o.get("status", {}).get("conditions", []))]
         if objs and len(done) == len(objs):
-            short = f"{r['kind'].lower()}.{r['group']}" if r["group"] else r["kind"].lower()
             for o in objs:
                 print(f"{short}/{o['metadata']['name']} condition met")
             return 0
         if time.monotonic() > deadline:
-            if not objs:
-                return _err("error: no matching resources found")
-            left = [o for o in objs if o not in done]
-            short = f"{r['kind'].lower()}.{r['group']}" if r["group"] else r["kind"].lower()
-            return _err(f"error: timed out waiting for the condition on {short}/{left[0]['metadata']['name']}")
+            # extendErrWaitTimeout (cmd/wait/condition.go): "<wait.ErrWaitTimeout> on <resource plural>/<name>"
+            left = [o for o in objs if o not in done] or [{"metadata": {"name": name}}]
+            return _err(f"error: timed out waiting for the condition on {r['name']}/{left[0]['metadata']['name']}")
         time.sleep(0.5)
 
 
+def rollout_state(kind: str, o: dict) -> tuple[str, bool]:
+    """kubectl 1.30 polymorphichelpers/rollout_status.go: (message, done) of DeploymentStatusViewer /
+    DaemonSetStatusViewer -- updated, old-pending and available replicas, the progress deadline, "daemon set"."""
+    name, s = o["metadata"]["name"], o.get("status") or {}
+    observed = o["metadata"].get("generation", 1) <= s.get("observedGeneration", 0)
+    if kind == "DaemonSet":
+        if (o["spec"].get("updateStrategy") or {}).get("type", "RollingUpdate") != "RollingUpdate":
+            raise ValueError("rollout status is only available for RollingUpdate strategy type")
+        if not observed:
+            return "Waiting for daemon set spec update to be observed...", False
+        desired = s.get("desiredNumberScheduled", 0)
+        if s.get("updatedNumberScheduled", 0) < desired:
+            return (f'Waiting for daemon set "{name}" rollout to finish: {s.get("updatedNumberScheduled", 0)} out of '
+                    f"{desired} new pods have been updated..."), False
+        if s.get("numberAvailable", 0) < desired:
+            return (f'Waiting for daemon set "{name}" rollout to finish: {s.get("numberAvailable", 0)} of {desired} '
+                    "updated pods are available..."), False
+        return f'daemon set "{name}" successfully rolled out', True
+    if not observed:
+        return "Waiting for deployment spec update to be observed...", False
+    if any(c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+           for c in s.get("conditions") or []):
+        raise ValueError(f'deployment "{name}" exceeded its progress deadline')
+    want, updated = o["spec"].get("replicas", 1), s.get("updatedReplicas", 0)
+    if updated < want:
+        return (f'Waiting for deployment "{name}" rollout to finish: {updated} out of {want} new replicas have been '
+                "updated..."), False
+    if s.get("replicas", 0) > updated:
+        return (f'Waiting for deployment "{name}" rollout to finish: {s["replicas"] - updated} old replicas are '
+                "pending termination..."), False
+    if s.get("availableReplicas", 0) < updated:
+        return (f'Waiting for deployment "{name}" rollout to finish: {s.get("availableReplicas", 0)} of {updated} '
+                "updated replicas are available..."), False
+    return f'deployment "{name}" successfully rolled out', True
+
+
 def cmd_rollout(api: Api, a, rest: list[str]) -> int:
-    if not rest or rest[0] != "status":
-        return _err("error: only `rollout status` is simulated")
+    if len(rest) < 2 or rest[0] not in ("status", "restart"):
+        return _err("error: only `rollout status` and `rollout restart` are simulated")
     kind, _, name = rest[1].partition("/")
     r = api.resolve(kind)
+    if r is None:
+        return _err(f'error: the server doesn\'t have a resource type "{kind}"')
+    if r["kind"] not in ("Deployment", "DaemonSet"):
+        return _err(f"error: rollout {rest[0]} of {r['kind']} is not simulated")
     ns = a.namespace or "default"
+    short = f"{r['kind'].lower()}.{r['group']}"
+    if rest[0] == "restart":
+        # kubectl 1.30 polymorphichelpers/objectrestarter.go: the pod template gets the annotation
+        # kubectl.kubernetes.io/restartedAt = now (RFC 3339); the controller then rolls the pods
+        now = datetime.datetime.now().astimezone().replace(microsecond=0).isoformat()
+        api.request("PATCH", Api.path(r, ns, name),
+                    {"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": now}}}}},
+                    "application/strategic-merge-patch+json")
+        print(f"{short}/{name} restarted")
+        return 0
     deadline = time.monotonic() + (a.timeout_s or 1e9)
+    last = ""
     while True:
-        o = api.request("GET", Api.path(r, ns, name))
-        s = o.get("status", {})
-        want = o["spec"].get("replicas", 1) if r["kind"] != "DaemonSet" else s.get("desiredNumberScheduled", 0)
-        ready = s.get("readyReplicas", 0) if r["kind"] != "DaemonSet" else s.get("numberReady", 0)
-        if ready >= want and s.get("observedGeneration", 0) >= o["metadata"].get("generation", 1):
-            print(f'{"deployment" if r["kind"] == "Deployment" else r["kind"].lower()} "{name}" successfully rolled out')
+        try:
+            msg, done = rollout_state(r["kind"], api.request("GET", Api.path(r, ns, name)))
+        except ValueError as e:
+            return _err(f"error: {e}")
+        if done:
+            print(msg)
             return 0
         if time.monotonic() > deadline:
             return _err("error: timed out waiting for the condition")
-        print(f'Waiting for {r["kind"].lower()} "{name}" rollout to finish: {ready} of {want} updated replicas '
-              "are available...")
+        if msg != last:   # kubectl prints a status line when it changes
+            print(msg)
+            last = msg
         time.sleep(1)
 
 

@@ -53,14 +53,17 @@ def _api():
 # ---- status --------------------------------------------------------------------------------------
 
 def cluster_ready(api) -> bool:
-    """is_cluster_ready: service/kubernetes exists and a node is ' Ready '."""
+    """is_cluster_ready (microk8s 1.30 scripts/wrappers/common/utils.py): `kubectl get all` shows
+    service/kubernetes and `kubectl get nodes` contains the text " Ready ": a node that is Ready but cordoned
+    shows `Ready,SchedulingDisabled`, so a cluster whose nodes are all cordoned is "not running"."""
     try:
         svc = api.request("GET", "/api/v1/namespaces/default/services/kubernetes")
         nodes = api.request("GET", "/api/v1/nodes")["items"]
     except (OSError, ValueError, KubeError):   # API down or refusing: "not ready", as the kubectl probe sees it
         return False
-    ready = any(c["type"] == "Ready" and c["status"] == "True" for n in nodes
-                for c in n.get("status", {}).get("conditions", []))
+    ready = any(not n.get("spec", {}).get("unschedulable") and
+                any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
+                for n in nodes)
     return bool(svc) and ready
 
 
@@ -93,24 +96,27 @@ def _ha_nodes() -> list[tuple[str, str]]:
 
 
 def cmd_status(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="microk8s status", add_help=True)
-    p.add_argument("--format", choices=["pretty", "yaml", "short"], default="pretty")
-    p.add_argument("-w", "--wait-ready", action="store_true")
-    p.add_argument("-t", "--timeout", type=int, default=0)
-    p.add_argument("-a", "--addon")
-    p.add_argument("--yaml", action="store_true")
-    a = p.parse_args(argv)
-    if _is_worker():
-        print("This MicroK8s deployment is acting as a node in a cluster.\nPlease use the control plane node.")
-        return 0
+    """microk8s-status.wrapper (permissions on stderr exit 1, then the worker text exit 0, then the low-memory
+    guard), then status.py (exit_if_stopped: exit 0; parse args; is_cluster_ready; exit 1 when not ready),
+    microk8s 1.30."""
     if not _check_permissions():
         return 1
-    if _stopped():
-        print(NOT_RUNNING)
+    if _is_worker():
+        print("This MicroK8s deployment is acting as a node in a cluster.\nPlease use the control plane node.")
         return 0
     if os.path.exists(os.path.join(paths.LOCKS, "low-memory-guard.lock")):
         print("This node does not have enough RAM to host the Kubernetes control plane services")
         return 1
+    if _stopped():
+        print(NOT_RUNNING)
+        return 0
+    p = argparse.ArgumentParser(prog="microk8s status", add_help=True)
+    p.add_argument("--format", choices=["pretty", "yaml", "short"], default="pretty")
+    p.add_argument("-w", "--wait-ready", action="store_true")
+    p.add_argument("-t", "--timeout", type=int, default=0)
+    p.add_argument("-a", "--addon", default="all")
+    p.add_argument("--yaml", action="store_true")
+    a = p.parse_args(argv)
     api = _api()
     ready = cluster_ready(api)
     if a.wait_ready:
@@ -119,40 +125,40 @@ def cmd_status(argv: list[str]) -> int:
             time.sleep(2)
             ready = cluster_ready(api)
     ha = os.path.exists(paths.HA_LOCK)
-    if not ready:
-        if a.format == "yaml":
-            print(f"microk8s:\n  running: False\nhigh-availability:\n  enabled: {ha}\n  message: microk8s is not "
-                  "running. Use microk8s inspect for a deeper inspection.")
-        else:
-            print("microk8s is not running. Use microk8s inspect for a deeper inspection.")
-        return 1
-    states = addon_states(api)
-    if a.addon:
-        name = a.addon.split("/")[-1]
-        match = [s for s in states if s[0] == name]
-        if not match:
-            print(f"Addon {a.addon} not found")
-            return 1
-        print("enabled" if match[0][4] else "disabled")
-        return 0
-    nodes = _ha_nodes()
-    if a.format == "yaml":
-        out = ["microk8s:", "  running: True", "high-availability:", f"  enabled: {ha}"]
+    # get_status: no addon is enabled while the cluster is not ready; get_addon_by_name: REPO/NAME or NAME
+    states = addon_states(api) if ready else [(n, "core", d, v, False) for n, (d, v, _) in _core_addons()]
+    not_running = "microk8s is not running. Use microk8s inspect for a deeper inspection."
+    if a.addon != "all":
+        repo, _, name = a.addon.rpartition("/")
+        found = any(s[0] == name and s[4] and (not repo or repo == s[1]) for s in states)
+        print("enabled" if found else "disabled")   # print_addon_status: an unknown addon is "disabled"
+    elif a.format == "yaml":   # print_yaml
+        out = ["microk8s:", f"  running: {ready}", "high-availability:", f"  enabled: {ha}"]
         if ha:
             out.append("  nodes:")
-            for addr, role in nodes:
+            for addr, role in _ha_nodes():
                 out += [f"    - address: {addr}", f"      role: {role}"]
-        out.append("addons:")
-        for name, repo, desc, version, enabled in states:
-            out += [f"  - name: {name}", f"    repository: {repo}", f"    description: {desc}",
-                    f"    version: {version}", f"    status: {'enabled' if enabled else 'disabled'}"]
+        if ready:
+            out.append("addons:")
+            for name, repo, desc, version, enabled in states:
+                out += [f"  - name: {name}", f"    repository: {repo}", f"    description: {desc}",
+                        f"    version: {version}", f"    status: {'enabled' if enabled else 'disabled'}"]
+        else:
+            out.append(f"  message: {not_running}")
         print("\n".join(out))
-    elif a.format == "short" or a.yaml:
+    elif not ready:   # print_short, print_pretty, print_short_yaml
+        print(f"microk8s:\n  running: False\n  message: {not_running}" if a.yaml and a.format == "pretty"
+              else not_running)
+    elif a.format == "short":
         print("microk8s is running\naddons:")
         for name, repo, _, _, enabled in states:
             print(f"{repo}/{name}: {'enabled' if enabled else 'disabled'}")
+    elif a.yaml:   # --yaml (deprecated) with the default format: print_short_yaml
+        print("microk8s:\n  running: True\naddons:")
+        for name, repo, _, _, enabled in states:
+            print(f"  {repo}/{name}: {'enabled' if enabled else 'disabled'}")
     else:
-        voters = [n for n, r in nodes if r == "voter"]
+        voters = [n for n, r in _ha_nodes() if r == "voter"]
         print("microk8s is running")
         print(f"high-availability: {'yes' if len(voters) >= 3 else 'no'}")
         print(f"  datastore master nodes: {' '.join(voters)}")
@@ -163,18 +169,32 @@ def cmd_status(argv: list[str]) -> int:
             for name, repo, desc, _, enabled in states:
                 if enabled == want:
                     print("{:>3} {:<20} # ({}) {}".format("", name, repo, desc))
-    return 0
+    return 0 if ready else 1
+
+
+def _core_addons():
+    from ..addons import CORE_ADDONS
+    return sorted(CORE_ADDONS.items())
 
 
 # ---- start / stop --------------------------------------------------------------------------------
 
+WORKER_START_STOP = "This MicroK8s deployment is acting as a node in a cluster.\nUse 'snap {0} microk8s' to {0} services on this node."
+
+
 def cmd_start(argv: list[str]) -> int:
+    if _is_worker():   # microk8s-start.wrapper (1.30): nothing is started on a worker, exit 0
+        print(WORKER_START_STOP.format("start"))
+        return 0
     Path(paths.STOPPED_LOCK).unlink(missing_ok=True)
     services.start_all()
     return 0
 
 
 def cmd_stop(argv: list[str]) -> int:
+    if _is_worker():   # microk8s-stop.wrapper (1.30): nothing is stopped on a worker, exit 0
+        print(WORKER_START_STOP.format("stop"))
+        return 0
     services.stop_all()
     Path(paths.STOPPED_LOCK).touch()
     print("Stopped.")
@@ -209,7 +229,8 @@ def cmd_add_node(argv: list[str]) -> int:
         return 1
     from ..state import locked
     with locked(paths.CLUSTER_TOKENS), open(paths.CLUSTER_TOKENS, "a") as f:   # serialised with consume_token
-            f.write(f"{token}|{int(time.time() + a.token_ttl)}\n" if a.token_ttl > 0 else f"{token}\n")
+            # add_token_with_expiry (add_token.py): any ttl but -1 gets an expiry, so 0 is already expired
+            f.write(f"{token}|{round(time.time()) + a.token_ttl}\n" if a.token_ttl != -1 else f"{token}\n")
     check = _server_check()
     default = host_config().get("ip")
     ips = [default] + [ip for ip in _all_ips() if ip != default]
@@ -344,6 +365,8 @@ def cmd_join(argv: list[str]) -> int:
         print("Failed to sign proxy certificate (500)." if a.worker else "Connection failed. (500).")
         return 1
     services.stop("daemon")
+    if not a.worker:   # update_dqlite: the API stays down while dqlite rejoins
+        time.sleep(services.real_delay("join-api-stop"))
     with updating(paths.SIM_CLUSTER, {}) as c:
         c.update(role="worker" if a.worker else "controlplane", master=data["master_ip"],
                  voters=data.get("voters", []))
@@ -404,12 +427,12 @@ def cmd_leave(argv: list[str]) -> int:
         print("Configuring services.")
     print("Generating new cluster certificates.\nWaiting for node to start. ")
     services.stop("daemon")
+    time.sleep(services.real_delay("leave"))   # leave.py: time.sleep(10) twice
     Path(paths.CLUSTERED_LOCK).unlink(missing_ok=True)
     (locks / "no-cert-reissue").unlink(missing_ok=True)   # unmark_no_cert_reissue
     Path(paths.SIM_APISTORE).unlink(missing_ok=True)
     for f in ("cni-loaded",):
         Path(paths.LOCKS, f).unlink(missing_ok=True)
-    Path(paths.SIM, "dns-bootstrapped").unlink(missing_ok=True)
     with updating(paths.SIM_CLUSTER, {}) as c:
         c.clear()
         c["role"] = "standalone"
@@ -474,6 +497,12 @@ def cmd_enable(argv: list[str], enable: bool = True) -> int:
     if not argv:
         print("Usage: microk8s enable ADDON")
         return 1
+    if os.environ.get("MICROK8S_ADDONS_SKIP_LOCK") != "1":   # enable.py / disable.py, then xable()
+        if _is_worker():   # is_cluster_locked (the agent's pending launch configuration fails here too)
+            print("This MicroK8s deployment is acting as a node in a cluster.\nPlease use the master node.")
+            return 1
+        _wait_for_api(30)
+        return _protected_xable(argv, enable)
     names = [i.split(":")[0].split("/")[-1] for i in argv]
     if len(argv) > 1 and all(n in CORE_ADDONS for n in names):
         items, extra = argv, []
@@ -536,6 +565,7 @@ def cmd_enable(argv: list[str], enable: bool = True) -> int:
         if enable:
             apply_objects(api, objs, quiet=True)
             if short == "dns":
+                time.sleep(services.real_delay("dns-manifest"))
                 _dns_kubelet_args(objs[-1]["spec"]["clusterIP"])
             print(f"Addon core/{short} is enabled" if short != "dns" else "DNS is enabled")
         else:
@@ -545,6 +575,31 @@ def cmd_enable(argv: list[str], enable: bool = True) -> int:
                 _drop_opt("kubelet", "--cluster-dns")
             print(f"Addon core/{short} is disabled" if short != "dns" else "DNS is disabled")
     return rc
+
+
+def _wait_for_api(timeout: float) -> None:
+    """wait_for_ready(timeout=30, with_ready_node=False) (microk8s 1.30 scripts/wrappers/common/utils.py): poll
+    every 2 s until service/kubernetes answers; carry on regardless after the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _api().request("GET", "/api/v1/namespaces/default/services/kubernetes")
+            return
+        except (OSError, ValueError, KubeError):
+            time.sleep(2)
+
+
+def _protected_xable(argv: list[str], enable: bool) -> int:
+    """protected_xable: one enable/disable at a time on a node (lockf on var/lock/.microk8s-addon-lock), so the
+    cluster agent's `enable dns` and a user's are serialised: the second one finds dns already enabled."""
+    import fcntl
+    with open(paths.ADDON_LOCK, "w") as f:
+        fcntl.lockf(f, fcntl.LOCK_EX)
+        os.environ["MICROK8S_ADDONS_SKIP_LOCK"] = "1"
+        try:
+            return cmd_enable(argv, enable)
+        finally:
+            fcntl.lockf(f, fcntl.LOCK_UN)
 
 
 def _kubelet_opt(name: str) -> str | None:
@@ -607,6 +662,8 @@ def _dns_kubelet_args(dns_ip: str) -> None:
     _set_opt("kubelet", "--cluster-dns", dns_ip)
     if _is_worker() or restart:
         print("Restarting kubelet")
+        if services.timing():   # restart_service kubelet: kubelite restarts, the API is away for a while
+            services.restart_daemon()
 
 
 # ---- config / ctr / images -----------------------------------------------------------------------
@@ -653,23 +710,24 @@ def cmd_images(argv: list[str]) -> int:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     import http.client
-    rc = 0
     for ip in ips:
-        print(f"Pushing OCI images to {ip}:{paths.AGENT_PORT}")
+        # do_image_import (microk8s 1.30 scripts/wrappers/distributed_op.py): a node that refuses prints
+        # "Failed to import images on <ip>:<port>: <body>", an unreachable one "Failed to reach ...", and the
+        # command still exits 0 -- the caller has to read the output.
+        ep = f"{ip}:{paths.AGENT_PORT}"
+        print(f"Pushing OCI images to {ep}")
         conn = http.client.HTTPSConnection(ip, paths.AGENT_PORT, context=ctx, timeout=120)
         try:
             conn.request("POST", "/cluster/api/v2.0/image/import", body=data)
             resp = conn.getresponse()
-            out = json.loads(resp.read() or b"{}")
+            body = resp.read()
             if resp.status != 200:
-                print(f"Failed to import images on {ip}: {out.get('output', '')}")
-                rc = 1
+                print(f"Failed to import images on {ep}: {body.decode(errors='replace')}")
         except OSError as e:
-            print(f"Failed to import images on {ip}: {e}")
-            rc = 1
+            print(f"Failed to reach {ep}: {e}")
         finally:
             conn.close()
-    return rc
+    return 0
 
 
 def cmd_version(argv: list[str]) -> int:
@@ -701,14 +759,29 @@ def entry(argv: list[str]) -> int:
     return main(args)
 
 
+# microk8s.wrapper help(): one line per $SNAP/microk8s-*.wrapper (microk8s 1.30 microk8s-resources/wrappers), then inspect
+WRAPPERS = ("add-node", "addons", "config", "ctr", "dashboard-proxy", "dbctl", "disable", "enable", "helm", "helm3",
+            "images", "istioctl", "join", "kubectl", "leave", "linkerd", "refresh-certs", "remove-node", "reset",
+            "start", "status", "stop", "version", "inspect")
+
+
+def _help() -> None:
+    print("Available subcommands are:\n" + "".join(f"\t{w}\n" for w in WRAPPERS), end="")
+
+
 def main(argv: list[str]) -> int:
     from .. import faults
     faults.apply_command_fault(["microk8s"] + argv)
-    if not argv:
-        print("Available subcommands are:\n\tadd-node\n\tconfig\n\tctr\n\tdisable\n\tenable\n\thelm3\n\timages\n"
-              "\tjoin\n\tkubectl\n\tleave\n\tremove-node\n\tstart\n\tstatus\n\tstop\n\tversion")
-        return 0
+    if faults.release_launch_hold(["microk8s"] + argv):   # faults.launch_config_held: the agent's tick lands first
+        from ..daemon import apply_launch_configs
+        apply_launch_configs()
+    if not argv:   # microk8s.wrapper: help, exit 1
+        _help()
+        return 1
     cmd, args = argv[0], argv[1:]
+    if cmd in ("help", "--help", "-h"):
+        _help()
+        return 0
     if cmd in ("kubectl", "helm", "helm3"):
         if _is_worker():
             print(WORKER_MSG.format(cmd))
@@ -730,6 +803,7 @@ def main(argv: list[str]) -> int:
     handler = handlers.get(cmd)
     if handler is None:
         print(f"'{cmd}' is not a valid MicroK8s subcommand.")
+        _help()
         return 1
     if cmd in ("enable", "disable", "add-node", "remove-node", "images") and _stopped():
         sys.stderr.write(NOT_RUNNING + "\n")

@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 from .. import paths, services, systemd
@@ -192,6 +193,7 @@ def _install_checked(path: str, meta: dict, st: dict, found) -> int:
                      type=meta.get("type", "app"), base=base or "", signed=found is not None,
                      publisher="canonical" if found else "-")
     if name == "microk8s":
+        time.sleep(services.real_delay("snap-install"))   # real timing: minutes, the change stays Doing
         services.install_hook(revision, str(mount))
         _link_commands()
         services.start_all()
@@ -353,6 +355,61 @@ def cmd_restart(args: list[str]) -> int:
     return 0
 
 
+# Usage errors (go-flags: unknown command, unknown flag) exit 64 (snapd tests/main/snap-exit-codes: "snap
+# unknown-command" and "snap pack --unknown-option" both exit 64), worded "error: unknown flag `X'".
+USAGE_EXIT = 64
+_CHANNEL = {"channel", "edge", "beta", "candidate", "stable", "revision", "cohort"}
+# The long options of each simulated command (snapd 2.63 cmd/snap cmd_*.go); --help everywhere.
+FLAGS: dict[str, set[str]] = {
+    "ack": set(), "version": set(), "services": set(), "wait": set(), "watch": {"last"},
+    "changes": {"abs-time"}, "list": {"all", "color", "unicode"},
+    "info": {"verbose", "abs-time", "color", "unicode"}, "restart": {"reload", "no-wait"},
+    "remove": {"revision", "purge", "terse", "no-wait"},
+    "install": _CHANNEL | {"devmode", "jailmode", "classic", "dangerous", "unaliased", "prefer", "name",
+                           "ignore-validation", "ignore-running", "transaction", "quota-group", "no-wait"},
+    "refresh": _CHANNEL | {"devmode", "jailmode", "classic", "amend", "list", "time", "leave-cohort",
+                           "ignore-validation", "ignore-running", "transaction", "no-wait", "hold", "unhold"},
+}
+TOO_EARLY = "too early for operation, device not yet seeded or device model not acknowledged"
+
+
+def snapd_version() -> str:
+    """The host's snapd (sim host config "snapd_version"; default 2.63, Ubuntu 24.04's)."""
+    from ..state import host_config
+    return str(host_config().get("snapd_version", "2.63"))
+
+
+def _unknown_flag(cmd: str, args: list[str]) -> str | None:
+    known = set(FLAGS.get(cmd, set())) | {"help"}
+    parts = tuple(int(x) for x in snapd_version().split(".")[:2])
+    if cmd == "refresh" and parts < (2, 58):   # canonical/snapd 7bff8779: refresh --hold/--unhold, first in 2.58
+        known -= {"hold", "unhold"}
+    for a in args:
+        if a == "--":
+            break
+        if a.startswith("--"):
+            name = a[2:].split("=", 1)[0]
+            if name not in known:
+                return name
+        elif a.startswith("-") and len(a) > 1:
+            bad = next((c for c in a[1:] if c != "h"), None)
+            if bad:
+                return bad
+    return None
+
+
+def cmd_wait(args: list[str]) -> int:
+    """`snap wait system seed.loaded` blocks until snapd has seeded (cmd/snap cmd_wait.go polls the config)."""
+    if args[:2] != ["system", "seed.loaded"]:
+        return _err("only `snap wait system seed.loaded` is simulated")
+    import time
+
+    from .. import faults
+    while faults.seeding():
+        time.sleep(0.25)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     from .. import faults
     faults.apply_command_fault(["snap"] + argv)
@@ -360,16 +417,26 @@ def main(argv: list[str]) -> int:
         print("Usage: snap <command> [<options>...]")
         return 1
     cmd, args = argv[0], argv[1:]
+    if cmd not in FLAGS:
+        return _err(f'unknown command "{cmd}", see \'snap help\'.', USAGE_EXIT)
+    bad = _unknown_flag(cmd, args)
+    if bad:
+        return _err(f"unknown flag `{bad}'", USAGE_EXIT)
     if cmd in ("changes", "watch"):   # no root needed, as with snapd
         from .snap_changes import main as changes_main
         return changes_main(cmd, args)
-    if cmd not in ("list", "info", "version", "services") and os.geteuid() != 0:
+    if cmd not in ("list", "info", "version", "services", "wait") and os.geteuid() != 0:
         return _err("access denied (try with sudo)")
     handler = {"ack": cmd_ack, "install": cmd_install, "list": cmd_list, "remove": cmd_remove,
-               "refresh": cmd_refresh, "info": cmd_info, "services": cmd_services, "restart": cmd_restart}.get(cmd)
+               "refresh": cmd_refresh, "info": cmd_info, "services": cmd_services, "restart": cmd_restart,
+               "wait": cmd_wait}[cmd] if cmd != "version" else None
     if cmd == "version":
-        print("snap    2.63\nsnapd   2.63\nseries  16\nubuntu  24.04\nkernel  " + os.uname().release)
+        v = snapd_version()
+        print(f"snap    {v}\nsnapd   {v}\nseries  16\nubuntu  24.04\nkernel  " + os.uname().release)
         return 0
-    if handler is None:
-        return _err(f'unknown command "{cmd}", see \'snap help\'.')
+    holds = any(a.split("=", 1)[0] in ("--hold", "--unhold") for a in args)
+    if (cmd == "install" or (cmd == "refresh" and not holds)) and faults.seeding():
+        # snapstate refuses an install/refresh before seeding with a ChangeConflictError (overlord/snapstate
+        # snapstate_install_test.go TestInstallTooEarly): retryable, so exit 10
+        return _err(TOO_EARLY, CONFLICT_EXIT)
     return handler(args)
