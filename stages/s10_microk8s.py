@@ -20,7 +20,7 @@ from typing import Any
 
 from provision import facts as F
 from provision.config import REGISTRY_RE
-from provision.errors import ConfigError, ConflictError, PreflightError
+from provision.errors import ConfigError, ConflictError, PreflightError, VerifyFailed
 from provision.stage import Action, ApplyContext, Check, Node, Plan, PutFile, RunCommand, Scope
 from stages import _microk8s as M
 from stages import _snapd as S
@@ -175,6 +175,33 @@ class ConfigureContainerd(Action):
         host.run(list(M.mk("start")), sudo=True, timeout=300)
 
 
+@dataclass(frozen=True)
+class WaitReady(RunCommand):
+    """`microk8s status --wait-ready`, then proof that the readiness holds.
+
+    Right after `microk8s start` (a restart for a new containerd template, or a fresh install) the Node
+    object still carries the Ready it had before: status --wait-ready can pass on that stale condition,
+    and the kubelet posts NotReady a moment later while containerd and calico-node come back. So after
+    it passes, look again `settle` seconds later; not ready then means wait again (bounded by the
+    same timeout), so the stage's re-gather never sees a half-started MicroK8s."""
+
+    settle: float = 5.0
+
+    def apply(self, host: Any, ctx: ApplyContext) -> None:
+        import time
+
+        deadline = time.monotonic() + float(self.timeout or 600)
+        while True:
+            super().apply(host, ctx)
+            M.pause_between_polls(ctx, self.settle, "MicroK8s to stay ready")
+            again = host.run(list(M.mk("status", "--format", "yaml")), sudo=True, timeout=120, check=False)
+            if M.parse_status(F.Raw(again.stdout, again.exit_status)).get("running"):
+                return
+            if time.monotonic() >= deadline:
+                raise VerifyFailed(f"MicroK8s became ready, then not ready again within {self.settle:g}s",
+                                     "see `microk8s inspect` and `microk8s kubectl get nodes`; re-run")
+
+
 # ---------------------------------------------------------------------------------------------
 # Plan
 
@@ -280,8 +307,8 @@ def plan(facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
         actions.append(RunCommand(M.mk("start"), "start MicroK8s", timeout=300))
     if actions or not st.get("running"):
         t = settings.wait_timeout
-        actions.append(RunCommand(M.mk("status", "--wait-ready", "--timeout", str(t)),
-                                  "wait until MicroK8s is ready", timeout=t + 60))
+        actions.append(WaitReady(M.mk("status", "--wait-ready", "--timeout", str(t)),
+                                 "wait until MicroK8s is ready", timeout=t + 60))
     # a freshly booted host refuses snap installs/refreshes until snapd has seeded: wait for it first
     if not facts["snap_seeded"] and any(isinstance(a, RunCommand) and a.argv[:2] in (("snap", "install"),
                                         ("snap", "refresh")) for a in actions):

@@ -307,3 +307,27 @@ def test_import_waits_for_containerd_after_a_restart(tmp_path):
         M.wait_containerd(_SlowContainerd(down=99), ApplyContext(Settings(), extra={"stop": stop}), 30)
     imports = s20.plan(facts20(None), Settings(wait_timeout=900), sf.CONTROL).actions
     assert imports and all(a.containerd_timeout == 900 for a in imports)
+
+
+def test_wait_ready_looks_again_after_a_stale_ready():
+    """After `microk8s start` the Node still carries its old Ready: status --wait-ready passes on it, then the
+    kubelet posts NotReady. WaitReady looks again after settling and waits again instead of returning."""
+    from provision.hosts.base import Result
+    from provision.stage import ApplyContext
+    from stages.s10_microk8s import WaitReady
+
+    running = iter(["False", "True"])  # what `status --format yaml` says after each settle
+    ran: list[str] = []
+
+    class Node:
+        name = "n1"
+
+        def run(self, argv, **kw):
+            ran.append(" ".join(argv[:3]))
+            out = f"microk8s:\n  running: {next(running)}\n" if "--format" in argv else "microk8s is running\n"
+            return Result(tuple(argv), 0, out, "")
+
+    WaitReady(("microk8s", "status", "--wait-ready", "--timeout", "60"), "wait", timeout=60, settle=0.01) \
+        .apply(Node(), ApplyContext(Settings()))
+    assert ran == ["microk8s status --wait-ready", "microk8s status --format",
+                   "microk8s status --wait-ready", "microk8s status --format"]
