@@ -22,30 +22,9 @@ from provision.jupyterhub.values import (
 )
 from tests.harness.bundle import reference_charts
 from tests.harness.tools import real_tool
-from tests.render.conftest import make_settings
+from tests.render.conftest import EXAMPLES, make_settings
 
 VERSIONS = ("4.2.0", "4.4.0")
-# realistic jhub.env variants; together they switch on every part of the values builder
-VARIANTS = {
-    "native-shared-gpu": {"SHARED_STORAGE_ENABLED": "true", "SHARED_STORAGE_PATH": "/srv/jhub-homes",
-                          "USE_GPU_OPERATOR": "true", "GPUS_PER_NODE": 4, "ADMIN_USERS_CSV": "admin",
-                          "CULL_MAX_AGE": "8h"},
-    "npu-workshop": {"ENABLE_NPU": "true", "NPU_SHARED": "true", "NATIVE_OPEN_SIGNUP": "true",
-                     "SHARED_STORAGE_ENABLED": "true", "SHARED_STORAGE_PATH": "/mnt/share/homes",
-                     "WORKSHOP_LESSONS_PATH": "/mnt/share/lessons", "WORKSHOP_DATASETS_PATH": "/mnt/share/data",
-                     "WORKSHOP_MODELS_PATH": "/mnt/share/models",
-                     "WORKSHOP_STUDENT_WORK_PATH": "/mnt/share/student-work"},
-    "github-nfs-ib-postgres": {
-        "AUTH_MODE": "github", "GITHUB_CLIENT_ID": "Iv1.abc", "GITHUB_CLIENT_SECRET": "gh-s3cret",
-        "GITHUB_CALLBACK_URL": "https://hub.lab/hub/oauth_callback", "GITHUB_ALLOWED_ORGS_CSV": "lab",
-        "USE_GPU_OPERATOR": "true", "GPUS_PER_NODE": 8, "ENABLE_IB": "true", "SHARED_STORAGE_ENABLED": "true",
-        "SHARED_STORAGE_TYPE": "nfs", "NFS_SERVER": "10.0.0.5", "SHARED_STORAGE_PATH": "/export/jhub",
-        "HUB_DB_URL": "postgresql://jh:pw@db:5432/jh", "SINGLEUSER_EGRESS_ALLOW_CIDRS": "10.0.5.0/24",
-        "NODEPORT": 30443},
-    "ubilink-usage": {"AUTH_MODE": "ubilink", "UBILINK_AUTH_ME_URL": "https://sso.lab/api/auth/me",
-                      "UBILINK_LOGIN_URL": "https://sso.lab/login", "USE_GPU_OPERATOR": "true", "GPUS_PER_NODE": 2,
-                      "ENABLE_USAGE_LIMIT_ENFORCER": "true", "USAGE_PORTAL_URL": "http://portal.lab:8080"},
-}
 _rendered: dict[tuple[str, str], list[dict]] = {}
 
 
@@ -58,7 +37,7 @@ def helm_template(version: str, variant: str, tmp_path_factory) -> list[dict]:
             pytest.skip("shared/reference/charts (the real chart packages) not found beside the repository")
         tgz = charts / f"jupyterhub-{version}.tgz"
         chart = check_jupyterhub_chart(open_chart(tgz))
-        settings = make_settings(**VARIANTS[variant])
+        settings = make_settings(**EXAMPLES[variant])
         rendered = release_values(settings, ClusterFacts(), chart, load_branding(default_templates_dir()))
         values = tmp_path_factory.mktemp("values") / "values.yaml"
         values.write_text(to_yaml(rendered.values, show_secrets=True, quote_all=True))
@@ -73,7 +52,7 @@ def by_kind(docs: list[dict], kind: str, name: str) -> dict:
     return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", sorted(EXAMPLES))
 @pytest.mark.parametrize("version", VERSIONS)
 def test_real_helm_renders_our_values_into_objects_valid_for_1_30(version, variant, tmp_path_factory):
     import kubernetes_validate
@@ -93,12 +72,12 @@ def test_real_helm_renders_our_values_into_objects_valid_for_1_30(version, varia
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_real_hub_deployment_and_secret_carry_the_chart_labels_and_our_hub_code(version, tmp_path_factory):
-    docs = helm_template(version, "ubilink-usage", tmp_path_factory)
+    docs = helm_template(version, "quota", tmp_path_factory)
     hub = by_kind(docs, "Deployment", "hub")
     assert hub["metadata"]["labels"]["helm.sh/chart"] == f"jupyterhub-{version}"
     assert hub["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
     env = {e["name"]: e.get("value") for e in hub["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["PROVISION_USAGE_PORTAL_URL"] == "http://portal.lab:8080"
+    assert env["PROVISION_USAGE_PORTAL_URL"] == EXAMPLES["quota"]["USAGE_PORTAL_URL"]
     mounts = {m["mountPath"]: m.get("subPath") for m in hub["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
     secret = by_kind(docs, "Secret", "hub")
     pkg = resources.files("provision.jupyterhub.hub")

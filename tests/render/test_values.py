@@ -15,7 +15,7 @@ from provision.jupyterhub.values import (
     to_yaml,
     values_digest,
 )
-from tests.render.conftest import chart_defaults, make_settings, schema_errors
+from tests.render.conftest import EXAMPLES, chart_defaults, make_settings, schema_errors
 
 
 def render(facts=None, **keys):
@@ -353,26 +353,8 @@ def test_workshop_on_nfs():
     assert vol["nfs"] == {"server": "nfs.lab", "path": "/export/lessons", "readOnly": True}
 
 
-# ---- whole-setup examples --------------------------------------------------------------------
+# ---- whole-setup examples (EXAMPLES: tests/render/conftest.py) ---------------------------------
 
-EXAMPLES = {
-    "small-team": {},
-    "gpu-lab": {"AUTH_MODE": "github", "GITHUB_CLIENT_ID": "x", "GITHUB_CLIENT_SECRET": "y",
-                    "GITHUB_CALLBACK_URL": "https://hub.lab/hub/oauth_callback", "GITHUB_ALLOWED_ORGS_CSV": "lab",
-                    "USE_GPU_OPERATOR": "true", "GPUS_PER_NODE": 8, "ENABLE_IB": "true", "SHARED_STORAGE_ENABLED": "true",
-                    "SHARED_STORAGE_TYPE": "nfs", "NFS_SERVER": "10.0.0.5", "SHARED_STORAGE_PATH": "/export/jhub",
-                    "HUB_DB_URL": "postgresql://jh:pw@db:5432/jh", "SINGLEUSER_EGRESS_ALLOW_CIDRS": "10.0.5.0/24"},
-    "quota": {"AUTH_MODE": "ubilink", "UBILINK_AUTH_ME_URL": "https://sso/me", "UBILINK_LOGIN_URL": "https://sso/login",
-                  "USE_GPU_OPERATOR": "true", "GPUS_PER_NODE": 4, "ENABLE_USAGE_LIMIT_ENFORCER": "true",
-                  "USAGE_PORTAL_URL": "http://portal:8080"},
-    "npu-workshop": {"ENABLE_NPU": "true", "NPU_SHARED": "true", "NATIVE_OPEN_SIGNUP": "false",
-                         "SHARED_STORAGE_ENABLED": "true", "SHARED_STORAGE_PATH": "/mnt/share/homes",
-                         "WORKSHOP_LESSONS_PATH": "/mnt/share/lessons", "WORKSHOP_DATASETS_PATH": "/mnt/share/data",
-                         "WORKSHOP_MODELS_PATH": "/mnt/share/models",
-                         "WORKSHOP_STUDENT_WORK_PATH": "/mnt/share/student-work", "CULL_MAX_AGE": "12h"},
-    "azure": {"AUTH_MODE": "azuread", "AZUREAD_CLIENT_ID": "c", "AZUREAD_CLIENT_SECRET": "s", "AZUREAD_TENANT_ID": "t",
-                  "AZUREAD_CALLBACK_URL": "https://h/hub/oauth_callback", "ALLOW_ALL_USERS": "true"},
-}
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
