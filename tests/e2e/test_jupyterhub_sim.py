@@ -1,12 +1,14 @@
 """Stage 70 (JupyterHub) end to end on a simulated 1-node cluster (tests/harness/sim), over real SSH.
 
 `provision install --to 70` runs as a user runs it (a subprocess, real sshd, real containerd, the
-snap/microk8s/kubectl/helm3 stand-ins). The hub pod runs a REAL JupyterHub with our values
-(tests/harness/sim/runtime.py), so the first-admin sign-up goes through NativeAuthenticator and the
-hub's sqlite database. The tests share one cluster and run in order: a fresh install of the older chart
-4.2.0 (still supported, its security warning shown and kept in the summary), the upgrade to the default
-4.4.0, a re-run with zero changes, a new admin applied by the next run, a missing hub image (WaitHub names
-the pod, its status and its events) and the re-run that converges after stage 20 imports it again.
+snap/microk8s stand-ins). `microk8s helm3` is the real helm v3.17.1 and renders the real z2jh charts; the
+hub pod runs a REAL JupyterHub with the chart's own jupyterhub_config.py and our values, behind a real
+configurable-http-proxy pod reached through its Service (tests/harness/sim/runtime.py), so the first-admin
+sign-up goes through NativeAuthenticator, the hub's sqlite database and KubeSpawner. The tests share one
+cluster and run in order: a fresh install of the older chart 4.2.0 (still supported, its security warning
+shown and kept in the summary), the upgrade to the default 4.4.0, a re-run with zero changes, a new admin
+applied by the next run, a missing hub image (WaitHub names the pod, its status and its events) and the
+re-run that converges after stage 20 imports it again, a release left pending-upgrade (helm's own refusal).
 Figures are printed (-s to see them).
 """
 
@@ -174,7 +176,15 @@ def test_default_chart_4_4_0_upgrades_the_release(cluster):
                if p["metadata"]["labels"].get("component") == "hub")
     assert hub["spec"]["containers"][0]["image"] == HUB_IMAGE
     public = c.kube_json("get", "service", "proxy-public", "-n", "jhub")
-    assert public["spec"]["ipFamilyPolicy"] == "PreferDualStack"  # 4.4.0's templates, rendered by the sim
+    assert public["spec"]["ipFamilyPolicy"] == "PreferDualStack"  # 4.4.0's own templates
+    # the real helm v3.17.1 rendered the real chart: its release history and the chart's own labels
+    assert c.ssh("sudo microk8s helm3 version --short").stdout.startswith("v3.17.1+")
+    history = json.loads(c.ssh("sudo microk8s helm3 history jhub -n jhub -o json").stdout)
+    assert [(x["revision"], x["status"], x["chart"]) for x in history] == \
+        [(1, "superseded", "jupyterhub-4.2.0"), (2, "deployed", "jupyterhub-4.4.0")]
+    labels = c.kube_json("get", "deployment", "hub", "-n", "jhub")["metadata"]["labels"]
+    assert labels["helm.sh/chart"] == "jupyterhub-4.4.0" and labels["app.kubernetes.io/managed-by"] == "Helm"
+    assert labels["app.kubernetes.io/component"] == "hub" and labels["app.kubernetes.io/instance"] == "jhub"
     assert admin_login(c, c.state["password"])["login"]  # the hub database survived the upgrade
     print(f"\nchart upgrade 4.2.0 -> 4.4.0 by stage 70: {seconds:.1f}s")
 

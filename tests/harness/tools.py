@@ -102,6 +102,36 @@ def real_tool(name: str) -> str:
     return str(path)
 
 
+def kubeconfig(path: Path, server: str, certs: Path) -> Path:
+    """For tests: a kubeconfig (0600) that points the real kubectl/helm at an API stand-in, with the admin
+    client certificate from `certs` (ca.crt, client.crt, client.key: tests/harness/sim/certs.py)."""
+    import yaml
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sim",
+        "clusters": [{"name": "sim", "cluster": {"server": server, "certificate-authority": str(certs / "ca.crt")}}],
+        "users": [{"name": "admin", "user": {"client-certificate": str(certs / "client.crt"),
+                                             "client-key": str(certs / "client.key")}}],
+        "contexts": [{"name": "sim", "context": {"cluster": "sim", "user": "admin"}}]}))
+    path.chmod(0o600)
+    return path
+
+
+def real_env(config: Path) -> dict[str, str]:
+    """For tests: the environment of a real kubectl/helm using `config`, with a private HOME beside it
+    (kubectl's discovery cache, helm's directories)."""
+    home = config.parent
+    return {"KUBECONFIG": str(config), "HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HELM_CACHE_HOME": str(home / ".helm/cache"), "HELM_CONFIG_HOME": str(home / ".helm/config"),
+            "HELM_DATA_HOME": str(home / ".helm/data")}
+
+
+def run_real(name: str, config: Path, *args: str, stdin: str | bytes | None = None,
+             timeout: float = 60) -> subprocess.CompletedProcess:
+    """For tests: the real `name` against `config`; text in and out unless `stdin` is bytes."""
+    return subprocess.run([real_tool(name), *args], input=stdin, capture_output=True, text=not isinstance(stdin, bytes),
+                          env=real_env(config), timeout=timeout, check=False)
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         install()

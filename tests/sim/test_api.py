@@ -4,6 +4,7 @@ Kubelets are the only thing faked here (node facts a kubelet stand-in would repo
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,15 @@ def facts(images, gpus=0, ready=True):
 NODE_INFO = {"kubeletVersion": "v1.30.14", "kubeProxyVersion": "v1.30.14", "containerRuntimeVersion": "containerd://1.6.20",
              "osImage": "Ubuntu 24.04.1 LTS", "kernelVersion": "6.8.0", "operatingSystem": "linux", "architecture": "amd64",
              "machineID": "", "systemUUID": "", "bootID": ""}
+
+
+def sim_kubeconfig(api, directory) -> Path:
+    """The kubeconfig for the real kubectl/helm against the `api` fixture's server (written once)."""
+    from tests.harness.tools import kubeconfig
+    path = Path(directory) / "kubeconfig"
+    if not path.exists():
+        kubeconfig(path, api.configuration.host, Path(api.configuration.ssl_ca_cert).parent)
+    return path
 
 
 @pytest.fixture
@@ -164,14 +174,22 @@ def test_no_sandbox_image_means_failed_create_pod_sandbox(api):
 
 
 def test_strict_validation_rejects_unknown_fields(api):
+    """fieldValidation=Strict (what kubectl sends): 400 naming the field; without it the server's default,
+    Warn, drops the field (tests/sim/test_real_kubectl_apply.py has the rest)."""
     from kubernetes import client
     v1 = client.CoreV1Api(api)
     bad = pod("bad", "x:1")
     bad["spec"]["containers"][0]["imagePullPolice"] = "Never"
     import json
-    code, body = raw(api, "POST", "/api/v1/namespaces/default/pods", json.dumps(bad).encode())
-    assert code == 422 and "imagePullPolice" in body
+    code, body = raw(api, "POST", "/api/v1/namespaces/default/pods?fieldValidation=Strict", json.dumps(bad).encode())
+    assert code == 400 and 'unknown field \\"spec.containers[0].imagePullPolice\\"' in body
     assert "bad" not in [p.metadata.name for p in v1.list_namespaced_pod("default").items]
+    code, body = raw(api, "POST", "/api/v1/namespaces/default/pods", json.dumps(bad).encode())
+    assert code == 201 and "imagePullPolice" not in body
+    bad["spec"]["containers"][0]["image"] = 5
+    code, body = raw(api, "POST", "/api/v1/namespaces/default/pods?fieldValidation=Ignore",
+                     json.dumps({**bad, "metadata": {"name": "bad2"}}).encode())
+    assert code == 422   # kubernetes-validate still checks every write against the real schema
 
 
 def test_cordon_patch_server_side_apply_and_eviction_with_pdb(api):

@@ -154,6 +154,11 @@ def _der(pem: str) -> bytes:
     return x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
 
 
+KUBELET_ARGS = "/var/snap/microk8s/current/args/kubelet"
+CERTS = "/var/snap/microk8s/current/certs"
+DQLITE_CLUSTER = "/var/snap/microk8s/current/var/kubernetes/backend/cluster.yaml"
+
+
 def test_join_worker_over_the_network_with_gpu_capacity(sim_hosts, copied):
     h1, h2 = sim_hosts[0], sim_hosts[1]
     install(h2, copied)
@@ -170,13 +175,30 @@ def test_join_worker_over_the_network_with_gpu_capacity(sim_hosts, copied):
     assert r.returncode == 1 and "ConnectionRefusedError" in r.stderr
     assert h2.path("/var/snap/microk8s/current/var/lock/join-in-progress").exists()
     url = json.loads(ssh(h1, "sudo microk8s add-node --format json", check=True).stdout)["urls"][0]
-    faults.join_fails_halfway(h2.path("/"))
-    assert ssh(h2, f"sudo microk8s join {url} --worker").returncode == 1
+    kubelet_args = h2.path(KUBELET_ARGS)
+    kubelet_args.write_text(kubelet_args.read_text() + "--max-pods=42\n")   # set on the node before it joins
+    faults.join_fails_halfway(h2.path("/"))   # sim-fidelity.md row 10: the control node refuses the signing
+    r = ssh(h2, f"sudo microk8s join {url} --worker")
+    assert r.returncode == 1 and r.stdout.splitlines()[-1] == "Failed to sign proxy certificate (500). Invalid token"
+    # join.py join_dqlite_worker_node: ca.remote.crt and args/kubelet (the control node's) were written before
+    assert h2.read(f"{CERTS}/ca.remote.crt") == h1.read(f"{CERTS}/ca.crt")
+    assert h2.read(KUBELET_ARGS) == h1.read(KUBELET_ARGS) and "--max-pods" not in h2.read(KUBELET_ARGS)
+    assert h2.path("/var/snap/microk8s/current/var/lock/join-in-progress").exists()
+    r = ssh(h2, "sudo microk8s leave")   # microk8s-leave.wrapper: no no-cert-reissue lock yet -> not clustered
+    assert r.returncode == 1 and r.stdout == "This MicroK8s deployment is not acting as a node in a cluster.\n"
     r = ssh(h2, f"sudo microk8s join {url} --worker")   # single-use token was consumed by the failed join
     assert r.returncode == 6 and "Connection failed. Invalid token (500)." in r.stdout
     url = json.loads(ssh(h1, "sudo microk8s add-node --format json", check=True).stdout)["urls"][0]
-    r = ssh(h2, f"sudo microk8s join {url} --worker", check=True)
+    r = ssh(h2, f"sudo microk8s join {url} --worker", check=True)   # the recovery: join again, with a new token
     assert r.stdout.startswith(f"Contacting cluster at {h1.address}") and "Successfully joined the cluster." in r.stdout
+    # row 9: the control node's kubelet args (workers too), then update_cert_auth_kubelet's two options
+    expected = h1.read(KUBELET_ARGS).replace("--client-ca-file=${SNAP_DATA}/certs/ca.crt\n",
+                                             "--client-ca-file=${SNAP_DATA}/certs/ca.remote.crt\n")
+    expected = expected.replace('--node-labels="microk8s.io/cluster=true,node.kubernetes.io/microk8s-controlplane='
+                                'microk8s-controlplane"\n', "--node-labels=microk8s.io/cluster=true,"
+                                "node.kubernetes.io/microk8s-worker=microk8s-worker\n")
+    assert h2.read(KUBELET_ARGS) == expected != h1.read(KUBELET_ARGS)
+    assert not h2.path("/var/snap/microk8s/current/var/lock/join-in-progress").exists()
     for verb in ("stop", "start"):   # microk8s-stop/start.wrapper (1.30): nothing happens on a worker, exit 0
         r = ssh(h2, f"sudo microk8s {verb}")
         assert r.returncode == 0 and r.stdout == ("This MicroK8s deployment is acting as a node in a cluster.\n"
@@ -267,3 +289,44 @@ def test_dns_enable_checks_upstreams_and_writes_kubelet_args(sim_hosts):
     assert f"Will use  {h1.address} as upstream nameservers" in r.stdout and r.stdout.endswith("DNS is enabled\n")
     args = h1.read("/var/snap/microk8s/current/args/kubelet").splitlines()
     assert args[:2] == ["--cluster-dns=10.152.183.10", "--cluster-domain=cluster.local"]
+
+
+def test_control_plane_join_quorum_leave_and_remove_node(sim_hosts, copied):
+    """sim-fidelity.md rows 9, 11, 12 (microk8s 1.30 scripts/wrappers/join.py join_dqlite_master_node and
+    update_dqlite, leave.py reset_current_dqlite_installation, remove_node.py; cluster agent pkg/api/v2/join.go):
+    a control-plane join takes the cluster's CA and the control node's kubelet args (the node's own are lost),
+    both nodes serve the one datastore, 2 voters lose quorum with either one, and `leave` removes the node from
+    dqlite so `remove-node` needs no --force. A --token-ttl token stays valid after use (only TTL-less ones are
+    consumed, pkg/snap/snap.go ConsumeClusterToken)."""
+    h1, h3 = sim_hosts[0], sim_hosts[2]
+    install(h3, copied)
+    args = h3.path(KUBELET_ARGS)
+    args.write_text(args.read_text() + "--max-pods=42\n")
+    assert h1.read(DQLITE_CLUSTER).count("Address:") == 1
+    url = json.loads(ssh(h1, "sudo microk8s add-node --token-ttl 600 --format json", check=True).stdout)["urls"][0]
+    r = ssh(h3, f"sudo microk8s join {url}", check=True)
+    assert "Waiting for this node to finish joining the cluster." in r.stdout
+    assert r.stdout.endswith("Successfully joined the cluster.\n")
+    assert h3.read(KUBELET_ARGS) == h1.read(KUBELET_ARGS)   # row 9: --max-pods=42 is gone
+    assert h3.read(f"{CERTS}/ca.crt") == h1.read(f"{CERTS}/ca.crt") and h3.path(f"{CERTS}/ca.crt.backup").exists()
+    assert url.split("/")[1] in h1.read("/var/snap/microk8s/current/credentials/cluster-tokens.txt")
+    assert f"Address: {h3.address}:19001" in h1.read(DQLITE_CLUSTER)
+    assert f"datastore master nodes: {h1.address}:19001 {h3.address}:19001" in ssh(h1, "sudo microk8s status").stdout
+    nodes = ssh(h3, "sudo microk8s kubectl get nodes -o name", check=True).stdout.split()
+    assert {f"node/{h1.name}", f"node/{h3.name}"} <= set(nodes)   # one datastore, served on both
+    ssh(h3, "sudo microk8s stop", check=True)   # row 12: 2 voters, one lost -> no quorum, no API on h1
+    assert wait_for(lambda: ssh(h1, "sudo microk8s kubectl get ns default --request-timeout=3s").returncode, 15)
+    assert ssh(h1, "sudo microk8s status").returncode == 1
+    ssh(h3, "sudo microk8s start", check=True)
+    assert wait_for(lambda: ssh(h1, "sudo microk8s kubectl get ns default").returncode == 0, 15)
+    r = ssh(h3, "sudo microk8s leave", check=True)   # row 11
+    assert "Generating new cluster certificates." in r.stdout
+    assert f"{h3.address}:19001" not in h1.read(DQLITE_CLUSTER)
+    ssh(h1, f"sudo microk8s remove-node {h3.name}", check=True)   # no --force needed
+    assert f"node/{h3.name}" not in ssh(h1, "sudo microk8s kubectl get nodes -o name", check=True).stdout.split()
+    h2 = sim_hosts[1]   # the worker (removed from Kubernetes by the test above) leaves: its own args come back
+    r = ssh(h2, "sudo microk8s leave", check=True)
+    assert r.stdout.startswith("Configuring services.\nGenerating new cluster certificates.\n")
+    assert "ca.remote.crt" not in h2.read(KUBELET_ARGS) and "microk8s-controlplane" in h2.read(KUBELET_ARGS)
+    assert not h2.path("/var/snap/microk8s/current/var/lock/clustered.lock").exists()
+    assert ssh(h2, "sudo microk8s kubectl get ns default").returncode == 0   # a control plane of its own again

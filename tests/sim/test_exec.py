@@ -1,8 +1,8 @@
 """`microk8s kubectl exec` on the simulated cluster, and the hub container it enters (tests/harness/sim/
-runtime.py): the z2jh 4.2.0 chart with provision's NativeAuthenticator values runs a REAL JupyterHub in
-the hub pod (own mount + network namespace, the hub-db-dir PersistentVolume at /srv/jupyterhub), so
+runtime.py): the real z2jh 4.2.0 chart (real helm) with provision's NativeAuthenticator values runs a REAL
+JupyterHub with the chart's own config in the hub pod (own mount + network namespace, the hub-db-dir PersistentVolume at /srv/jupyterhub), so
 provision/jupyterhub/hub/admin.py signs the first admin up over HTTP and finds it in the real sqlite database.
-Error texts and exit codes are kubectl's. Tests in this module run in order on one node."""
+Error texts and exit codes are the real kubectl v1.30.0's, talking to the API stand-in. Tests in this module run in order on one node."""
 
 from __future__ import annotations
 
@@ -63,6 +63,11 @@ def helm_install(h, values: str) -> None:
         stdin=values, check=True, timeout=180)
 
 
+def last_json(stdout: str) -> dict:
+    """The script's answer: its last line (the chart's z2jh.py prints which values files it loads first)."""
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
 def admin_script(h, *args: str, stdin: str | None = None):
     src = resources.files("provision.jupyterhub.hub").joinpath("admin.py").read_text()
     flag = "-i " if stdin is not None else ""
@@ -105,15 +110,17 @@ def test_exec_errors_are_kubectl_s(node):
     assert (r.returncode, r.stderr.strip()) == (1, 'Error from server (NotFound): deployments.apps "nope" not found')
     pod = hub_pods(h)[0]["metadata"]["name"]
     r = ssh(h, "sudo microk8s kubectl exec -n jhub deploy/hub -c nope -- true")
-    assert (r.returncode, r.stderr.strip()) == (1, f"error: container nope not found in pod {pod}")
+    # kubectl 1.30 leaves the container check to the API server (registry/core/pod/strategy.go)
+    want = f"Error from server (BadRequest): container nope is not valid for pod {pod}"
+    assert (r.returncode, r.stderr.strip()) == (1, want)
     r = ssh(h, "sudo microk8s kubectl exec -n jhub deploy/hub -c hub true")
-    assert r.returncode == 1 and "Use exec [POD] -- [COMMAND] instead" in r.stderr
+    assert r.returncode == 0 and "[COMMAND] is DEPRECATED" in r.stderr   # kubectl 1.30: still runs it
     r = ssh(h, "sudo microk8s kubectl exec -n jhub deploy/hub -c hub -- python3 -c 'import sys; sys.exit(3)'")
     assert (r.returncode, r.stderr.strip()) == (3, "command terminated with exit code 3")
     r = ssh(h, "sudo microk8s kubectl exec -n jhub deploy/hub -c hub -- no-such-program")
     assert r.returncode == 126 and 'exec: "no-such-program": executable file not found in $PATH' in r.stderr
-    r = ssh(h, "sudo microk8s kubectl exec -n jhub deploy/proxy -c chp -- true")   # no process in the sim
-    assert r.returncode == 1 and "not simulated" in r.stderr
+    r = ssh(h, "sudo microk8s kubectl exec -n jhub deploy/proxy -c chp -- configurable-http-proxy --version")
+    assert (r.returncode, r.stdout) == (0, "5.2.0\n"), r.stderr   # the proxy pod runs the real CHP too
 
 
 def test_exec_sees_the_pod_volumes_and_passes_stdin_only_with_i(node):
@@ -134,14 +141,14 @@ def test_exec_sees_the_pod_volumes_and_passes_stdin_only_with_i(node):
 
 def test_first_admin_signup_in_the_real_hub(node):
     h = node
-    assert json.loads(admin_script(h, "probe", "admin").stdout) == {"exists": False, "authorized": False}
+    assert last_json(admin_script(h, "probe", "admin").stdout) == {"exists": False, "authorized": False}
     r = admin_script(h, "signup", stdin=json.dumps({"username": "admin", "password": ADMIN_PW}))
-    out = json.loads(r.stdout)
+    out = last_json(r.stdout)
     assert r.returncode == 0 and out["created"] and out["login"], (out, r.stderr)
     assert ADMIN_PW not in r.stdout + r.stderr
-    assert json.loads(admin_script(h, "probe", "admin").stdout) == {"exists": True, "authorized": True}
+    assert last_json(admin_script(h, "probe", "admin").stdout) == {"exists": True, "authorized": True}
     r = admin_script(h, "signup", stdin=json.dumps({"username": "admin", "password": "other-pass-1"}))
-    out = json.loads(r.stdout)
+    out = last_json(r.stdout)
     assert r.returncode == 1 and out["exists"] and not out["login"]   # no second account, no takeover
     assert r.stderr.strip().endswith("command terminated with exit code 1")
     # the database is the PersistentVolume's file on the node, as with MicroK8s' hostpath provisioner
@@ -154,7 +161,7 @@ def test_values_change_rolls_the_hub_and_the_database_survives(node):
     old = hub_pods(h)[0]["metadata"]["name"]
     helm_install(h, native_values(ADMIN_USERS_CSV="admin,alice"))
     assert wait_for(lambda: [p["metadata"]["name"] for p in hub_pods(h) if ready(p)] not in ([], [old]), 90)
-    assert json.loads(admin_script(h, "probe", "admin").stdout) == {"exists": True, "authorized": True}
+    assert last_json(admin_script(h, "probe", "admin").stdout) == {"exists": True, "authorized": True}
     code = ("import sqlite3; print(sorted(r[0] for r in sqlite3.connect('jupyterhub.sqlite')"
             ".execute('select name from users where admin = 1')))")
     r = ssh(h, f"sudo microk8s kubectl exec -n jhub deploy/hub -c hub -- python3 -c {shlex.quote(code)}")
@@ -170,8 +177,29 @@ def test_no_image_means_container_not_found(node):
                                     for c in p.get("status", {}).get("containerStatuses", [])), 30)
         r = ssh(h, "sudo microk8s kubectl exec -n jhub deploy/hub -c hub -- true")
         assert r.returncode == 1
-        assert r.stderr.strip() == 'error: unable to upgrade connection: container not found ("hub")'
+        assert r.stderr.strip() == ('error: Internal error occurred: unable to upgrade connection: '
+                                    'container not found ("hub")')
     finally:
         ssh(h, "sudo microk8s ctr images import /tmp/b/images/jupyterhub.tar", check=True)
     assert wait_for(lambda: any(ready(p) for p in hub_pods(h)), 60)
-    assert json.loads(admin_script(h, "probe", "admin").stdout)["exists"]
+    assert last_json(admin_script(h, "probe", "admin").stdout)["exists"]
+
+
+def test_real_kubectl_exec_into_the_hub(node, tmp_path):
+    """The real kubectl v1.30 (from the test process, with the kubeconfig `microk8s config` prints) runs
+    stage 70's admin script in the real hub through the API stand-in's pods/exec (execstream.py)."""
+    from tests.harness.tools import real_tool
+    h = node
+    (tmp_path / "kc").write_text(ssh(h, "sudo microk8s config", check=True).stdout)
+    src = resources.files("provision.jupyterhub.hub").joinpath("admin.py").read_text()
+
+    def kubectl(*args: str, stdin: str = ""):
+        return subprocess.run([real_tool("kubectl"), "--kubeconfig", str(tmp_path / "kc"), "exec", "-n", "jhub",
+                               "deploy/hub", "-c", "hub", *args], input=stdin, capture_output=True, text=True,
+                              timeout=60, check=False)
+    assert last_json(kubectl("--", "python3", "-c", src, "probe", "admin").stdout) == \
+        {"exists": True, "authorized": True}
+    r = kubectl("-i", "--", "python3", "-c", src, "signup",
+                stdin=json.dumps({"username": "admin", "password": "other-pass-1"}))
+    assert r.returncode == 1 and r.stderr.strip().endswith("command terminated with exit code 1")
+    assert json.loads(r.stdout.strip().splitlines()[-1])["exists"]   # stdin reached the script

@@ -5,6 +5,8 @@ Each test names the row and the real source it follows."""
 from __future__ import annotations
 
 import io
+import json
+import socket
 import ssl
 import tarfile
 import time
@@ -12,8 +14,9 @@ import time
 import pytest
 
 from tests.harness.sim import daemon, faults, kube, paths
-from tests.harness.sim.standins import helm, kubectl, microk8s, snap
-from tests.sim.test_api import api, reconcile  # noqa: F401 - the in-process API stand-in fixture
+from tests.harness.sim.standins import microk8s, snap
+from tests.harness.tools import run_real
+from tests.sim.test_api import api, reconcile, sim_kubeconfig  # noqa: F401 - the in-process API stand-in fixture
 
 
 @pytest.fixture
@@ -30,8 +33,7 @@ def sim(api, tmp_path, monkeypatch):  # noqa: F811 - the fixture imported above
         def __init__(self, host=None, port_=None):
             self.host, self.port, self.ctx = "127.0.0.1", port, ctx
 
-    for mod in (kube, kubectl, helm):
-        monkeypatch.setattr(mod, "Api", LoopbackApi)
+    monkeypatch.setattr(kube, "Api", LoopbackApi)
     data = tmp_path / "snapdata"
     locks = data / "var/lock"
     for name, value in {"SNAP": tmp_path / "snap", "SNAP_DATA": data, "SNAP_COMMON": tmp_path / "common",
@@ -49,6 +51,7 @@ def sim(api, tmp_path, monkeypatch):  # noqa: F811 - the fixture imported above
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes"},
         "spec": {"ports": [{"port": 443, "targetPort": 16443}]}})
     reconcile(api, 3)
+    api.sim_dir = tmp_path
     return api
 
 
@@ -56,6 +59,12 @@ def run(main, argv, capsys) -> tuple[int, str, str]:
     rc = main(argv)
     out = capsys.readouterr()
     return rc, out.out, out.err
+
+
+def kubectl(sim, *args: str) -> tuple[int, str, str]:
+    """The real kubectl v1.30.0 against the in-process API stand-in."""
+    r = run_real("kubectl", sim_kubeconfig(sim, sim.sim_dir), *args)
+    return r.returncode, r.stdout, r.stderr
 
 
 NOT_RUNNING = "microk8s is not running. Use microk8s inspect for a deeper inspection."
@@ -67,11 +76,9 @@ def test_row5_status_needs_a_node_whose_status_is_exactly_ready(sim, capsys):
     rc, out, _ = run(microk8s.cmd_status, [], capsys)
     assert rc == 0 and out.startswith("microk8s is running\n")
     for node in ("cp", "gpu1"):
-        assert kubectl.main(["cordon", node]) == 0
-    capsys.readouterr()
+        assert kubectl(sim, "cordon", node)[:2] == (0, f"node/{node} cordoned\n")
     assert run(microk8s.cmd_status, [], capsys)[:2] == (1, NOT_RUNNING + "\n")
-    kubectl.main(["uncordon", "gpu1"])
-    capsys.readouterr()
+    kubectl(sim, "uncordon", "gpu1")
     assert run(microk8s.cmd_status, [], capsys)[0] == 0
 
 
@@ -108,8 +115,7 @@ def test_row8_status_addon_and_deprecated_yaml(sim, capsys):
     assert rc == 0 and out.startswith("microk8s:\n  running: True\naddons:\n  core/")
     assert "  core/ha-cluster: enabled\n" in out and "  core/dns: disabled\n" in out
     for node in ("cp", "gpu1"):
-        kubectl.main(["cordon", node])
-    capsys.readouterr()
+        kubectl(sim, "cordon", node)
     assert run(microk8s.cmd_status, ["--addon", "ha-cluster"], capsys)[:2] == (1, "disabled\n")
     assert run(microk8s.cmd_status, ["--yaml"], capsys)[:2] == (
         1, f"microk8s:\n  running: False\n  message: {NOT_RUNNING}\n")
@@ -157,44 +163,13 @@ def test_row15_kubectl_wait_on_nothing_fails_at_once_and_names_the_resource_on_t
     "error: timed out waiting for the condition on pods/NAME" (the resource, plural)."""
     from kubernetes import client
     t = time.monotonic()
-    rc, _, err = run(kubectl.main, ["wait", "--for=condition=Ready", "pods", "-l", "app=none", "--timeout=30s"],
-                     capsys)
+    rc, _, err = kubectl(sim, "wait", "--for=condition=Ready", "pods", "-l", "app=none", "--timeout=30s")
     assert (rc, err) == (1, "error: no matching resources found\n") and time.monotonic() - t < 5
     client.CoreV1Api(sim).create_namespaced_pod("default", {   # its image is on no node: never Ready
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p1", "labels": {"app": "p"}},
         "spec": {"containers": [{"name": "c", "image": "docker.io/library/nope:1"}]}})
-    rc, _, err = run(kubectl.main, ["wait", "--for=condition=Ready", "pod/p1", "--timeout=1s"], capsys)
+    rc, _, err = kubectl(sim, "wait", "--for=condition=Ready", "pod/p1", "--timeout=1s")
     assert (rc, err) == (1, "error: timed out waiting for the condition on pods/p1\n")
-
-
-def _deploy(want=2, **status):
-    return {"metadata": {"name": "web", "generation": 2}, "spec": {"replicas": want},
-            "status": dict({"observedGeneration": 2}, **status)}
-
-
-def test_row16_rollout_status_follows_kubectl_status_viewers():
-    """kubectl 1.30 polymorphichelpers/rollout_status.go DeploymentStatusViewer / DaemonSetStatusViewer."""
-    st = kubectl.rollout_state
-    assert st("Deployment", _deploy(updatedReplicas=1)) == (
-        'Waiting for deployment "web" rollout to finish: 1 out of 2 new replicas have been updated...', False)
-    assert st("Deployment", _deploy(updatedReplicas=2, replicas=3)) == (
-        'Waiting for deployment "web" rollout to finish: 1 old replicas are pending termination...', False)
-    assert st("Deployment", _deploy(updatedReplicas=2, replicas=2, availableReplicas=1)) == (
-        'Waiting for deployment "web" rollout to finish: 1 of 2 updated replicas are available...', False)
-    assert st("Deployment", _deploy(updatedReplicas=2, replicas=2, availableReplicas=2)) == (
-        'deployment "web" successfully rolled out', True)
-    assert st("Deployment", dict(_deploy(), status={"observedGeneration": 1})) == (
-        "Waiting for deployment spec update to be observed...", False)
-    with pytest.raises(ValueError, match='deployment "web" exceeded its progress deadline'):
-        st("Deployment", _deploy(conditions=[{"type": "Progressing", "reason": "ProgressDeadlineExceeded"}]))
-    ds = {"metadata": {"name": "calico-node", "generation": 1}, "spec": {},
-          "status": {"observedGeneration": 1, "desiredNumberScheduled": 2, "updatedNumberScheduled": 2,
-                     "numberAvailable": 1}}
-    assert st("DaemonSet", ds) == (
-        'Waiting for daemon set "calico-node" rollout to finish: 1 of 2 updated pods are available...', False)
-    ds["status"]["updatedNumberScheduled"] = 1
-    assert st("DaemonSet", ds)[0] == ('Waiting for daemon set "calico-node" rollout to finish: 1 out of 2 new pods '
-                                      "have been updated...")
 
 
 def test_row16_rollout_restart_rolls_the_pods(sim, capsys):
@@ -209,14 +184,13 @@ def test_row16_rollout_restart_rolls_the_pods(sim, capsys):
             "spec": {"containers": [{"name": "w", "image": "coredns/coredns:1.10.1"}]}}}})
     reconcile(sim, 3)
     before = {p.metadata.name for p in v1.list_namespaced_pod("default", label_selector="app=web").items}
-    assert run(kubectl.main, ["rollout", "restart", "deployment/web"], capsys)[:2] == (
-        0, "deployment.apps/web restarted\n")
+    assert kubectl(sim, "rollout", "restart", "deployment/web")[:2] == (0, "deployment.apps/web restarted\n")
     annotations = apps.read_namespaced_deployment("web", "default").spec.template.metadata.annotations
     assert "kubectl.kubernetes.io/restartedAt" in annotations
     reconcile(sim, 3)
     after = {p.metadata.name for p in v1.list_namespaced_pod("default", label_selector="app=web").items}
     assert after and not after & before
-    assert run(kubectl.main, ["rollout", "status", "deployment/web", "--timeout=10s"], capsys)[:2] == (
+    assert kubectl(sim, "rollout", "status", "deployment/web", "--timeout=10s")[:2] == (
         0, 'deployment "web" successfully rolled out\n')
 
 
@@ -272,49 +246,106 @@ def _chart(tmp_path, name: str, objects: str) -> str:
 CM = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {}\ndata:\n  k: v\n"
 
 
-def test_row14_helm_install_messages_pending_release_and_ownership(sim, capsys, tmp_path):
-    """helm v3: upgrade --install of a new name prints `Release "x" does not exist. Installing it now.`
+def real_helm(sim, *args: str) -> tuple[int, str, str]:
+    """The real helm v3.17.1 (what `microk8s helm3` runs on test hosts) against the in-process API stand-in."""
+    r = run_real("helm", sim_kubeconfig(sim, sim.sim_dir), *args)
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_row14_helm_install_messages_pending_release_and_ownership(sim, tmp_path):
+    """helm v3.17.1: upgrade --install of a new name prints `Release "x" does not exist. Installing it now.`
     (cmd/helm/upgrade.go) and marks its objects (setMetadataVisitor); a release left pending-* ->
-    "UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress" (pkg/action/upgrade.go
+    "UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress" (pkg/action/action.go
     errPending), hidden from `helm list` without --all (pkg/action/list.go), recovered by `helm rollback`;
     an existing object this release does not own -> pkg/action/validate.go existingResourceConflict."""
+    import base64
+    import gzip
+
     from kubernetes import client
+    v1 = client.CoreV1Api(sim)
     chart = _chart(tmp_path, "demo", CM.format("cm1"))
-    rc, out, _ = run(helm.main, ["upgrade", "--install", "rel", chart, "-n", "default"], capsys)
+    rc, out, _ = real_helm(sim, "upgrade", "--install", "rel", chart, "-n", "default")
     assert rc == 0 and out.startswith('Release "rel" does not exist. Installing it now.\nNAME: rel\n')
-    cm = client.CoreV1Api(sim).read_namespaced_config_map("cm1", "default").metadata
+    cm = v1.read_namespaced_config_map("cm1", "default").metadata
     assert cm.labels["app.kubernetes.io/managed-by"] == "Helm"
     assert cm.annotations == {"meta.helm.sh/release-name": "rel", "meta.helm.sh/release-namespace": "default"}
-    # a killed `helm upgrade` leaves revision 2 pending-upgrade
-    h = helm.Api()
-    stuck = dict(helm._releases(h, "default", "rel")[-1], version=2)
-    stuck["info"] = dict(stuck["info"], status="pending-upgrade")
-    helm._store(h, stuck)
-    rc, _, err = run(helm.main, ["upgrade", "--install", "rel", chart, "-n", "default"], capsys)
+    # a killed `helm upgrade` leaves revision 2 pending-upgrade (helm stores it before it applies anything)
+    secret = v1.read_namespaced_secret("sh.helm.release.v1.rel.v1", "default")
+    rel = json.loads(gzip.decompress(base64.b64decode(base64.b64decode(secret.data["release"]))))
+    rel["version"], rel["info"] = 2, dict(rel["info"], status="pending-upgrade")
+    v1.create_namespaced_secret("default", {
+        "metadata": {"name": "sh.helm.release.v1.rel.v2", "labels": dict(secret.metadata.labels,
+                                                                          status="pending-upgrade", version="2")},
+        "type": "helm.sh/release.v1",
+        "data": {"release": base64.b64encode(base64.b64encode(gzip.compress(json.dumps(rel).encode()))).decode()}})
+    rc, _, err = real_helm(sim, "upgrade", "--install", "rel", chart, "-n", "default")
     assert (rc, err) == (1, "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress\n")
-    assert "rel" not in run(helm.main, ["list", "-n", "default"], capsys)[1]
-    assert '"status": "pending-upgrade"' in run(helm.main, ["list", "-n", "default", "--all", "-o", "json"],
-                                                capsys)[1]
-    assert run(helm.main, ["rollback", "rel", "-n", "default"], capsys)[:2] == (
-        0, "Rollback was a success! Happy Helming!\n")
-    assert run(helm.main, ["upgrade", "--install", "rel", chart, "-n", "default"], capsys)[0] == 0
+    assert "rel" not in real_helm(sim, "list", "-n", "default")[1]
+    assert [x["status"] for x in json.loads(real_helm(sim, "list", "-n", "default", "--all", "-o", "json")[1])] == \
+        ["pending-upgrade"]
+    assert real_helm(sim, "rollback", "rel", "-n", "default")[:2] == (0, "Rollback was a success! Happy Helming!\n")
+    assert real_helm(sim, "upgrade", "--install", "rel", chart, "-n", "default")[0] == 0
     # an object that exists and is not the release's
-    client.CoreV1Api(sim).create_namespaced_config_map("default", {"metadata": {"name": "cm2"}, "data": {}})
-    rc, _, err = run(helm.main, ["install", "other", _chart(tmp_path, "other", CM.format("cm2")), "-n", "default"],
-                     capsys)
-    assert (rc, err) == (1, ('Error: INSTALLATION FAILED: rendered manifests contain a resource that already exists. '
-                            'Unable to continue with install: ConfigMap "cm2" in namespace "default" exists and cannot '
-                            'be imported into the current release: invalid ownership metadata; label validation '
-                            'error: missing key "app.kubernetes.io/managed-by": must be set to "Helm"; annotation '
-                            'validation error: missing key "meta.helm.sh/release-name": must be set to "other"; '
-                            'annotation validation error: missing key "meta.helm.sh/release-namespace": must be set '
-                            'to "default"\n'))
-    assert helm._releases(h, "default", "other") == []   # refused before any release record was written
+    v1.create_namespaced_config_map("default", {"metadata": {"name": "cm2"}, "data": {}})
+    rc, _, err = real_helm(sim, "install", "other", _chart(tmp_path, "other", CM.format("cm2")), "-n", "default")
+    assert (rc, err) == (1, ('Error: INSTALLATION FAILED: Unable to continue with install: ConfigMap "cm2" in '
+                            'namespace "default" exists and cannot be imported into the current release: invalid '
+                            'ownership metadata; label validation error: missing key "app.kubernetes.io/managed-by": '
+                            'must be set to "Helm"; annotation validation error: missing key '
+                            '"meta.helm.sh/release-name": must be set to "other"; annotation validation error: '
+                            'missing key "meta.helm.sh/release-namespace": must be set to "default"\n'))
+    assert v1.list_namespaced_secret("default", label_selector="owner=helm,name=other").items == []   # no release
 
 
-def test_row14_null_in_a_later_values_file_deletes_the_chart_default():
+def test_row14_null_in_a_later_values_file_deletes_the_chart_default(sim, tmp_path):
     """pkg/cli/values: -f files merge with mergeMaps (a null stays), then coalescing with the chart's values
     deletes the key: a null in the second file removes the chart's default, not just the first file's value."""
-    from tests.harness.sim.charts import merge_values
-    user = helm._merge_maps(helm._merge_maps({}, {"a": {"b": 5}}), {"a": {"b": None}})
-    assert merge_values({"a": {"b": 1, "c": 2}}, user) == {"a": {"c": 2}}
+    chart = _chart(tmp_path, "nulls", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: n\ndata:\n"
+                                      "  a: {{ toJson .Values.a | quote }}\n")
+    (tmp_path / "f1.yaml").write_text("a: {b: 5}\n")
+    (tmp_path / "f2.yaml").write_text("a: {b: null}\n")
+    rc, out, err = real_helm(sim, "template", "x", chart, "-f", str(tmp_path / "f1.yaml"), "-f", str(tmp_path / "f2.yaml"))
+    assert rc == 0, err
+    assert "a: \"{\\\"c\\\":2}\"" in out
+
+
+# ---- join / dqlite (rows 12, 19) -------------------------------------------------------------------
+
+def test_row12_dqlite_quorum_needs_more_than_half_of_the_voters(monkeypatch, tmp_path):
+    """Raft (dqlite): the datastore, so the API, answers only while more than half of the voters are up: with 2
+    voters losing either stops it, 3 survive one loss (daemon.Quorum gates the API stand-in)."""
+    monkeypatch.setattr(paths, "SIM_CONFIG", str(tmp_path / "host.json"))
+    monkeypatch.setattr(paths, "SIM_CLUSTER", str(tmp_path / "cluster.json"))
+    (tmp_path / "host.json").write_text('{"ip": "10.0.0.1"}')
+    up = {"10.0.0.2": False, "10.0.0.3": True}
+    monkeypatch.setattr(daemon, "_reachable", lambda ip, port: port == 19001 and up[ip])
+    for voters, ok in ((["10.0.0.1"], True), (["10.0.0.1", "10.0.0.2"], False),
+                       (["10.0.0.1", "10.0.0.2", "10.0.0.3"], True), (["10.0.0.1", "10.0.0.3"], True)):
+        (tmp_path / "cluster.json").write_text(json.dumps({"voters": voters}))
+        assert daemon.Quorum().ok() is ok, voters
+    up["10.0.0.3"] = False
+    (tmp_path / "cluster.json").write_text(json.dumps({"voters": ["10.0.0.1", "10.0.0.2", "10.0.0.3"]}))
+    assert daemon.Quorum().ok() is False
+
+
+def test_row19_join_to_an_unreachable_control_node_waits_for_the_kernels_tcp_timeout(capsys, monkeypatch, tmp_path):
+    """join.py get_connection_info: http.client without a timeout and an uncaught OSError, so a control node
+    that never answers the SYNs is given up only by the kernel (~127 s: tcp_syn_retries 6) with a traceback,
+    exit 1. Timing 0.01 scales that to 1.3 s (the old stand-in gave up after its own 30 s). The unreachable node
+    is a loopback listener whose accept queue is full: the kernel drops further SYNs, as for a dead host."""
+    for name in ("LOCKS", "SNAP_COMMON"):
+        monkeypatch.setattr(paths, name, str(tmp_path))
+    monkeypatch.setattr(paths, "SIM_CONFIG", str(tmp_path / "host.json"))
+    (tmp_path / "host.json").write_text('{"ip": "10.99.0.1", "timing": 0.01}')
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(0)
+        port = srv.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=2):   # fills the queue
+            t = time.monotonic()
+            rc, out, err = run(microk8s.cmd_join, [f"127.0.0.1:{port}/" + "a" * 32], capsys)
+            waited = time.monotonic() - t
+    assert rc == 1 and out == "Contacting cluster at 127.0.0.1\n"
+    assert err.startswith("Traceback (most recent call last):\n")
+    assert err.endswith("TimeoutError: [Errno 110] Connection timed out\n")
+    assert 1.2 < waited < 5

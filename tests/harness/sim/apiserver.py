@@ -12,6 +12,7 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from . import execstream, openapi, protobuf, tables
 from .controllers import Cluster, _ready
 from .store import ApiError, Store, field_match, label_match, selector_dict_match
 
@@ -28,9 +29,10 @@ def _resource_list(store: Store, group: str, version: str) -> dict:
                           "kind": r.kind, "shortNames": list(r.short),
                           "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]})
             for sub in r.subresources:
+                kind, verbs = {"eviction": ("Eviction", ["create"]), "exec": ("PodExecOptions", ["create", "get"])
+                               }.get(sub, (r.kind, ["get", "patch", "update"]))
                 items.append({"name": f"{r.plural}/{sub}", "singularName": "", "namespaced": r.namespaced,
-                              "kind": "Eviction" if sub == "eviction" else r.kind, "verbs": ["get", "patch", "update"]
-                              if sub != "eviction" else ["create"]})
+                              "kind": kind, "verbs": verbs})
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}" if group else version,
             "resources": items}
 
@@ -52,9 +54,12 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---- plumbing
     def _send(self, code: int, body, ctype: str = "application/json") -> None:
+        code, body, ctype = protobuf.reply(self.headers.get("Accept"), code, body, ctype)
         data = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
         self.send_response(code)
         self.send_header("Content-Type", ctype)
+        for w in openapi.take_warnings():   # fieldValidation=Warn
+            self.send_header("Warning", '299 - ' + json.dumps(w))
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -71,7 +76,12 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         n = int(self.headers.get("Content-Length") or 0)
         self._raw_body = self.rfile.read(n) if n else b""   # always consumed: keep-alive stays in sync
+        if not self.connection.getpeercert() and not self.cluster.token_ok(self.headers.get("Authorization") or ""):
+            # no client certificate and no valid service-account token (anonymous auth is off): 401
+            return self._send(401, ApiError(401, "Unauthorized", "Unauthorized").status())
         try:
+            if protobuf.CONTENT_TYPE in (self.headers.get("Content-Type") or ""):   # client-go typed clients
+                self._raw_body = json.dumps(protobuf.decode(self._raw_body)).encode()
             segs, q = self._route()
             self._handle(method, segs, q)
         except ApiError as e:
@@ -93,6 +103,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, "ok", "text/plain")
         if segs == ["version"]:
             return self._send(200, VERSION)
+        if segs[:2] == ["openapi", "v3"] and method == "GET":   # /openapi/v2 stays a 404: see openapi.py
+            return openapi.serve(self, self.store, segs[2:], q)
         if segs == ["api"]:
             return self._send(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
                 {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.server.server_address[0]}:16443"}]})
@@ -128,24 +140,28 @@ class Handler(BaseHTTPRequestHandler):
         name = rest[1] if len(rest) > 1 else ""
         sub = rest[2] if len(rest) > 2 else ""
         dry = q.get("dryRun") == "All"
+        fv = {"field_validation": q.get("fieldValidation", "Warn")}   # the server's default: openapi.py
         if method == "GET" and not name:
             if q.get("watch") in ("true", "1"):
                 return self._watch(res, ns, q)
             return self._list(res, ns, q)
+        if sub == "exec" and res.kind == "Pod" and method in ("GET", "POST"):   # real kubectl: execstream.py
+            return execstream.serve(self, self.store, ns, name)
         if method == "GET" and sub == "log":
             return self._send(200, self._log(ns, name), "text/plain")
         if method == "GET":
-            return self._send(200, self.store.get(res, ns, name))
+            return self._send(200, tables.maybe_table(self.store, res, self.store.get(res, ns, name),   # kubectl get
+                                                      self.headers.get("Accept", ""), q))
         if method == "POST" and sub == "eviction":
             return self._evict(ns, name)
         if method == "POST":
-            obj = json.loads(self._body())
-            created = self.store.create(res, ns, obj, dry_run=dry)
+            obj = openapi.decode(self._body())
+            created = self.store.create(res, ns, obj, dry_run=dry, **fv)
             self._kick()
             return self._send(201, created)
         if method == "PUT":
-            obj = json.loads(self._body())
-            out = self.store.replace(res, ns, name, obj, status_only=sub == "status", dry_run=dry)
+            obj = openapi.decode(self._body())
+            out = self.store.replace(res, ns, name, obj, status_only=sub == "status", dry_run=dry, **fv)
             self._kick()
             return self._send(200, out)
         if method == "PATCH":
@@ -154,7 +170,8 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(422, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: "
                                "is required for apply patch")
             existed = self.store.find(res, ns, name) is not None
-            out = self.store.patch(res, ns, name, ctype, self._body(), status_only=sub == "status", dry_run=dry)
+            out = self.store.patch(res, ns, name, ctype, self._body(), status_only=sub == "status", dry_run=dry,
+                                   **fv)
             self._kick()
             return self._send(200 if existed else 201, out)
         if method == "DELETE" and name:
@@ -173,8 +190,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _list(self, res, ns: str, q: dict) -> None:
         items = self.store.list(res, ns or None, q.get("labelSelector", ""), q.get("fieldSelector", ""))
-        self._send(200, {"kind": res.kind + "List", "apiVersion": res.api_version,
-                         "metadata": {"resourceVersion": str(self.store.rv)}, "items": items})
+        self._send(200, tables.maybe_table(self.store, res, {"kind": res.kind + "List", "apiVersion": res.api_version,
+                   "metadata": {"resourceVersion": str(self.store.rv)}, "items": items}, self.headers.get("Accept", ""), q))
 
     def _watch(self, res, ns: str, q: dict) -> None:
         """Chunked stream of ADDED/MODIFIED/DELETED events until timeoutSeconds (bounded)."""
@@ -186,7 +203,7 @@ class Handler(BaseHTTPRequestHandler):
         labels, fields = q.get("labelSelector", ""), q.get("fieldSelector", "")
         start_rv = int(q.get("resourceVersion") or 0)
         seen: dict[tuple, str] = {}
-        first = True
+        first = heads = True
         try:
             while time.monotonic() < deadline:
                 with self.store.lock:
@@ -207,7 +224,8 @@ class Handler(BaseHTTPRequestHandler):
                                                "metadata": {"name": key[1], "namespace": key[0]}}))
                 seen = {k: o["metadata"].get("resourceVersion", "0") for k, o in current.items()}
                 first = False
-                for etype, obj in events:
+                for etype, obj in events:   # kubectl get -w: Tables, the headers on the first only (tables.py)
+                    obj, heads = tables.maybe_table(self.store, res, obj, self.headers.get("Accept", ""), q, heads), False
                     line = json.dumps({"type": etype, "object": obj}).encode() + b"\n"
                     self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
                 self.wfile.flush()
@@ -258,12 +276,12 @@ class ApiServer(ThreadingHTTPServer):
     def __init__(self, addr: tuple[str, int], store: Store, certs_dir: str):
         super().__init__(addr, Handler)
         self.store = store
-        self.cluster = Cluster(store)
+        self.cluster = Cluster(store, certs_dir)
         self.kick = threading.Event()
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(f"{certs_dir}/server.crt", f"{certs_dir}/server.key")
         ctx.load_verify_locations(f"{certs_dir}/ca.crt")
-        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.verify_mode = ssl.CERT_OPTIONAL   # a client certificate, or a pod's service-account token
         self.socket = ctx.wrap_socket(self.socket, server_side=True)
 
     def reconcile_forever(self, stop: threading.Event, interval: float = 0.5) -> None:

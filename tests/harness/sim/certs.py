@@ -84,3 +84,33 @@ def der_sha256(pem: bytes) -> str:
     from cryptography.hazmat.primitives import serialization
     cert = x509.load_pem_x509_certificate(pem)
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def csr(key_path: str | Path, subject: str) -> str:
+    """utils.sh generate_csr: a new key at key_path and a CSR for `/CN=...[/O=...]` (PEM text)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    parts = dict(p.split("=", 1) for p in subject.strip("/").split("/"))
+    key = _key()
+    Path(key_path).write_bytes(_pem_key(key))
+    Path(key_path).chmod(0o600)
+    req = x509.CertificateSigningRequestBuilder().subject_name(_name(parts["CN"], parts.get("O"))).sign(key, hashes.SHA256())
+    from cryptography.hazmat.primitives import serialization
+    return req.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def sign_csr(certs_dir: str | Path, request: str) -> str:
+    """The cluster agent's SignCertificate: the CSR signed by this node's CA as a client certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    d = Path(certs_dir)
+    ca = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), None)
+    req = x509.load_pem_x509_csr(request.encode())
+    return _pem_cert(_build(req.subject, ca.subject, req.public_key(), ca_key, ca=False, client=True)).decode()
+
+
+def reissue_client(certs_dir: str | Path) -> None:
+    """rebuild_x509_auth_client_configs: a new admin client.crt/.key signed by the (new) ca.crt/.key."""
+    d = Path(certs_dir)
+    (d / "client.crt").write_text(sign_csr(d, csr(d / "client.key", "/CN=admin/O=system:masters")))

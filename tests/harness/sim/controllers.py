@@ -13,8 +13,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import time
 import urllib.request
+from pathlib import Path
 
 from .runtime import process_backed
 from .store import Store, now, selector_dict_match
@@ -95,11 +97,31 @@ def pod_requests(pod: dict) -> dict[str, float]:
 class Cluster:
     """Owns the reconcile loop; `kubelet_status` is replaceable for tests."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, certs_dir: str = ""):
+        import os
+        import secrets
         self.store = store
+        self.certs_dir = certs_dir
+        key = os.path.join(certs_dir, "ca.key") if certs_dir else ""
+        # signs the pods' service-account tokens (a real cluster: certs/serviceaccount.key, JWTs)
+        self._sa_key = Path(key).read_bytes() if key and os.path.exists(key) else secrets.token_bytes(32)
         self.kubelets: dict[str, dict | None] = {}
         self.last_reconcile = 0.0
         self._synced: dict[str, str] = {}   # node -> digest of the pod list its kubelet last accepted
+
+    # service-account tokens: what a pod's kubelet mounts and the API server authenticates
+    def sa_token(self, ns: str, sa: str, uid: str) -> str:
+        import base64
+        import hmac
+        subject = base64.urlsafe_b64encode(f"system:serviceaccount:{ns}:{sa}:{uid}".encode()).decode()
+        return f"sim-sa.{subject}.{hmac.new(self._sa_key, subject.encode(), 'sha256').hexdigest()}"
+
+    def token_ok(self, authorization: str) -> bool:
+        import hmac
+        token = authorization[7:] if authorization.startswith("Bearer ") else ""
+        parts = token.split(".")
+        return len(parts) == 3 and parts[0] == "sim-sa" and hmac.compare_digest(
+            parts[2], hmac.new(self._sa_key, parts[1].encode(), "sha256").hexdigest())
 
     # node facts
     def kubelet_status(self, ip: str) -> dict | None:
@@ -273,6 +295,7 @@ class Cluster:
                 owned = any(r.get("uid") == uid for r in rs["metadata"].get("ownerReferences") or [])
                 if owned and rs["metadata"]["name"] != name and rs["spec"].get("replicas", 0) != 0:
                     rs["spec"]["replicas"] = 0
+                    rs["metadata"]["generation"] = rs["metadata"].get("generation", 1) + 1   # a spec change
                     self.store.put_internal(rs)
             rs = self.store.find(rs_res, d["metadata"]["namespace"], name)
             replicas = d["spec"].get("replicas", 1)
@@ -286,6 +309,7 @@ class Cluster:
                 self.store.put_internal(rs)
             elif rs["spec"].get("replicas") != replicas:
                 rs["spec"]["replicas"] = replicas
+                rs["metadata"]["generation"] = rs["metadata"].get("generation", 1) + 1
                 self.store.put_internal(rs)
 
     def _replicasets(self) -> None:
@@ -700,7 +724,7 @@ class Cluster:
         ready = running and kl.get("ready", True) and all(c.get("ready") for c in cs)
         s["phase"] = "Succeeded" if done else "Running" if running else "Pending"
         if s["phase"] != "Pending":
-            s["podIP"] = s.get("podIP") or f"10.1.{hash(node) % 250}.{hash(pod['metadata']['name']) % 250 + 2}"
+            s["podIP"] = s.get("podIP") or self._free_pod_ip(node, pod["metadata"]["name"])
             s["podIPs"] = [{"ip": s["podIP"]}]
         t = s.get("startTime")
         s["conditions"] = [
@@ -710,6 +734,13 @@ class Cluster:
             scheduled]
         if running and not was_running:
             self._event(pod, "Normal", "Started", "Started container " + pod["spec"]["containers"][0]["name"])
+
+    def _free_pod_ip(self, node: str, name: str) -> str:
+        """An address of the node's block in 10.1.0.0/16 (Calico IPAM) that no pod holds (pod IPs are routed
+        for real: runtime.py)."""
+        used = {(p.get("status") or {}).get("podIP") for p in self.pods()}
+        block, host = hash(node) % 250, hash(name) % 250
+        return next(ip for i in range(250) if (ip := f"10.1.{block}.{(host + i) % 250 + 2}") not in used)
 
     def _process_status(self, pod: dict, c: dict, kl: dict, started: str) -> dict:
         """A container the node really runs (runtime.py): running/ready from its readiness probe, or
@@ -745,18 +776,19 @@ class Cluster:
                     want.setdefault(node, []).append(
                         {"uid": pod["metadata"]["uid"], "namespace": pod["metadata"]["namespace"],
                          "name": pod["metadata"]["name"], "containers": [self._runtime_spec(pod, c) for c in cs]})
+        rules = self._service_rules()
         for node, kl in self.kubelets.items():
             if kl is None:
                 continue
             pods = want.get(node, [])
-            digest = hashlib.sha256(json.dumps(pods, sort_keys=True).encode()).hexdigest()
+            digest = hashlib.sha256(json.dumps([pods, rules], sort_keys=True).encode()).hexdigest()
             have = set(kl.get("processes") or {})
             if (self._synced.get(node) == digest or not pods) and have == {p["uid"] for p in pods}:
                 continue   # nothing to start or stop there
             ip = kl.get("ip") or self._node_ip(node)
             try:
-                req = urllib.request.Request(f"http://{ip}:10250/sim/pods", json.dumps({"pods": pods}).encode(),
-                                             {"Content-Type": "application/json"})
+                body = json.dumps({"pods": pods, "services": rules}).encode()
+                req = urllib.request.Request(f"http://{ip}:10250/sim/pods", body, {"Content-Type": "application/json"})
                 with urllib.request.urlopen(req, timeout=5):
                     self._synced[node] = digest
             except OSError:
@@ -797,7 +829,16 @@ class Cluster:
                     mounts.append({"path": m["mountPath"], "kind": "file", "data": files[m["subPath"]]})
             else:
                 mounts.append({"path": m["mountPath"], "kind": "files", "files": files})
-        env = {}
+        sa = pod["spec"].get("serviceAccountName") or "default"
+        sa_obj = self.store.find(self._r("ServiceAccount"), ns, sa) or {}
+        if pod["spec"].get("automountServiceAccountToken", sa_obj.get("automountServiceAccountToken", True)) \
+                and self.certs_dir:   # the ServiceAccount admission plugin's kube-api-access volume
+            ca = Path(self.certs_dir, "ca.crt").read_bytes()
+            mounts.append({"path": "/var/run/secrets/kubernetes.io/serviceaccount", "kind": "files", "files": {
+                k: base64.b64encode(v).decode() for k, v in {
+                    "token": self.sa_token(ns, sa, pod["metadata"]["uid"]).encode(), "ca.crt": ca,
+                    "namespace": ns.encode()}.items()}})
+        env = service_env(self.store.list(self._r("Service")), ns, pod["spec"].get("enableServiceLinks", True))
         for e in c.get("env") or []:
             if "value" in e:
                 env[e["name"]] = str(e["value"])
@@ -810,7 +851,51 @@ class Cluster:
                 obj = self.store.find(self._r("Secret"), ns, ref["name"]) or {}
                 if ref["key"] in (obj.get("data") or {}):
                     env[e["name"]] = base64.b64decode(obj["data"][ref["key"]]).decode()
-        return {"name": c["name"], "image": c["image"], "env": env, "mounts": mounts}
+        argv = ([expand(a, env) for a in c.get("command") or []], [expand(a, env) for a in c.get("args") or []])
+        http = ((c.get("readinessProbe") or {}).get("httpGet")) or None
+        probe = None
+        if http:
+            port = http.get("port")
+            port = next((p["containerPort"] for p in c.get("ports") or [] if p.get("name") == port), port)
+            probe = {"path": http.get("path", "/"), "port": port}
+        st = pod.get("status") or {}
+        hosts = []   # cluster DNS, approximated by /etc/hosts: the Services' names, short in the pod's namespace
+        for svc in self.store.list(self._r("Service")):
+            ip, m = (svc.get("spec") or {}).get("clusterIP"), svc["metadata"]
+            if ip not in (None, "", "None"):
+                fq = f"{m['name']}.{m['namespace']}"
+                hosts.append((ip, [f"{fq}.svc.cluster.local", f"{fq}.svc", fq] + [m["name"]] * (m["namespace"] == ns)))
+        return {"name": c["name"], "image": c["image"], "env": env, "mounts": mounts, "argv": argv, "probe": probe,
+                "ip": st.get("podIP", ""), "hostname": pod["metadata"]["name"], "hosts": sorted(hosts)}
+
+    def _service_rules(self) -> list[dict]:
+        """What kube-proxy programs on every node: each Service port's ClusterIP -> a ready endpoint that
+        really runs (runtime.py), as podIP:targetPort (a named targetPort is the container port's name)."""
+        from .state import host_config
+        rules = []
+        for svc in self.store.list(self._r("Service")):
+            spec, ns = svc.get("spec") or {}, svc["metadata"]["namespace"]
+            if (ns, svc["metadata"]["name"]) == ("default", "kubernetes") and host_config().get("ip"):
+                port = spec["ports"][0]   # endpoint: this node's API server (the one the controllers run in)
+                rules.append({"ip": spec["clusterIP"], "port": port["port"], "protocol": "TCP",
+                              "target": f"{host_config()['ip']}:{port.get('targetPort', port['port'])}"})
+                continue
+            if spec.get("clusterIP") in (None, "", "None") or not spec.get("selector"):
+                continue
+            pods = [p for p in self.pods(ns) if selector_dict_match({"matchLabels": spec["selector"]},
+                                                                       p["metadata"].get("labels") or {})
+                    and _ready(p) and (p.get("status") or {}).get("podIP")
+                    and any(process_backed(c) for c in p["spec"]["containers"])]
+            for port in spec.get("ports") or []:
+                for p in pods[:1]:
+                    target = port.get("targetPort", port["port"])
+                    if isinstance(target, str):
+                        target = next((cp["containerPort"] for c in p["spec"]["containers"]
+                                       for cp in c.get("ports") or [] if cp.get("name") == target), None)
+                    if target:
+                        rules.append({"ip": spec["clusterIP"], "port": port["port"], "target":
+                                      f"{p['status']['podIP']}:{target}", "protocol": port.get("protocol", "TCP")})
+        return rules
 
     def _workload_status(self) -> None:
         for d in self.store.list(self._r("Deployment", "apps/v1")):
@@ -864,6 +949,48 @@ class Cluster:
         if obj.get("status") != status:
             obj["status"] = status
             self.store.put_internal(obj)
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """A container's command/args: $(VAR) becomes VAR's value when the container has it, else stays as
+    written; $$ is a literal $ (Kubernetes third_party/forked/golang/expansion/expand.go)."""
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text)
+
+
+def service_env(services: list[dict], ns: str, links: bool = True) -> dict[str, str]:
+    """The variables a kubelet gives every container for the Services (Kubernetes 1.30
+    pkg/kubelet/kubelet_pods.go getServiceEnvVarMap, pkg/kubelet/envvars/envvars.go FromServices): those of
+    the pod's namespace when enableServiceLinks (default true), and always the master service `kubernetes` of
+    namespace default; only Services with a ClusterIP. The container's own env wins over these."""
+    chosen: dict[str, dict] = {}
+    for svc in services:
+        spec, meta = svc.get("spec") or {}, svc["metadata"]
+        if spec.get("clusterIP") in (None, "", "None"):
+            continue
+        if meta.get("namespace") == "default" and meta["name"] == "kubernetes":
+            chosen.setdefault(meta["name"], svc)
+        elif meta.get("namespace") == ns and links:
+            chosen[meta["name"]] = svc
+    env: dict[str, str] = {}
+    for name, svc in sorted(chosen.items()):
+        spec, prefix = svc["spec"], name.upper().replace("-", "_")
+        ports, ip = spec.get("ports") or [], spec["clusterIP"]
+        if not ports:
+            continue
+        env[f"{prefix}_SERVICE_HOST"] = ip
+        env[f"{prefix}_SERVICE_PORT"] = str(ports[0]["port"])
+        for p in ports:
+            if p.get("name"):
+                env[f"{prefix}_SERVICE_PORT_{p['name'].upper().replace('-', '_')}"] = str(p["port"])
+        proto0 = ports[0].get("protocol", "TCP").lower()
+        env[f"{prefix}_PORT"] = f"{proto0}://{ip}:{ports[0]['port']}"
+        for p in ports:
+            proto = p.get("protocol", "TCP")
+            var = f"{prefix}_PORT_{p['port']}_{proto.upper()}"
+            env.update({var: f"{proto.lower()}://{ip}:{p['port']}", f"{var}_PROTO": proto.lower(),
+                        f"{var}_PORT": str(p["port"]), f"{var}_ADDR": ip})
+    return env
 
 
 def _ready(pod: dict) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -131,7 +132,7 @@ class KubeletHandler(JsonHandler):
         if self.client_address[0] not in allowed or self.runtime is None:
             return self._json(403, {"error": "Forbidden"})
         if self.path.startswith("/sim/pods"):
-            self.runtime.sync(req.get("pods") or [])
+            self.runtime.sync(req.get("pods") or [], req.get("services"))
             return self._json(200, {"ok": True})
         if self.path.startswith("/sim/exec"):
             import base64
@@ -183,6 +184,10 @@ class AgentHandler(JsonHandler):
         body = self.rfile.read(n) if n else b""
         if self.path.startswith("/cluster/api/v2.0/join"):
             return self._join(json.loads(body or b"{}"))
+        if self.path.startswith("/cluster/api/v1.0/sign-cert"):
+            return self._sign_cert(json.loads(body or b"{}"))
+        if self.path.startswith(("/sim/dqlite/add", "/sim/dqlite/remove")):
+            return self._dqlite_member(json.loads(body or b"{}"), add=self.path.startswith("/sim/dqlite/add"))
         if self.path.startswith("/cluster/api/v2.0/image/import"):
             tmp = Path(paths.SIM_RUN, f"import-{os.getpid()}-{threading.get_ident()}.tar")
             tmp.write_bytes(body)
@@ -212,16 +217,73 @@ class AgentHandler(JsonHandler):
             return self._json(503, {"error": f"The joining node has the same IP ({local}) as the node we contact"})
         from .nodes import register_node
         register_node(server.api.store, name, ip, worker=worker)
-        if not worker:
+        if worker:   # AddCertificateRequestToken: the joiner signs its kubelet and kube-proxy certificates next
+            with open(CERT_REQUEST_TOKENS, "a") as f:
+                f.write(f"{req['token']}-kubelet\n{req['token']}-proxy\n")
+        else:   # its k8s-dqlite joins (POST /sim/dqlite/add) once it runs; until then the voters stay as they are
             with updating(paths.SIM_CLUSTER, {}) as c:
                 c.setdefault("voters", [host_config().get("ip")])
-                if ip not in c["voters"]:
-                    c["voters"].append(ip)
+                c["joining"] = sorted({*c.get("joining", []), ip})
         server.api.kick.set()
         Path(paths.LOCKS, "no-cert-reissue").touch()   # a.Snap.CreateNoCertsReissueLock()
-        ca = Path(paths.CERTS, "ca.crt").read_text()
-        self._json(200, {"ca": ca, "master_ip": host_config().get("ip"), "api_port": paths.API_PORT,
-                          "voters": (read_json(paths.SIM_CLUSTER, {}) or {}).get("voters", [])})
+        certs = Path(paths.CERTS)
+        resp = {"ca": (certs / "ca.crt").read_text(), "callback_token": secrets.token_hex(32), "apiport": str(paths.API_PORT),
+                "api_authz_mode": _arg("kube-apiserver", "--authorization-mode"),
+                "kubelet_args": Path(paths.ARGS, "kubelet").read_text(), "hostname_override": ip,
+                "cluster_cidr": _arg("kube-proxy", "--cluster-cidr"), "ca_key": None,
+                "master_ip": host_config().get("ip")}   # master_ip: the sim's own field
+        if not worker:   # CertificateAuthorityKey, ServiceAccountKey, DqliteVoterNodes ("IP:PORT" with Role 0)
+            resp.update(ca_key=(certs / "ca.key").read_text(), service_account_key="", cluster_cert="", cluster_key="",
+                        voters=[f"{v}:{paths.DQLITE_PORT}" for v in (read_json(paths.SIM_CLUSTER, {}) or {})["voters"]])
+        self._json(200, resp)
+
+    def _sign_cert(self, req: dict) -> None:
+        """POST v1/sign-cert (cluster agent 1.30 pkg/api/v1/sign_cert.go, register.go): the certificate request
+        token is consumed (ConsumeCertificateRequestToken) else 500 "Invalid token"; the CSR is signed by the CA."""
+        from .certs import sign_csr
+        from .state import locked
+        with locked(CERT_REQUEST_TOKENS):
+            try:
+                tokens = Path(CERT_REQUEST_TOKENS).read_text().splitlines()
+            except OSError:
+                tokens = []
+            if not req.get("token") or req["token"] not in tokens:
+                return self._json(500, {"error": "Invalid token"})
+            Path(CERT_REQUEST_TOKENS).write_text("".join(t + "\n" for t in tokens if t != req["token"]))
+        self._json(200, {"certificate": sign_csr(paths.CERTS, req.get("request", ""))})
+
+    def _dqlite_member(self, req: dict, add: bool) -> None:
+        """The sim's stand-in for dqlite's own membership protocol. add: a joined control-plane node's
+        k8s-dqlite, once running, becomes a voter (the leader adds it; raft changes one member at a time, the
+        file lock here). remove: `dqlite ... ".remove IP:19001"` from `microk8s leave` / `remove-node --force`."""
+        from .nodes import write_dqlite_cluster
+        peer = self.client_address[0]
+        with updating(paths.SIM_CLUSTER, {}) as c:
+            c.setdefault("voters", [host_config().get("ip")])
+            if peer not in {*c["voters"], *c.get("joining", []), host_config().get("ip"), "127.0.0.1"}:
+                return self._json(403, {"error": "Forbidden"})
+            member = req.get("address", "").rsplit(":", 1)[0]
+            if add and member == peer and member not in c["voters"]:
+                c["voters"].append(member)
+            elif not add:
+                c["voters"] = [v for v in c["voters"] if v != member]
+            c["joining"] = [v for v in c.get("joining", []) if v != member]
+            write_dqlite_cluster(c["voters"])
+        self._json(200, {})
+
+
+CERT_REQUEST_TOKENS = paths.CREDENTIALS + "/certs-request-tokens.txt"   # snap.go AddCertificateRequestToken
+
+
+def _arg(service: str, opt: str) -> str:
+    """snap.GetServiceArgument: the value of `opt` in args/<service> ("" when absent)."""
+    try:
+        for line in Path(paths.ARGS, service).read_text().splitlines():
+            if line.startswith((opt + "=", opt + " ")):
+                return line[len(opt) + 1:].strip().strip('"')
+    except OSError:
+        pass
+    return ""
 
 
 class AgentServer(ThreadingHTTPServer):
@@ -285,6 +347,81 @@ def launch_configs_forever(stop: threading.Event) -> None:
             print(f"launch configuration failed: {e}", flush=True)
 
 
+# ---- dqlite membership and quorum ------------------------------------------------------------------
+
+class Quorum:
+    """Raft's rule for the dqlite voters (sim-fidelity.md row 12): the datastore answers while more than half of
+    the voters in cluster.json are up (a voter is up when its k8s-dqlite port accepts). With 2 voters, losing
+    either stops the API; 3 survive one loss. Without quorum kube-apiserver cannot reach its datastore and
+    kubelite restarts over and over: clients see their connections dropped (canonical/microk8s#3448, #3204)."""
+
+    def __init__(self):
+        self.checked, self.last = 0.0, True
+
+    def ok(self) -> bool:
+        if time.monotonic() - self.checked > 1.0:
+            me = host_config().get("ip")
+            voters = (read_json(paths.SIM_CLUSTER, {}) or {}).get("voters") or [me]
+            up = sum(1 for v in voters if v == me or _reachable(v, paths.DQLITE_PORT))
+            self.last, self.checked = up * 2 > len(voters), time.monotonic()
+        return self.last
+
+
+quorum = Quorum()
+
+
+def _reachable(ip: str, port: int) -> bool:
+    try:
+        socket.create_connection((ip, port), timeout=0.3).close()
+        return True
+    except OSError:
+        return False
+
+
+def _listen(port: int, forward_to: str | None, stop: threading.Event) -> None:
+    """A TCP listener: the k8s-dqlite stand-in (accepts, then closes) or, with forward_to, a pass-through of
+    every connection to forward_to:port (a joined control-plane node's API)."""
+    srv = socket.create_server(("0.0.0.0", port), reuse_port=False)
+    srv.settimeout(0.5)
+    while not stop.is_set():
+        try:
+            conn, _ = srv.accept()
+        except OSError:
+            continue
+        if forward_to is None:
+            conn.close()
+            continue
+        threading.Thread(target=_forward, args=(conn, forward_to, port), daemon=True).start()
+    srv.close()
+
+
+def _forward(conn: socket.socket, ip: str, port: int) -> None:
+    try:
+        up = socket.create_connection((ip, port), timeout=5)
+    except OSError:
+        conn.close()
+        return
+
+    def pipe(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for x in (a, b):
+                try:
+                    x.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+    t = threading.Thread(target=pipe, args=(up, conn), daemon=True)
+    t.start()
+    pipe(conn, up)
+    t.join(timeout=60)
+    conn.close()
+    up.close()
+
+
 def main() -> int:
     _name_process("kubelite")
     cfg = host_config()
@@ -293,7 +430,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     servers = []
     from .runtime import Runtime
-    KubeletHandler.runtime = Runtime(cfg.get("python") or sys.executable)
+    KubeletHandler.runtime = Runtime(cfg.get("python") or sys.executable, tools=cfg.get("tools") or "")
     kubelet = ThreadingHTTPServer(("0.0.0.0", paths.KUBELET_PORT), KubeletHandler)
     kubelet.daemon_threads = True
     servers.append(kubelet)
@@ -307,7 +444,13 @@ def main() -> int:
     threading.Thread(target=launch_configs_forever, args=(stop,), daemon=True).start()
     cluster = read_json(paths.SIM_CLUSTER, {}) or {}
     from .services import real_delay
-    if cluster.get("role") != "worker" and not stop.wait(real_delay("api")):   # real timing: the API comes later
+    if cluster.get("role") != "worker":   # k8s-dqlite: this node is a member of the datastore
+        threading.Thread(target=_listen, args=(paths.DQLITE_PORT, None, stop), daemon=True).start()
+    if cluster.get("role") == "controlplane" and not stop.wait(real_delay("api")):
+        # a joined control-plane node: its kube-apiserver serves the cluster's one datastore, which the sim
+        # keeps on the first control node, so its :16443 passes the connections through to that node's
+        threading.Thread(target=_listen, args=(paths.API_PORT, cluster["master"], stop), daemon=True).start()
+    elif cluster.get("role") != "worker" and not stop.wait(real_delay("api")):   # real timing: the API comes later
         from .apiserver import ApiServer
         from .nodes import bootstrap
         from .store import Store
@@ -315,6 +458,7 @@ def main() -> int:
         bootstrap(store, cfg)
         api = ApiServer(("0.0.0.0", paths.API_PORT), store, paths.CERTS)
         agent.api = api
+        api.verify_request = lambda request, client_address: quorum.ok()   # no quorum: connections dropped
         servers.append(api)
         threading.Thread(target=api.reconcile_forever, args=(stop,), daemon=True).start()
         threading.Thread(target=api.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()

@@ -5,7 +5,8 @@ process sees it (e.g. /proc/<host init pid>/root); the stand-ins call `take_comm
 
 Kinds:
   command       the next N invocations whose argv starts with `match` fail with rc and stderr
-  join-halfway  `microk8s join` fails after the control node consumed the token (the token is gone)
+  join-halfway  the next `microk8s join --worker` gets its certificate signing refused by the control node's agent
+                after the token was consumed and the node's CA and args were rewritten (sim-fidelity.md row 10)
   not-ready     the node's kubelet reports NotReady (cleared with `clear`)
   link-down     (network) eth0 of the host goes down; done with `ip`, not with a file
   image-missing (containerd) the image is really removed from the node's containerd
@@ -104,7 +105,9 @@ def seeding() -> bool:
 
 
 def join_fails_halfway(root: Path | str) -> Path:
-    """Arm on the JOINING host: its next join consumes the token on the control node, then fails."""
+    """Arm on the JOINING host: its next worker join consumes the token on the control node, rewrites
+    ca.remote.crt and the kube-apiserver / kubelet args, then fails "Failed to sign proxy certificate (500).
+    Invalid token" (join.py get_client_cert), exit 1."""
     return _arm(root, "join-halfway", times=1)
 
 

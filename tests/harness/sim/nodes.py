@@ -60,3 +60,19 @@ def _create(store: Store, obj: dict) -> None:
     res = store.kind(obj["kind"], obj["apiVersion"])
     if store.find(res, obj["metadata"].get("namespace", ""), obj["metadata"]["name"]) is None:
         store.create(res, obj["metadata"].get("namespace", ""), obj)
+
+
+def write_dqlite_cluster(voters: list[str]) -> None:
+    """$SNAP_DATA/var/kubernetes/backend/cluster.yaml as go-dqlite's node store writes it (one `Address`,
+    `ID`, `Role` entry per member, Role 0 = voter; the layout users paste in canonical/microk8s#3448): what
+    `microk8s leave` / `remove-node` / `status` read through `dqlite .cluster`. The first node keeps dqlite's
+    bootstrap ID."""
+    import hashlib
+    from pathlib import Path
+    d = Path(paths.DQLITE_DIR)
+    d.mkdir(parents=True, exist_ok=True)
+    out = ""
+    for i, ip in enumerate(voters):
+        nid = 3297041220608546238 if i == 0 else int(hashlib.sha256(ip.encode()).hexdigest()[:15], 16)
+        out += f"- Address: {ip}:{paths.DQLITE_PORT}\n  ID: {nid}\n  Role: 0\n"
+    (d / "cluster.yaml").write_text(out)

@@ -36,5 +36,7 @@ SIM_CLUSTER = SIM + "/cluster.json"     # this node's cluster membership as the 
 SIM_LIB = "/usr/local/lib/provision-sim"  # the copy of this package, importable as provision_sim
 
 API_PORT = 16443
+DQLITE_PORT = 19001
+DQLITE_DIR = SNAP_DATA + "/var/kubernetes/backend"   # cluster.yaml: the dqlite members
 AGENT_PORT = 25000
 KUBELET_PORT = 10250

@@ -69,8 +69,9 @@ _BUILTIN = [
      "MutatingWebhookConfiguration", False, ()),
 ]
 
-# Subresources beyond status, per plural (what the tool uses: eviction for drain, log for smoke tests).
-_EXTRA_SUB = {"pods": ("status", "eviction", "log", "binding"), "deployments": ("status", "scale"),
+# Subresources beyond status, per plural (what the tool uses: eviction for drain, log for smoke tests,
+# exec for the hub's admin script).
+_EXTRA_SUB = {"pods": ("status", "eviction", "log", "binding", "exec"), "deployments": ("status", "scale"),
               "statefulsets": ("status", "scale"), "replicasets": ("status", "scale"),
               "namespaces": ("status", "finalize"), "nodes": ("status", "proxy")}
 

@@ -1,18 +1,31 @@
-"""The kubelet stand-in's container runtime for the one container the simulator really runs: the
-JupyterHub hub (image quay.io/jupyterhub/k8s-hub). Every other container stays a status in the API.
+"""The kubelet stand-in's container runtime for the containers the simulator really runs: the JupyterHub
+hub (image quay.io/jupyterhub/k8s-hub) and the proxy (quay.io/jupyterhub/configurable-http-proxy). Every
+other container stays a status in the API.
 
-A hub container is a real `jupyterhub` process (the harness's Python, which has jupyterhub and
-NativeAuthenticator) in its own mount and network namespace (`unshare --mount --net`): the pod's
-volumes appear where the pod spec mounts them (the ConfigMap/Secret files under
-/usr/local/etc/jupyterhub, the hub-db-dir PersistentVolume's hostPath at /srv/jupyterhub, so the
-sqlite hub database outlives the pod as on a real cluster), and 127.0.0.1:8081 is the pod's own.
-A small supervisor runs the hub, answers the readiness probe (GET /hub/health, as the chart's probe)
-into status.json, and is what `kubectl exec` enters (`nsenter -t PID -m -n`).
+A container is a real process -- the pod spec's command/args ($(VAR) expanded from its env, as the kubelet
+does), else the image's CMD -- in the pod's own mount, network and UTS namespaces (`unshare --mount --net
+--uts`): the pod's volumes appear where the pod spec mounts them (the ConfigMap/Secret files under
+/usr/local/etc/jupyterhub, the hub-db-dir PersistentVolume's hostPath at /srv/jupyterhub, so the sqlite hub
+database outlives the pod as on a real cluster); its environment has the Service variables a kubelet
+injects (controllers.service_env). A small supervisor runs it, answers the container's readinessProbe
+(httpGet; none: ready once running) into status.json, and is what `kubectl exec` enters (`nsenter -t PID
+-m -n -u`).
 
-Approximations (stated, not hidden): the container runs as root (the image runs as uid 1000); its
-root filesystem is the node's, with /usr/local/etc and /srv replaced by pod-private directories
-(mount paths elsewhere are refused: the container fails with a message in its log); `python3` in the
-container is the harness's Python; the pod network has only loopback.
+The pod network (what Calico's CNI plugin and kube-proxy do on a real node): a veth pair per pod, eth0
+with the pod IP (/32) in the pod, default route via 169.254.1.1 (Calico's gateway address; a permanent
+neighbour entry for the node end's MAC instead of proxy ARP); the node end routed to the pod IP. Services:
+table nat chain SIM-SERVICES (from PREROUTING and OUTPUT) DNATs each ClusterIP:port to a ready endpoint's
+podIP:targetPort, as kube-proxy's iptables mode does.
+
+Approximations (stated, not hidden): cluster DNS is /etc/hosts in the pod (each Service's ClusterIP under
+NAME.NS.svc.cluster.local, NAME.NS.svc, NAME.NS and, in its own namespace, NAME), written when the pod
+starts; a Service reaches only endpoints that really run (one per Service, no load balancing, no hairpin
+masquerade); the container runs as root (the images run as uid 1000); its root filesystem is the node's,
+with /usr/local/etc and /srv replaced by pod-private directories (mount paths elsewhere are refused: the
+container fails with a message in its log) and /etc/hosts by the pod's; its $PATH starts with the
+harness's Python (so `jupyterhub`, `python3` and the hub's packages, e.g. jupyterhub_idle_culler, are the
+harness venv's) and configurable-http-proxy 5.2.0 npm-installed into .tools/chp (scripts/test.sh); the
+service-account token volume is not mounted.
 """
 
 from __future__ import annotations
@@ -32,16 +45,30 @@ from pathlib import Path
 from . import paths
 
 HUB_IMAGE_HINT = "jupyterhub/k8s-hub:"
+CHP_IMAGE_HINT = "jupyterhub/configurable-http-proxy:"
+# the images' ENTRYPOINT (k8s-hub's tini is left out) and CMD, for a container without command or args
+IMAGE_ENTRYPOINT = {HUB_IMAGE_HINT: [], CHP_IMAGE_HINT: ["configurable-http-proxy"]}
+IMAGE_CMD = {HUB_IMAGE_HINT: ["jupyterhub", "--config", "/usr/local/etc/jupyterhub/jupyterhub_config.py"],
+             CHP_IMAGE_HINT: []}
+GATEWAY = "169.254.1.1"   # the pod's default gateway, as Calico's (answered by the node's end of the veth)
 WORKDIR = "/srv/jupyterhub"
-ANCHORS = ("/usr/local/etc", "/srv")   # replaced by pod-private directories inside the pod's mount namespace
+# replaced by pod-private directories inside the pod's mount namespace
+ANCHORS = ("/usr/local/etc", "/srv", "/var/run/secrets")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-HUB_CMD = ["-m", "jupyterhub", "--config", "/usr/local/etc/jupyterhub/jupyterhub_config.py", "--upgrade-db"]
 EXEC_TIMEOUT = 300
 BACKOFF_START, BACKOFF_MAX = 10.0, 300.0   # the kubelet's CrashLoopBackOff: 10 s doubling, capped at 5 min
 
 
 def process_backed(container: dict) -> bool:
-    return HUB_IMAGE_HINT in container.get("image", "")
+    return any(hint in container.get("image", "") for hint in IMAGE_CMD)
+
+
+def image_argv(container: dict, command: list[str], args: list[str]) -> list[str]:
+    """What runs (Kubernetes: command replaces ENTRYPOINT, args replace CMD; args alone keep ENTRYPOINT)."""
+    hint = next(h for h in IMAGE_CMD if h in container.get("image", ""))
+    if command:
+        return command + args
+    return IMAGE_ENTRYPOINT[hint] + (args or IMAGE_CMD[hint])
 
 
 def pods_dir() -> Path:
@@ -78,9 +105,13 @@ def supervise(pod_dir: str) -> int:
         return 1
 
     subprocess.run(["ip", "link", "set", "lo", "up"], check=False, capture_output=True)
+    problem = _pod_network(d, spec)
+    if problem:
+        return fail(problem)
     for anchor in ANCHORS:
         src = d / "root" / anchor.lstrip("/")
         src.mkdir(parents=True, exist_ok=True)
+        Path(anchor).mkdir(parents=True, exist_ok=True)
         r = subprocess.run(["mount", "--bind", str(src), anchor], capture_output=True, text=True, check=False)
         if r.returncode:
             return fail(f"sim runtime: cannot mount {anchor}: {r.stderr.strip()}")
@@ -89,10 +120,15 @@ def supervise(pod_dir: str) -> int:
         r = subprocess.run(["mount", "--bind", m["host"], m["path"]], capture_output=True, text=True, check=False)
         if r.returncode:
             return fail(f"sim runtime: cannot mount volume at {m['path']}: {r.stderr.strip()}")
-    env = {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8", **spec["env"]}
+    env = {"HOME": "/root", "LANG": "C.UTF-8", **spec["env"], "PATH": spec["path"]}
     Path(WORKDIR).mkdir(parents=True, exist_ok=True)
-    child = subprocess.Popen([spec["python"], *HUB_CMD], cwd=WORKDIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+    argv = list(spec["argv"])
+    exe = shutil.which(argv[0], path=spec["path"]) if argv and "/" not in argv[0] else (argv or [""])[0]
+    if not exe:
+        return fail(f'exec: "{argv[0] if argv else ""}": executable file not found in $PATH')
+    child = subprocess.Popen([exe, *argv[1:]], cwd=WORKDIR, env=env, stdout=log, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL)
+    probe = spec.get("probe")
     ready = False
     while True:
         rc = child.poll()
@@ -108,15 +144,102 @@ def supervise(pod_dir: str) -> int:
                 child.wait()
             return 0
         try:
-            with urllib.request.urlopen("http://127.0.0.1:8081/hub/health", timeout=1) as r:
-                ready = r.status == 200
+            if probe:
+                with urllib.request.urlopen(f"http://127.0.0.1:{probe['port']}{probe['path']}", timeout=1) as r:
+                    ready = 200 <= r.status < 400
+            else:
+                ready = True   # no readinessProbe: ready once running, as a kubelet reports it
         except OSError:
             ready = False
         _write_json(d / "status.json", {"supervisor": os.getpid(), "child": child.pid, "ready": ready})
         stop.wait(1.0 if ready else 0.3)
 
 
+def _pod_network(d: Path, spec: dict) -> str:
+    """Inside the pod: its hostname, /etc/hosts (the cluster DNS approximation), and eth0 once the node has
+    moved its end of the veth pair in (net.json names the node end's MAC for the gateway's ARP entry)."""
+    import socket
+
+    try:
+        socket.sethostname(spec["hostname"][:63])
+    except OSError:
+        pass
+    hosts = d / "etc-hosts"
+    hosts.write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                     f"{spec['ip']}\t{spec['hostname']}\n" + "".join(f"{ip}\t{' '.join(names)}\n"
+                                                               for ip, names in spec["hosts"]))
+    r = subprocess.run(["mount", "--bind", str(hosts), "/etc/hosts"], capture_output=True, text=True, check=False)
+    if r.returncode:
+        return f"sim runtime: cannot mount /etc/hosts: {r.stderr.strip()}"
+    net = d / "net.json"
+    for _ in range(100):
+        if net.exists():
+            break
+        time.sleep(0.1)
+    else:
+        return "sim runtime: the node did not set up the pod network (no veth)"
+    mac = json.loads(net.read_text())["gateway_mac"]
+    for cmd in (["addr", "add", f"{spec['ip']}/32", "dev", "eth0"], ["link", "set", "eth0", "up"],
+                ["neigh", "replace", GATEWAY, "lladdr", mac, "dev", "eth0", "nud", "permanent"],
+                ["route", "add", GATEWAY, "dev", "eth0", "scope", "link"],
+                ["route", "add", "default", "via", GATEWAY, "dev", "eth0"]):
+        r = subprocess.run(["ip", *cmd], capture_output=True, text=True, check=False)
+        if r.returncode:
+            return f"sim runtime: pod network: ip {' '.join(cmd)}: {r.stderr.strip()}"
+    return ""
+
+
 # ---- on the node: the runtime the kubelet stand-in drives ----------------------------------------
+
+def _ip(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+
+
+def _plumb(pid: int, veth: str, ip: str, pod_dir: Path) -> str:
+    """The node's half of the pod network (what Calico's CNI plugin does): a veth pair, eth0 in the pod's
+    network namespace, the node end routed to the pod IP (/32); forwarding on."""
+    mine = os.readlink("/proc/self/ns/net")
+    for _ in range(100):   # unshare(1) may not have made the namespace yet
+        try:
+            if os.readlink(f"/proc/{pid}/ns/net") != mine:
+                break
+        except OSError:
+            return "sim runtime: the pod's process ended before its network was set up"
+        time.sleep(0.05)
+    _ip("link", "del", veth)
+    for cmd in (("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", str(pid)),
+                ("link", "set", veth, "up"), ("route", "replace", f"{ip}/32", "dev", veth)):
+        r = _ip(*cmd)
+        if r.returncode:
+            return f"sim runtime: pod network: ip {' '.join(cmd)}: {r.stderr.strip()}"
+    for key in ("net/ipv4/ip_forward", f"net/ipv4/conf/{veth}/rp_filter"):
+        try:
+            Path("/proc/sys", key).write_text("1" if key.endswith("forward") else "0")
+        except OSError:
+            pass
+    mac = json.loads(_ip("-j", "link", "show", veth).stdout or "[{}]")[0].get("address", "")
+    _write_json(pod_dir / "net.json", {"gateway_mac": mac})
+    return ""
+
+
+def apply_services(rules: list[dict]) -> str:
+    """kube-proxy's iptables mode, reduced: chain SIM-SERVICES in table nat (jumped to from PREROUTING and
+    OUTPUT) DNATs each Service's ClusterIP:port to one ready endpoint's podIP:targetPort."""
+    lines = ["*nat", ":SIM-SERVICES - [0:0]"]
+    for r in rules:
+        lines.append(f"-A SIM-SERVICES -d {r['ip']}/32 -p {r['protocol'].lower()} -m {r['protocol'].lower()} "
+                     f"--dport {r['port']} -j DNAT --to-destination {r['target']}")
+    out = subprocess.run(["iptables-restore", "--noflush"], input="\n".join(lines + ["COMMIT", ""]),
+                         capture_output=True, text=True, check=False)
+    if out.returncode:
+        return f"sim runtime: iptables-restore: {out.stderr.strip()}"
+    for chain in ("PREROUTING", "OUTPUT"):
+        if subprocess.run(["iptables", "-t", "nat", "-C", chain, "-j", "SIM-SERVICES"], capture_output=True,
+                          check=False).returncode:
+            subprocess.run(["iptables", "-t", "nat", "-I", chain, "-j", "SIM-SERVICES"], capture_output=True,
+                           check=False)
+    return ""
+
 
 class Container:
     def __init__(self, uid: str, spec: dict):
@@ -129,7 +252,7 @@ class Container:
         self.started_at = ""
         self.error = ""
 
-    def prepare(self, python: str) -> None:
+    def prepare(self, python: str, path: str = PATH) -> None:
         """The pod's files: ConfigMap/Secret keys where the spec mounts them; volumes to bind."""
         self.dir.mkdir(parents=True, exist_ok=True)
         root = self.dir / "root"
@@ -150,10 +273,18 @@ class Container:
                 dest.write_bytes(base64.b64decode(b64))
                 dest.chmod(0o644)
         self.error = "; ".join(problems)
-        _write_json(self.dir / "spec.json", {"python": python, "env": self.spec["env"], "binds": binds})
+        _write_json(self.dir / "spec.json", {
+            "python": python, "env": self.spec["env"], "binds": binds, "path": path,
+            "argv": image_argv(self.spec, *self.spec.get("argv", ([], []))), "probe": self.spec.get("probe"),
+            "ip": self.spec.get("ip", ""), "hostname": self.spec.get("hostname", "pod"),
+            "hosts": self.spec.get("hosts") or []})
 
-    def start(self, python: str, lib: str) -> None:
-        self.prepare(python)
+    @property
+    def veth(self) -> str:
+        return "cali" + self.uid.replace("-", "")[:11]   # Calico names the node end cali<hash> (15 chars max)
+
+    def start(self, python: str, lib: str, path: str = PATH) -> None:
+        self.prepare(python, path)
         (self.dir / "status.json").unlink(missing_ok=True)
         if self.error:
             (self.dir / "container.log").write_text(self.error + "\n")
@@ -161,12 +292,16 @@ class Container:
             return
         code = f"import sys; sys.path.insert(0, {lib!r}); from provision_sim.runtime import supervise; " \
                "sys.exit(supervise(sys.argv[1]))"
-        self.proc = subprocess.Popen(["unshare", "--mount", "--net", "--propagation", "private", "--",
+        self.proc = subprocess.Popen(["unshare", "--mount", "--net", "--uts", "--propagation", "private", "--",
                                       python, "-c", code, str(self.dir)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         (self.dir / "supervisor.pid").write_text(str(self.proc.pid))
         self.exit_code, self.started_at = None, _now()
+        problem = _plumb(self.proc.pid, self.veth, self.spec.get("ip", ""), self.dir)
+        if problem:
+            with open(self.dir / "container.log", "a") as fh:
+                fh.write(problem + "\n")
 
     def status(self) -> dict:
         st: dict = {}
@@ -199,14 +334,20 @@ class Container:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        _ip("link", "del", self.veth)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Runtime:
     """What the kubelet stand-in calls: sync(desired pods), status(), exec(...), stop_all()."""
 
-    def __init__(self, python: str, lib: str = paths.SIM_LIB):
+    def __init__(self, python: str, lib: str = paths.SIM_LIB, tools: str = ""):
         self.python, self.lib = python, lib
+        # the container's $PATH: the harness's Python (jupyterhub, python3 and the hub's packages) and the
+        # configurable-http-proxy npm-installed beside the real tools (scripts/test.sh), before the node's
+        chp = str(Path(tools).parent / "chp" / "node_modules" / ".bin") if tools else ""
+        self.path = ":".join(x for x in (os.path.dirname(python), chp, PATH) if x)
+        self.services: list[dict] | None = None
         self.lock = threading.Lock()
         self.containers: dict[tuple[str, str], Container] = {}
         self._reap_stale()
@@ -228,10 +369,12 @@ class Runtime:
                 pass
             shutil.rmtree(pidfile.parent, ignore_errors=True)
 
-    def sync(self, pods: list[dict]) -> None:
-        """Make these the pods that run (asynchronously: the caller is the reconcile loop)."""
+    def sync(self, pods: list[dict], services: list[dict] | None = None) -> None:
+        """Make these the pods that run and these the Service rules (asynchronously: the caller is the
+        reconcile loop)."""
         with self._wake:
             self._desired = pods
+            self.services = services
             self._wake.notify()
 
     def _sync_loop(self) -> None:
@@ -241,8 +384,12 @@ class Runtime:
                     self._wake.wait()
                 if self._closed:
                     return
-                pods, self._desired = self._desired, None
+                pods, self._desired, services = self._desired, None, self.services
             try:
+                if services is not None:
+                    problem = apply_services(services)
+                    if problem:
+                        print(problem, flush=True)
                 self._apply(pods)
             except Exception as e:  # noqa: BLE001 - keep the kubelet serving; the daemon log says why
                 print(f"sim runtime: sync failed: {e}", flush=True)
@@ -259,7 +406,7 @@ class Runtime:
                 if key not in self.containers:
                     c = Container(key[0], spec)
                     self.containers[key] = c
-                    c.start(self.python, self.lib)
+                    c.start(self.python, self.lib, self.path)
 
     def status(self) -> dict:
         out: dict[str, dict] = {}
@@ -268,7 +415,7 @@ class Runtime:
                 st = c.status()
                 if st["state"] == "crashed" and time.monotonic() >= c.next_start:
                     c.restarts += 1
-                    c.start(self.python, self.lib)
+                    c.start(self.python, self.lib, self.path)
                     st = c.status()
                 out.setdefault(uid, {})[name] = st
         return out
@@ -283,13 +430,13 @@ class Runtime:
         argv = list(argv)
         if argv and argv[0] in ("python3", "python"):
             argv[0] = self.python
-        if argv and "/" not in argv[0] and shutil.which(argv[0], path=PATH) is None:
+        if argv and "/" not in argv[0] and shutil.which(argv[0], path=self.path) is None:
             return {"rc": 126, "stdout": "", "stderr": base64.b64encode(
                 f'OCI runtime exec failed: exec failed: unable to start container process: exec: "{argv[0]}": '
                 "executable file not found in $PATH: unknown\n".encode()).decode()}
-        env = {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8", **env}
+        env = {"HOME": "/root", "LANG": "C.UTF-8", **env, "PATH": self.path}
         try:
-            r = subprocess.run(["nsenter", "-t", str(pid), "-m", "-n", f"--wdns={WORKDIR}", "--", *argv],
+            r = subprocess.run(["nsenter", "-t", str(pid), "-m", "-n", "-u", f"--wdns={WORKDIR}", "--", *argv],
                                input=stdin if stdin is not None else b"", env=env, capture_output=True,
                                timeout=EXEC_TIMEOUT, check=False)
         except subprocess.TimeoutExpired as e:

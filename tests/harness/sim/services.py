@@ -200,6 +200,8 @@ def install_hook(revision: str, snap_dir: str) -> None:
     with updating(paths.SIM_CLUSTER, {}) as c:
         c.clear()
         c["role"] = "standalone"
+    from .nodes import write_dqlite_cluster
+    write_dqlite_cluster([cfg.get("ip", "127.0.0.1")])
 
 
 # microk8s 1.30 microk8s-resources/microk8s.default.yaml
@@ -282,6 +284,7 @@ REAL_SECONDS = {
     "api": 30.0,             # kubelite + k8s-dqlite: the API answers well after containerd after a (re)start
     "leave": 20.0,           # scripts/wrappers/leave.py: time.sleep(10) twice (reset dqlite, apply_cni)
     "join-api-stop": 30.0,   # join.py update_dqlite: apiserver + dqlite stopped, sleep 10 s, poll up to 10x (10-60 s)
+    "tcp-connect": 127.0,    # the kernel's connect() timeout: 6 SYN retries (net.ipv4.tcp_syn_retries), 1+2+...+64 s
     "dns-manifest": 5.0,     # core-addons 1.30 addons/dns/enable: `sleep 5` after applying the manifest
 }
 

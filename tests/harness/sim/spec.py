@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -36,6 +37,21 @@ def matches(ref: str, name: str, index: int) -> bool:
     return ref == name or ref in (f"node{index}", str(index))
 
 
+@functools.lru_cache(maxsize=1)
+def real_tools_dir() -> str:
+    """Where the verified real kubectl/helm are (tests/harness/tools.py): the snap stand-in links
+    $SNAP/kubectl to them, as the real snap ships its own kubectl. Missing tools stop the harness."""
+    from ..tools import BIN, TOOLS, _verified
+    missing = [n for n in TOOLS if not _verified(n)]
+    if missing:
+        raise RuntimeError(f"real {', '.join(missing)} missing or altered in {BIN}: run "
+                           "`python -m tests.harness tools` (scripts/test.sh does)")
+    if not (BIN.parent / "chp" / "node_modules" / ".bin" / "configurable-http-proxy").exists():   # runtime.py
+        raise RuntimeError(f"configurable-http-proxy missing in {BIN.parent / 'chp'}: run `npm install --prefix "
+                           f"{BIN.parent / 'chp'} configurable-http-proxy@5.2.0` (scripts/test.sh does)")
+    return str(BIN)
+
+
 def host_config(spec: SimSpec, name: str, index: int, ip: str, python: str) -> dict:
     from .standins.nvidia_smi import MODELS
     cfg: dict = {"name": name, "ip": ip, "python": python, "gpus": 0, "npus": 0}
@@ -47,5 +63,6 @@ def host_config(spec: SimSpec, name: str, index: int, ip: str, python: str) -> d
             resource = next(r for k, r in NPU_RESOURCES if k in model or k == "910")
             cfg.update(npus=count, npu_model=model, npu_resource=resource)
     cfg["timing"] = spec.timing
+    cfg["tools"] = real_tools_dir()
     cfg["firewall"] = "firewalld" if any(matches(r, name, index) for r in spec.firewalld) else "ufw"
     return cfg

@@ -29,6 +29,17 @@ class ApiError(Exception):
                 "message": self.message, "reason": self.reason, "details": self.details, "code": self.code}
 
 
+def _string_data(res: Resource, obj: dict) -> None:
+    """A Secret's stringData is write-only: the API server merges it into data, base64, over keys of the
+    same name, and drops it (Kubernetes pkg/apis/core/v1/conversion.go Convert_v1_Secret_To_core_Secret)."""
+    import base64
+    if res.kind == "Secret" and res.group == "" and "stringData" in obj:
+        data = obj.get("data") or {}
+        for k, v in (obj.pop("stringData") or {}).items():
+            data[k] = base64.b64encode(str(v).encode()).decode()
+        obj["data"] = data
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -144,19 +155,53 @@ _FIELD_MERGE_KEYS = {"volumeMounts": "mountPath", "volumeDevices": "devicePath",
                      "hostAliases": "ip", "conditions": "type"}
 
 
+def _clean(patch):
+    """A patch value without its directives ($patch, $setElementOrder/..., $retainKeys, ...)."""
+    if isinstance(patch, dict):
+        return {k: _clean(v) for k, v in patch.items() if not k.startswith("$")}
+    return [_clean(x) for x in patch] if isinstance(patch, list) else copy.deepcopy(patch)
+
+
+def _ordered(items: list, order: list) -> list:
+    """$setElementOrder: the listed elements first, in that order; the others after, as they were."""
+    def rank(item):
+        for i, o in enumerate(order):
+            if o == item or (isinstance(o, dict) and isinstance(item, dict) and o.items() <= item.items()):
+                return i
+        return len(order)
+    return sorted(items, key=rank)
+
+
 def strategic_merge(target, patch, field: str = ""):
     """Strategic merge (approximation): maps merge, lists of maps merge by their key field
-    (name, containerPort, ...), other lists replace. Used for strategic-merge-patch and apply."""
+    (name, containerPort, ...), other lists replace. Used for strategic-merge-patch and apply. The
+    directives kubectl's client-side apply sends are honoured as apimachinery
+    pkg/util/strategicpatch/patch.go does: `$patch: replace|delete` on a map or a list element,
+    `$setElementOrder/<list>`, `$deleteFromPrimitiveList/<list>`, `$retainKeys`."""
+    if isinstance(patch, dict) and patch.get("$patch") == "replace":
+        return _clean(patch)
     if isinstance(patch, dict) and isinstance(target, dict):
         out = copy.deepcopy(target)
         for k, v in patch.items():
+            f = k.partition("/")[2]
+            if k.startswith("$deleteFromPrimitiveList/") and isinstance(out.get(f), list):
+                out[f] = [x for x in out[f] if x not in v]
+        for k, v in patch.items():
             if k.startswith("$"):
                 continue
-            if v is None:
+            if v is None or (isinstance(v, dict) and v.get("$patch") == "delete"):
                 out.pop(k, None)
             else:
                 out[k] = strategic_merge(out.get(k), v, k)
+        for k, v in patch.items():
+            f = k.partition("/")[2]
+            if k.startswith("$setElementOrder/") and isinstance(out.get(f), list):
+                out[f] = _ordered(out[f], v)
+        if isinstance(patch.get("$retainKeys"), list):
+            out = {k: v for k, v in out.items() if k in patch["$retainKeys"]}
         return out
+    if isinstance(patch, list) and any(x == {"$patch": "replace"} for x in patch):
+        return _clean([x for x in patch if x != {"$patch": "replace"}])
     if isinstance(patch, list) and isinstance(target, list) and patch and all(isinstance(x, dict) for x in patch):
         keys = ((_FIELD_MERGE_KEYS[field],) if field in _FIELD_MERGE_KEYS else ()) + _MERGE_KEYS
         key = next((mk for mk in keys if all(mk in x for x in patch + target)), None)
@@ -164,12 +209,15 @@ def strategic_merge(target, patch, field: str = ""):
             out = copy.deepcopy(target)
             for item in patch:
                 idx = next((i for i, t in enumerate(out) if t.get(key) == item.get(key)), None)
-                if idx is None:
-                    out.append(copy.deepcopy(item))
+                if item.get("$patch") == "delete":
+                    if idx is not None:
+                        out.pop(idx)
+                elif idx is None:
+                    out.append(_clean(item))
                 else:
                     out[idx] = strategic_merge(out[idx], item)
             return out
-    return copy.deepcopy(patch)
+    return _clean(patch)
 
 
 def json_patch(target: dict, ops: list) -> dict:
@@ -205,9 +253,28 @@ def json_patch(target: dict, ops: list) -> dict:
 
 # ---- validation ----------------------------------------------------------------------------------
 
-def validate(obj: dict) -> None:
-    """kubernetes-validate --strict, in-process; CRs (no bundled schema) pass."""
+def validate(obj: dict, store: Store | None = None, res: Resource | None = None, field_validation: str = "Strict",
+             apply: bool = False) -> None:
+    """Unknown and duplicate fields as `fieldValidation` says (openapi.check_fields: 400 BadRequest when
+    Strict, dropped otherwise), then kubernetes-validate --strict in-process; a custom resource against its
+    CRD's openAPIV3Schema (422 Invalid, as apiextensions-apiserver)."""
     import kubernetes_validate
+
+    from . import openapi
+    schema = openapi.schema_of(store, res, obj)
+    try:
+        openapi.check_fields(schema, obj, field_validation, apply, custom=res is not None and res.crd)
+    except openapi.FieldError as e:
+        raise ApiError(400, "BadRequest", str(e)) from None
+    if res is not None and res.crd and schema is not None:
+        errors = openapi.cr_errors(schema, obj)
+        if errors:
+            name = obj.get("metadata", {}).get("name", "")
+            raise ApiError(422, "Invalid", f'{res.kind}.{res.group} "{name}" is invalid: ' +
+                           ", ".join(f"{f}: {m}" for f, m in errors),
+                           {"name": name, "group": res.group, "kind": res.kind,
+                            "causes": [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in errors]})
+        return
     try:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     except kubernetes_validate.SchemaNotFoundError:
@@ -298,7 +365,8 @@ class Store:
                 raise ApiError(403, "Forbidden", f'{res.plural} "x" is forbidden: unable to create new content '
                                f'in namespace {ns} because it is being terminated')
 
-    def create(self, res: Resource, ns: str, obj: dict, *, check=True, dry_run=False) -> dict:
+    def create(self, res: Resource, ns: str, obj: dict, *, check=True, dry_run=False, field_validation="Strict",
+               apply=False) -> dict:
         with self.lock:
             obj = copy.deepcopy(obj)
             meta = obj.setdefault("metadata", {})
@@ -325,8 +393,11 @@ class Store:
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", now())
             meta.setdefault("generation", 1)
+            if res.kind == "Service" and res.group == "":
+                self._allocate_service(obj, None)
+            _string_data(res, obj)
             if check:
-                validate(obj)
+                validate(obj, self, res, field_validation, apply)
             if dry_run:
                 return obj
             self.objects[key] = obj
@@ -342,7 +413,7 @@ class Store:
             return obj
 
     def replace(self, res: Resource, ns: str, name: str, obj: dict, *, check=True, status_only=False,
-                dry_run=False) -> dict:
+                dry_run=False, field_validation="Strict", apply=False) -> dict:
         with self.lock:
             old = self.get(res, ns, name)
             obj = copy.deepcopy(obj)
@@ -368,8 +439,11 @@ class Store:
                     meta["generation"] = old["metadata"].get("generation", 1) + 1
                 else:
                     meta["generation"] = old["metadata"].get("generation", 1)
+            if res.kind == "Service" and res.group == "" and not status_only:
+                self._allocate_service(new, old)
+            _string_data(res, new)
             if check:
-                validate(new)
+                validate(new, self, res, field_validation, apply)
                 if not status_only:
                     self._check_update(res, old, new)
             if dry_run:
@@ -378,6 +452,56 @@ class Store:
             self._bump(new)
             self.save()
             return new
+
+    def _allocate_service(self, svc: dict, old: dict | None) -> None:
+        """What the real API server fills in a Service (Kubernetes 1.30 pkg/registry/core/service/storage):
+        a ClusterIP from the service range (MicroK8s --service-cluster-ip-range=10.152.183.0/24, microk8s.md
+        §8; dynamic allocations from the upper band, ServiceIPStaticSubrange: the lowest 16 addresses are left
+        to requested IPs), clusterIPs/ipFamilies/ipFamilyPolicy (single-stack IPv4), a nodePort from
+        30000-32767 for each port of a NodePort/LoadBalancer Service that names none; on update the allocated
+        values are kept when the new object leaves them out (patchAllocatedValues), and a ClusterIP never
+        changes (ValidateServiceUpdate: "may not change once set")."""
+        import ipaddress
+        import random
+
+        name, spec = svc["metadata"]["name"], svc.setdefault("spec", {})
+        stype = spec.get("type") or "ClusterIP"
+        ospec = (old or {}).get("spec") or {}
+        if stype == "ExternalName":
+            return
+        if old is not None and not spec.get("clusterIP") and ospec.get("clusterIP"):
+            for k in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
+                if k in ospec and k not in spec:
+                    spec[k] = ospec[k]
+        if old is not None and ospec.get("clusterIP") and spec.get("clusterIP") != ospec["clusterIP"]:
+            raise ApiError(422, "Invalid", f'Service "{name}" is invalid: spec.clusterIPs[0]: Invalid value: '
+                           f'"{spec.get("clusterIP", "")}": may not change once set')
+        skey, me = self.kind("Service").key, (svc["metadata"].get("namespace"), name)
+        others = [o for (k, ns, n), o in self.objects.items() if k == skey and (ns, n) != me]
+        used = {(o.get("spec") or {}).get("clusterIP") for o in others}
+        want = spec.get("clusterIP")
+        if not want:
+            net = ipaddress.ip_network("10.152.183.0/24")
+            free = [str(ip) for ip in list(net.hosts())[16:] if str(ip) not in used]
+            if not free:
+                raise ApiError(500, "InternalError", "Internal error occurred: failed to allocate a serviceIP: "
+                               "range is full")
+            want = spec["clusterIP"] = random.choice(free)
+        elif want != "None" and old is None and want in used:
+            raise ApiError(422, "Invalid", f'Service "{name}" is invalid: spec.clusterIPs: Invalid value: '
+                           f'[]string{{"{want}"}}: failed to allocate IP {want}: provided IP is already allocated')
+        spec.setdefault("clusterIPs", [want])
+        if want != "None":
+            spec.setdefault("ipFamilies", ["IPv4"])
+            spec.setdefault("ipFamilyPolicy", "SingleStack")
+        if stype in ("NodePort", "LoadBalancer"):
+            oports = {(p.get("port"), p.get("protocol", "TCP")): p.get("nodePort") for p in ospec.get("ports") or []}
+            taken = {p.get("nodePort") for o in others for p in (o.get("spec") or {}).get("ports") or []}
+            for p in spec.get("ports") or []:
+                if not p.get("nodePort"):
+                    p["nodePort"] = oports.get((p.get("port"), p.get("protocol", "TCP"))) or \
+                        random.choice([n for n in range(30000, 32768) if n not in taken])
+                    taken.add(p["nodePort"])
 
     def _check_update(self, res: Resource, old: dict, new: dict) -> None:
         """What the real API server refuses on update of a PV or PVC (Kubernetes 1.30): a claim's spec is
@@ -425,19 +549,23 @@ class Store:
                                "support resize")
 
     def patch(self, res: Resource, ns: str, name: str, ctype: str, body: bytes, *, status_only=False,
-              dry_run=False, force_create=False) -> dict:
+              dry_run=False, force_create=False, field_validation="Strict") -> dict:
         import yaml
+
+        from .openapi import decode
+        fv = {"field_validation": field_validation}
         with self.lock:
             if "apply-patch" in ctype:
                 patch = yaml.safe_load(body) or {}
                 existing = self.find(res, ns, name)
                 if existing is None:
-                    return self.create(res, ns, patch, dry_run=dry_run)
+                    return self.create(res, ns, patch, dry_run=dry_run, apply=True, **fv)
                 merged = strategic_merge(existing, patch)
                 merged["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-                return self.replace(res, ns, name, merged, status_only=status_only, dry_run=dry_run)
+                return self.replace(res, ns, name, merged, status_only=status_only, dry_run=dry_run, apply=True,
+                                    **fv)
             old = self.get(res, ns, name)
-            data = json.loads(body or b"{}")
+            data = decode(body)
             if "json-patch" in ctype:
                 new = json_patch(old, data)
             elif "strategic" in ctype:
@@ -445,7 +573,7 @@ class Store:
             else:
                 new = merge_patch(old, data)
             new.setdefault("metadata", {})["resourceVersion"] = old["metadata"]["resourceVersion"]
-            return self.replace(res, ns, name, new, status_only=status_only, dry_run=dry_run)
+            return self.replace(res, ns, name, new, status_only=status_only, dry_run=dry_run, **fv)
 
     def delete(self, res: Resource, ns: str, name: str) -> dict:
         with self.lock:
@@ -483,6 +611,10 @@ class Store:
             if key not in self.objects:
                 obj["metadata"].setdefault("uid", str(uuid.uuid4()))
                 obj["metadata"].setdefault("creationTimestamp", now())
+                if obj["kind"] in ("ReplicaSet", "Deployment", "DaemonSet", "StatefulSet", "Job"):
+                    # their registry strategies' PrepareForCreate (pkg/registry/apps, batch): helm --wait compares a
+                    # ReplicaSet's status.observedGeneration with it (helm v3.17.1 pkg/kube/ready.go)
+                    obj["metadata"].setdefault("generation", 1)
             self.objects[key] = obj
             self._bump(obj)
             return obj

@@ -44,6 +44,36 @@ def _check_permissions() -> bool:
     return False
 
 
+def _real_kubectl(args: list[str]) -> int:
+    """microk8s-kubectl.wrapper's last line: `$SNAP/kubectl --kubeconfig=$SNAP_DATA/credentials/client.config
+    ARGS-FROM-$SNAP_DATA/args/kubectl "$@"` -- the real kubectl v1.30.0 (microk8s.md §8)."""
+    import shlex
+    extra = shlex.split(Path(paths.ARGS, "kubectl").read_text()) if Path(paths.ARGS, "kubectl").exists() else []
+    binary = f"{paths.SNAP}/kubectl"
+    sys.stdout.flush()
+    os.execv(binary, [binary, f"--kubeconfig={paths.CLIENT_CONFIG}", *extra, *args])
+
+
+def _real_helm(args: list[str]) -> int:
+    """microk8s-helm3.wrapper's last line: `$SNAP/bin/helm --kubeconfig=$SNAP_DATA/credentials/client.config "$@"`
+    -- here the real helm v3.17.1 (microk8s.md §8; the 1.30 snap bundles v3.9.1)."""
+    binary = f"{paths.SNAP}/bin/helm"
+    sys.stdout.flush()
+    os.execv(binary, [binary, f"--kubeconfig={paths.CLIENT_CONFIG}", *args])
+
+
+def _kubectl_objects(verb: str, objs: list[dict]) -> int:
+    """An addon's enable/disable script: `$SNAP/microk8s-kubectl.wrapper apply|delete -f MANIFEST` (the real
+    kubectl); kubectl's own errors reach stderr."""
+    import yaml
+    binary = f"{paths.SNAP}/kubectl"
+    argv = [binary, f"--kubeconfig={paths.CLIENT_CONFIG}", verb, "-f", "-"]
+    if verb == "delete":
+        argv.insert(3, "--ignore-not-found")
+    r = subprocess.run(argv, input=yaml.safe_dump_all(objs).encode(), stdout=subprocess.DEVNULL, check=False)
+    return r.returncode
+
+
 def _api():
     from ..kube import Api
     return Api()
@@ -319,9 +349,12 @@ def cmd_join(argv: list[str]) -> int:
     try:
         # join.py uses http.client without a timeout and catches only HTTPException/SSLError around
         # connect(): an unreachable master is an uncaught OSError, i.e. a Python traceback and exit 1.
-        # The sim bounds the wait (30 s) where the real one waits for the kernel's TCP timeout.
-        raw = socket.create_connection((ip, port), timeout=30)
+        # Unbounded like the real one: an unreachable master is given up only by the kernel (~127 s,
+        # sim-fidelity.md row 19); with a timing factor the sim ends the wait after that time scaled.
+        raw = socket.create_connection((ip, port), timeout=services.real_delay("tcp-connect") or None)
     except OSError as e:
+        if isinstance(e, TimeoutError) and not e.errno:   # our scaled timeout: show the kernel's ETIMEDOUT
+            e = TimeoutError(110, "Connection timed out")
         sys.stdout.flush()
         sys.stderr.write("Traceback (most recent call last):\n  File \"/snap/microk8s/current/scripts/wrappers/"
                          "join.py\", line 1018, in <module>\n    join(prog_name=\"microk8s join\")\n"
@@ -359,41 +392,162 @@ def cmd_join(argv: list[str]) -> int:
         print(f"Connection failed. {err} ({code})." if err else f"Connection failed. ({code}).")
         return 6
     data = json.loads(payload or b"{}")
-    from .. import faults
-    if faults.take("join-halfway"):
-        # get_client_cert in join.py after the token was consumed: "Failed to sign <fname> certificate (<status>)."
-        print("Failed to sign proxy certificate (500)." if a.worker else "Connection failed. (500).")
-        return 1
-    services.stop("daemon")
-    if not a.worker:   # update_dqlite: the API stays down while dqlite rejoins
-        time.sleep(services.real_delay("join-api-stop"))
-    with updating(paths.SIM_CLUSTER, {}) as c:
-        c.update(role="worker" if a.worker else "controlplane", master=data["master_ip"],
-                 voters=data.get("voters", []))
-    Path(paths.CERTS, "ca.remote.crt").write_text(data["ca"])
     if a.worker:
-        Path(paths.CLUSTERED_LOCK).touch()
-        Path(paths.ARGS, "apiserver-proxy").write_text(f"--traefik-config {paths.SNAP_DATA}/args/traefik/provider.yaml\n")
-        Path(paths.ARGS, "traefik").mkdir(exist_ok=True)
-        Path(paths.ARGS, "traefik", "provider.yaml").write_text(
-            f"tcp:\n  routers:\n    Router-1:\n      rule: HostSNI(`*`)\n      service: kube-apiserver\n"
-            f"  services:\n    kube-apiserver:\n      loadBalancer:\n        servers:\n"
-            f"        - address: {data['master_ip']}:{paths.API_PORT}\n")
+        rc = _join_worker(data, ip, port, token)
     else:
-        print("Waiting for this node to finish joining the cluster. .. .. ")
-        from ..services import write_client_config
-        write_client_config(paths.CERTS, paths.CLIENT_CONFIG)
+        rc = _join_control_plane(data)
+    if rc:
+        return rc   # join-in-progress stays, as after join.py's exit(1)
     Path(paths.LOCKS, "no-cert-reissue").touch()   # mark_no_cert_reissue
-    services.start_daemon()
     join_lock.unlink(missing_ok=True)   # unmark_join_in_progress
-    if a.worker:
-        print("\nThe node has joined the cluster and will appear in the nodes list in a few seconds.\n\n"
-              "This worker node gets automatically configured with the API server endpoints.\n"
-              "If the API servers are behind a loadbalancer please set the '--refresh-interval' to '0s' in:\n"
-              "    /var/snap/microk8s/current/args/apiserver-proxy\n"
-              "and replace the API server endpoints with the one provided by the loadbalancer in:\n"
-              "    /var/snap/microk8s/current/args/traefik/provider.yaml\n")
     print("Successfully joined the cluster.")
+    return 0
+
+
+def _set_arg(service: str, key: str, value: str | None) -> None:
+    """set_arg (microk8s 1.30 scripts/wrappers/common/cluster/utils.py): every line starting with `key` becomes
+    `key=value` (or goes, with None); appended at the end when absent; the old file is kept as .backup."""
+    f = Path(paths.ARGS, service)
+    text = f.read_text()
+    Path(f"{f}.backup").write_text(text)
+    out, done = [], False
+    for ln in text.splitlines(keepends=True):
+        if ln.startswith(key):
+            done = True
+            if value is not None:
+                out.append(f"{key}={value}\n")
+        else:
+            out.append(ln)
+    if not done and value is not None:
+        out.append(f"{key}={value}\n")
+    f.write_text("".join(out))
+
+
+def _store_base_kubelet_args(data: dict) -> None:
+    """join.py store_base_kubelet_args + update_kubelet_node_ip + update_kubelet_hostname_override: args/kubelet
+    is REPLACED by the control node's (workers too), so whatever was set on this node before is lost."""
+    Path(paths.ARGS, "kubelet").write_text(data["kubelet_args"])
+    if "--node-ip" in data["kubelet_args"]:
+        _set_arg("kubelet", "--node-ip", data["hostname_override"])
+    if "--hostname-override" in data["kubelet_args"]:
+        _set_arg("kubelet", "--hostname-override", None)
+
+
+def _update_apiserver(data: dict) -> None:
+    """join.py update_apiserver: the control node's authorization mode and port, then kubelite restarts."""
+    if data.get("api_authz_mode"):
+        _set_arg("kube-apiserver", "--authorization-mode", data["api_authz_mode"])
+    if data.get("apiport"):
+        _set_arg("kube-apiserver", "--secure-port", data["apiport"])
+    services.restart_daemon()
+
+
+def _join_worker(data: dict, ip: str, port: int, token: str) -> int:
+    """join.py join_dqlite_worker_node (microk8s 1.30), step by step: ca.remote.crt, the API server args and the
+    kubelet args are rewritten BEFORE the kube-proxy and kubelet certificates are signed by the control node's
+    agent, so a refused signing (exit 1) leaves this node rewritten but not joined (sim-fidelity.md row 10); the
+    node is not "clustered" yet either, so `microk8s leave` refuses it (microk8s-leave.wrapper)."""
+    if data.get("ca_key") is not None:
+        print("Joining process failed. Make sure the cluster you connect to supports joining worker nodes.")
+        return 1
+    Path(paths.CERTS, "ca.remote.crt").write_text(data["ca"])   # store_remote_ca
+    _update_apiserver(data)
+    _store_base_kubelet_args(data)
+    from .. import faults
+    refused = faults.take("join-halfway")   # the control node's agent no longer knows the request token
+    for fname, subject in (("proxy", "/CN=system:kube-proxy"),
+                           ("kubelet", f"/CN=system:node:{socket.gethostname().lower()}/O=system:nodes")):
+        rc = _get_client_cert(ip, port, fname, f"{token}-{fname}" + ("-refused" if refused else ""), subject)
+        if rc:
+            return rc
+        if fname == "proxy":   # update_cert_auth_kubeproxy
+            _set_arg("kube-proxy", "--master", None)
+            _set_arg("kube-proxy", "--hostname-override", None)
+    _set_arg("kubelet", "--client-ca-file", "${SNAP_DATA}/certs/ca.remote.crt")   # update_cert_auth_kubelet
+    _set_arg("kubelet", "--node-labels", "microk8s.io/cluster=true,node.kubernetes.io/microk8s-worker=microk8s-worker")
+    Path(paths.CREDENTIALS, "callback-token.txt").write_text(data.get("callback_token", ""))
+    Path(paths.ARGS, "apiserver-proxy").write_text(f"--traefik-config {paths.SNAP_DATA}/args/traefik/provider.yaml\n")
+    Path(paths.ARGS, "traefik").mkdir(exist_ok=True)
+    Path(paths.ARGS, "traefik", "provider.yaml").write_text(   # update_apiserver_proxy
+        f"tcp:\n  routers:\n    Router-1:\n      rule: HostSNI(`*`)\n      service: kube-apiserver\n"
+        f"  services:\n    kube-apiserver:\n      loadBalancer:\n        servers:\n"
+        f"        - address: {data['master_ip']}:{data.get('apiport') or paths.API_PORT}\n")
+    services.stop("daemon")   # mark_worker_node: clustered.lock + no-k8s-dqlite, the services restart
+    with updating(paths.SIM_CLUSTER, {}) as c:
+        c.update(role="worker", master=data["master_ip"], voters=[])
+    Path(paths.CLUSTERED_LOCK).touch()
+    Path(paths.LOCKS, "no-k8s-dqlite").touch()
+    services.start_daemon()
+    print("\nThe node has joined the cluster and will appear in the nodes list in a few seconds.\n\n"
+          "This worker node gets automatically configured with the API server endpoints.\n"
+          "If the API servers are behind a loadbalancer please set the '--refresh-interval' to '0s' in:\n"
+          "    /var/snap/microk8s/current/args/apiserver-proxy\n"
+          "and replace the API server endpoints with the one provided by the loadbalancer in:\n"
+          "    /var/snap/microk8s/current/args/traefik/provider.yaml\n")
+    return 0
+
+
+def _get_client_cert(ip: str, port: int, fname: str, token: str, subject: str) -> int:
+    """join.py get_client_cert: POST cluster/api/v1.0/sign-cert; not 200 -> "Failed to sign <fname> certificate
+    (<status>). <error>", exit 1."""
+    import http.client
+
+    from ..certs import csr
+    request = csr(Path(paths.CERTS, f"{fname}.key"), subject)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection(ip, port, context=ctx, timeout=60)
+    try:
+        conn.request("POST", "/cluster/api/v1.0/sign-cert", body=json.dumps({"token": token, "request": request}),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        body = json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+    if resp.status != 200:
+        error = f"Failed to sign {fname} certificate ({resp.status})."
+        print(f"{error} {body['error']}" if "error" in body else error)
+        return 1
+    Path(paths.CERTS, f"{fname}.crt").write_text(body["certificate"])
+    return 0
+
+
+def _join_control_plane(data: dict) -> int:
+    """join.py join_dqlite_master_node + update_dqlite (microk8s 1.30): the cluster's CA and keys replace this
+    node's (a .backup is kept), the client certificates are reissued for that CA, args/kubelet is replaced by
+    the control node's; then apiserver and k8s-dqlite stop, `time.sleep(10)` and up to 10 polls of the dqlite
+    membership (join-api-stop: the API is down here for that long), and this node's datastore is the cluster's
+    from then on (backend moved to backend.backup)."""
+    certs = Path(paths.CERTS)
+    for name, payload in (("ca.crt", data["ca"]), ("ca.key", data["ca_key"])):   # store_cert
+        if (certs / name).exists():
+            (certs / f"{name}.backup").write_bytes((certs / name).read_bytes())
+        (certs / name).write_text(payload)
+    from ..certs import reissue_client
+    from ..services import write_client_config
+    reissue_client(certs)   # rebuild_x509_auth_client_configs
+    write_client_config(paths.CERTS, paths.CLIENT_CONFIG)
+    _update_apiserver(data)
+    _store_base_kubelet_args(data)
+    Path(paths.CREDENTIALS, "callback-token.txt").write_text(data.get("callback_token", ""))
+    services.stop("daemon")   # update_dqlite: service stop apiserver, k8s-dqlite
+    time.sleep(services.real_delay("join-api-stop"))
+    voters = [v.rsplit(":", 1)[0] for v in data.get("voters", [])]
+    me = data["hostname_override"]
+    with updating(paths.SIM_CLUSTER, {}) as c:
+        c.update(role="controlplane", master=data["master_ip"], voters=voters + ([me] if me not in voters else []))
+        from ..nodes import write_dqlite_cluster
+        write_dqlite_cluster(c["voters"])
+    Path(paths.SIM_APISTORE).unlink(missing_ok=True)   # shutil.move(cluster_dir, cluster_backup_dir)
+    services.start_daemon()   # k8s-dqlite starts, joins through the cluster, then the API
+    print("Waiting for this node to finish joining the cluster.", end=" ", flush=True)
+    waits = 10   # update_dqlite: up to 10 polls of `dqlite .cluster` until this node is listed
+    while _dqlite_member(data["master_ip"], f"{me}:{paths.DQLITE_PORT}", add=True) and waits:
+        print("..", end=" ", flush=True)
+        time.sleep(2 * (services.timing() or 0.05))
+        waits -= 1
+    print(" ")
     return 0
 
 
@@ -415,29 +569,74 @@ def cmd_leave(argv: list[str]) -> int:
         print("This MicroK8s deployment is not acting as a node in a cluster.")
         return 1
     cluster = read_json(paths.SIM_CLUSTER, {}) or {}
+    me = host_config().get("ip")
     if not _is_worker():
         # is_leader_without_successor: one voter, it is this node, and dqlite has other members -> exit 3
-        me = host_config().get("ip")
         voters = cluster.get("voters") or [me]
         members = voters + list(cluster.get("standby") or [])
         if voters == [me] and len(members) > 1:
             print(LEAVE_SOLE_COPY)
             return 3
+        # reset_current_dqlite_installation: stop apiserver + k8s-dqlite, sleep 10, `.remove MY_EP` through
+        # another member (exit 2 when none answers), then a fresh datastore of its own
+        services.stop("daemon")
+        time.sleep(services.real_delay("leave") / 2)
+        others = [v for v in voters if v != me]
+        if others and cluster.get("master") and _dqlite_member(cluster["master"], f"{me}:{paths.DQLITE_PORT}", add=False):
+            return 2
+        print("Generating new cluster certificates.", flush=True)
     else:
-        print("Configuring services.")
-    print("Generating new cluster certificates.\nWaiting for node to start. ")
-    services.stop("daemon")
-    time.sleep(services.real_delay("leave"))   # leave.py: time.sleep(10) twice
-    Path(paths.CLUSTERED_LOCK).unlink(missing_ok=True)
+        # reset_current_dqlite_worker_installation: ca.remote.crt removed, kubelet / kube-proxy args back to
+        # $SNAP/default-args, clustered.lock and no-k8s-dqlite removed ("Not in clustering mode." exit 2)
+        print("Configuring services.", flush=True)
+        Path(paths.CERTS, "ca.remote.crt").unlink(missing_ok=True)
+        services.stop("daemon")
+        print("Generating new cluster certificates.", flush=True)
+        for name in ("kubelet", "kube-proxy"):
+            Path(paths.ARGS, name).write_text(services.ARGS[name])
+        for lock in (paths.CLUSTERED_LOCK, os.path.join(paths.LOCKS, "no-k8s-dqlite")):
+            if not os.path.isfile(lock):
+                print("Not in clustering mode.")
+                return 2
+            os.remove(lock)
     (locks / "no-cert-reissue").unlink(missing_ok=True)   # unmark_no_cert_reissue
-    Path(paths.SIM_APISTORE).unlink(missing_ok=True)
-    for f in ("cni-loaded",):
-        Path(paths.LOCKS, f).unlink(missing_ok=True)
+    Path(paths.SIM_APISTORE).unlink(missing_ok=True)   # reinit_cluster: an empty datastore
+    Path(paths.LOCKS, "cni-loaded").unlink(missing_ok=True)
     with updating(paths.SIM_CLUSTER, {}) as c:
         c.clear()
         c["role"] = "standalone"
-    services.start_daemon()
+    from ..nodes import write_dqlite_cluster
+    write_dqlite_cluster([me])
+    services.stop_all()   # restart_all_services: microk8s stop + start, every service
+    services.start_all()
+    print("Waiting for node to start. ", end="", flush=True)   # apply_cni: time.sleep(10), then polls
+    time.sleep(services.real_delay("leave") / 2)
+    print(" ")
     return 0
+
+
+def _dqlite_member(master: str, endpoint: str, add: bool) -> int:
+    """dqlite membership through the first control node's agent (the sim's stand-in for dqlite's protocol): add =
+    this node's k8s-dqlite joining; remove = delete_dqlite_node (leave.py / remove_node.py), whose failure prints
+    "Contacting node EP failed. Error:" and the exception (exit 2)."""
+    import http.client
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection(master, paths.AGENT_PORT, context=ctx, timeout=30)
+    try:
+        conn.request("POST", f"/sim/dqlite/{'add' if add else 'remove'}", body=json.dumps({"address": endpoint}))
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            raise OSError(f"dqlite {'add' if add else '.remove'} {endpoint}: {resp.status}")
+        return 0
+    except OSError as e:
+        if not add:
+            print(f"Contacting node {master}:{paths.DQLITE_PORT} failed. Error:\n{e!r}")
+        return 1
+    finally:
+        conn.close()
 
 
 def cmd_remove_node(argv: list[str]) -> int:
@@ -484,8 +683,10 @@ def cmd_remove_node(argv: list[str]) -> int:
                   "the departing node. \nIf the node is not available anymore and will never attempt to join the "
                   "cluster in the future use the '--force' flag \nto unregister the node while removing it.")
             return 1
-        with updating(paths.SIM_CLUSTER, {}) as c:
+        from ..nodes import write_dqlite_cluster
+        with updating(paths.SIM_CLUSTER, {}) as c:   # delete_dqlite_node: ".remove IP:19001"
             c["voters"] = [v for v in c.get("voters", []) if v != ip]
+            write_dqlite_cluster(c["voters"])
     api.request("DELETE", f"/api/v1/nodes/{name}")
     return 0
 
@@ -561,15 +762,14 @@ def cmd_enable(argv: list[str], enable: bool = True) -> int:
         else:
             print(f"Addon {short} needs network access or is not simulated.")
             return 1
-        from .kubectl import apply_objects, delete_objects
         if enable:
-            apply_objects(api, objs, quiet=True)
+            rc = _kubectl_objects("apply", objs) or rc
             if short == "dns":
                 time.sleep(services.real_delay("dns-manifest"))
                 _dns_kubelet_args(objs[-1]["spec"]["clusterIP"])
             print(f"Addon core/{short} is enabled" if short != "dns" else "DNS is enabled")
         else:
-            delete_objects(api, objs)
+            _kubectl_objects("delete", objs)
             if short == "dns":   # skip_opt_in_config cluster-domain / cluster-dns, then restart kubelet
                 _drop_opt("kubelet", "--cluster-domain")
                 _drop_opt("kubelet", "--cluster-dns")
@@ -792,10 +992,8 @@ def main(argv: list[str]) -> int:
         if "--kubeconfig" not in " ".join(args) and not _check_permissions():
             return 1
         if cmd == "kubectl":
-            from .kubectl import main as kubectl
-            return kubectl(args)
-        from .helm import main as helm
-        return helm(args)
+            return _real_kubectl(args)
+        return _real_helm(args)
     handlers = {"status": cmd_status, "start": cmd_start, "stop": cmd_stop, "add-node": cmd_add_node,
                 "join": cmd_join, "leave": cmd_leave, "remove-node": cmd_remove_node, "enable": cmd_enable,
                 "disable": lambda a: cmd_enable(a, enable=False), "config": cmd_config, "ctr": cmd_ctr,
