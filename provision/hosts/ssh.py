@@ -250,10 +250,7 @@ class SSHHost(HostBase):
             if not running.sid:
                 err = _take_sid(err, running)
             if chan.exit_status_ready():
-                while chan.recv_ready():
-                    out += chan.recv(CHUNK)
-                while chan.recv_stderr_ready():
-                    err += chan.recv_stderr(CHUNK)
+                _drain_to_eof(chan, out, err)
                 if not running.sid:
                     err = _take_sid(err, running, final=True)
                 status = chan.recv_exit_status()
@@ -402,6 +399,25 @@ def _feed_chunks(chan, chunks) -> None:
         for chunk in chunks:
             chan.sendall(chunk)
         chan.shutdown_write()
+
+
+EOF_GRACE = 10.0   # seconds the rest of a finished command's output may take to arrive
+
+
+def _drain_to_eof(chan, out: bytearray, err: bytearray) -> None:
+    """Read what is left after the exit status: sshd sends exit-status when it reaps the command, which can
+    be before the last of its output has crossed the channel window (seen with 8 parallel commands on one
+    connection: stderr cut at 7 x 32 KiB). EOF, not the exit status, ends the output."""
+    deadline = time.monotonic() + EOF_GRACE
+    while True:
+        while chan.recv_ready():
+            out += chan.recv(CHUNK)
+        while chan.recv_stderr_ready():
+            err += chan.recv_stderr(CHUNK)
+        if (chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready()) or chan.closed \
+                or time.monotonic() > deadline:
+            return
+        select.select([chan], [], [], 0.05)
 
 
 def _feed(chan, data: bytes) -> None:

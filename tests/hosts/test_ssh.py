@@ -130,3 +130,21 @@ def test_tcp_nodelay_is_set(ssh_hosts, connect):
     t = h.connect()
     assert t.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     assert h.stats.connections == 1 and h.connect() is t
+
+
+def test_parallel_commands_on_one_connection_return_all_their_output(ssh_hosts, connect):
+    """sshd may send a command's exit-status before the last of its output has crossed the channel window
+    (the child is reaped first): the output is read to EOF, not cut where the exit status arrived."""
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    h = connect(ssh_hosts[0])
+    cmd = ["sh", "-c", "head -c 600000 /dev/urandom | base64 -w 0; head -c 200000 /dev/urandom | base64 -w 0 >&2"]
+    want_out, want_err = 800000, 266668
+
+    def one(_):
+        r = h.run(cmd, timeout=60)
+        return len(r.stdout), len(r.stderr), hashlib.sha256(r.stdout.encode()).hexdigest()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(24)))
+    assert all((o, e) == (want_out, want_err) for o, e, _ in results), [(o, e) for o, e, _ in results]
