@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "config": ("config", "config", "Check jhub.env and show the settings (secrets masked)."),
     "bundle": ("bundle", "bundle", "Check the offline bundle: files, checksums, images."),
     "render": ("render", "render", "Print what would be deployed (Helm values), without a cluster."),
+    "node": ("node", "node", "Add, list and remove the cluster's nodes (over SSH, in parallel)."),
 }
 
 

@@ -14,6 +14,7 @@ EXIT_CONFIG = 2
 EXIT_PREFLIGHT = 3
 EXIT_LOCKED = 4
 EXIT_VERIFY_FAILED = 5
+EXIT_REFUSED = 6   # the command would lose users' work or data (needs --force), or must never run
 EXIT_INTERRUPTED = 130
 
 

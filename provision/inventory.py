@@ -1,8 +1,8 @@
 """The nodes of a run and how to reach each: (Node, Host) pairs built from command-line options.
 
-Today: this machine as the control-plane node (LocalHost), or one control-plane node over SSH
-(`--host USER@ADDRESS[:PORT]`). Workers slot in later as more NodeSpecs with their roles; everything
-downstream already iterates over `inventory.nodes`.
+The control-plane node is this machine (LocalHost) or one node over SSH (`--host USER@ADDRESS[:PORT]`);
+with_roster adds the nodes recorded on it (provision/roster.py, written by `provision node add`), each with
+its recorded SSH user, port and key. Everything downstream iterates over `inventory.nodes`.
 """
 
 from __future__ import annotations
@@ -168,8 +168,9 @@ def build_inventory(specs: Sequence[NodeSpec], ssh: SSHOptions,
 def open_inventory(host: str | None = None, identity: str | None = None, known_hosts: str | None = None,
                    ask_pass: bool = False, accept_new_host_keys: bool = False,
                    accept_host_key: Iterable[str] = (), password: str | None = None,
-                   on_command: Callable | None = None, **_ignored: Any) -> Inventory:
-    """The inventory from `host_options` values (pass **kwargs of the click command straight in)."""
+                   on_command: Callable | None = None, with_roster: bool = False, **_ignored: Any) -> Inventory:
+    """The inventory from `host_options` values (pass **kwargs of the click command straight in);
+    with_roster: plus every node recorded on the control node (`install` runs its node stages on them)."""
     fingerprints = tuple(parse_fingerprint(f) for f in accept_host_key)
     target = parse_target(host) if host else None
     if target is None:
@@ -184,7 +185,37 @@ def open_inventory(host: str | None = None, identity: str | None = None, known_h
         password = getpass.getpass(f"Password for {where}: ")
     ssh = SSHOptions(identity=identity, known_hosts=known_hosts, password=password,
                      accept_new_host_keys=accept_new_host_keys, accept_host_keys=fingerprints)
-    return build_inventory([NodeSpec(target)], ssh, on_command=on_command)
+    inv = build_inventory([NodeSpec(target)], ssh, on_command=on_command)
+    if with_roster:
+        try:
+            add_recorded_nodes(inv, ssh, on_command)
+        except BaseException:
+            inv.close()
+            raise
+    return inv
+
+
+def add_recorded_nodes(inv: Inventory, ssh: SSHOptions, on_command: Callable | None = None) -> None:
+    """Add the nodes recorded in the control node's inventory file (`provision node add`), each reached with
+    its recorded SSH user, port and key; the control node this run reaches stays as it is."""
+    from provision import roster
+    from provision.errors import ProvisionError
+
+    control = inv.control
+    try:
+        records = roster.read(inv.host(control))
+    except ConfigError:
+        raise  # a damaged inventory file: one error naming it
+    except ProvisionError:
+        return  # no sudo or no link to the control node: preflight says so, with the fix
+    this = {control.name.lower(), control.address}
+    for r in records:
+        if r.target is None or {r.name, r.address, r.target.address} & this:
+            continue
+        if any(n.name == r.name for n in inv.nodes):
+            raise ConfigError(f"{roster.INVENTORY_FILE} lists {r.name} twice", "remove the duplicate entry")
+        opts = SSHOptions(**{**ssh.__dict__, "identity": r.identity or ssh.identity})
+        inv.entries += build_inventory([NodeSpec(r.target, r.roles, name=r.name)], opts, on_command).entries
 
 
 def host_options(f: Callable) -> Callable:
@@ -193,7 +224,7 @@ def host_options(f: Callable) -> Callable:
 
     options = [
         click.option("--host", "host", metavar="USER@ADDRESS[:PORT]",
-                     help="Install on this control-plane node over SSH instead of on this machine."),
+                     help="The control-plane node, over SSH (default: this machine)."),
         click.option("--identity", "identity", metavar="KEYFILE",
                      type=click.Path(exists=True, dir_okay=False),
                      help="SSH private key (default: your ssh-agent and ~/.ssh/id_*)."),

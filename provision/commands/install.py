@@ -75,7 +75,7 @@ def install(env: str, bundle: str, dry_run: bool, from_stage: str | None,
         console = _console(settings, log_file, verbose)
         from provision.inventory import open_inventory
 
-        with open_inventory(**host_kwargs) as inventory:  # hosts connect lazily; closed however the run ends
+        with open_inventory(with_roster=True, **host_kwargs) as inventory:  # hosts connect lazily; closed however the run ends
             runner = _runner(settings, opts, console, bundle, inventory)
             runner.run()
         _finish(console, runner.summary, as_json)
@@ -104,10 +104,10 @@ def _one(value: str | None, option: str) -> int | None:
     return nums[0]
 
 
-def _console(settings: object, log_file: str | None, verbose: bool):
+def _console(settings: object, log_file: str | None, verbose: bool, secrets: tuple[str, ...] = ()):
     from provision.console import Console, Masker, open_log
 
-    masker = Masker.from_settings(settings)
+    masker = Masker.from_settings(settings, extra=secrets)  # secrets: a command's own (a join token)
     log, problem = (_log_file(log_file, masker), "") if log_file else open_log(None, masker)
     console = Console(log=log, masker=masker, verbose=verbose)
     if problem:

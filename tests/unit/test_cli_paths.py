@@ -28,7 +28,9 @@ EXPECTED = {"env": {2}, "output": {2}, "log_file": {2}, "identity": {2}, "known_
 # Just enough for a command to reach the option under test (the bad value comes last and wins).
 # install: --dry-run changes nothing anywhere; with the example settings it stops in preflight at worst.
 BASE = {("install",): ["--dry-run", "--env", str(EXAMPLE)], ("render", "values"): ["--env", "{good_env}"],
-        ("bundle", "verify"): ["--bundle", "{bundle}"]}
+        ("bundle", "verify"): ["--bundle", "{bundle}"],
+        ("node", "add"): ["192.0.2.1", "--dry-run", "--env", str(EXAMPLE), "--bundle", "{bundle}"],
+        ("node", "del"): ["gpu-1", "--dry-run"]}
 
 
 def leaf_commands() -> list[tuple[tuple[str, ...], click.Command]]:

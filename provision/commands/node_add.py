@@ -1,0 +1,521 @@
+"""`provision node add ADDR...`: stages 00-20 on the new nodes in parallel, then the join, Ready, labels and
+the inventory. A node that fails is reported in one line and the others finish; a re-run of the same command
+skips what is done (a joined node: 0 actions) and joins a half-joined node again with a fresh token."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import click
+
+from provision.commands.options import bundle_option, env_option
+from provision.errors import ConfigError
+from provision.inventory import Target, host_options, parse_target
+
+LABEL_KEY = re.compile(r"(?:(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?/)?"
+                       r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
+LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?")
+STAGES_UP_TO = 20  # node add runs the node-scoped stages 00-20 on the new nodes, then joins them
+READY_TIMEOUT = 300.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments (pure).
+
+
+def parse_labels(values: Sequence[str]) -> dict[str, str]:
+    """--label k=v (repeatable) → {k: v}, Kubernetes label syntax, checked before anything is touched."""
+    out: dict[str, str] = {}
+    for v in values:
+        key, eq, val = v.partition("=")
+        if not eq or not LABEL_KEY.fullmatch(key) or not LABEL_VALUE.fullmatch(val):
+            raise ConfigError(f"--label {v!r} is not KEY=VALUE in Kubernetes label syntax",
+                              "e.g. --label gpu-model=a100 --label example.com/rack=r12 (letters, digits, "
+                              "'-', '_', '.'; at most 63 characters each)")
+        out[key] = val
+    return out
+
+
+def parse_addresses(values: Sequence[str], user: str, port: int) -> list[Target]:
+    """ADDR or USER@ADDR[:PORT] (IPv6 as [ADDR]) → Targets, each address once."""
+    out: list[Target] = []
+    for v in values:
+        if "@" in v:
+            t = parse_target(v)
+        else:
+            host = v if v.startswith("[") else (f"[{v}]" if v.count(":") > 1 else v)
+            t = parse_target(f"{user}@{host}" + ("" if ":" in host.rpartition("]")[2] else f":{port}"))
+        if any(o.address == t.address for o in out):
+            raise ConfigError(f"{t.address} is listed twice", "list each node once")
+        out.append(t)
+    return out
+
+
+def check_paths(bundle: str, known_hosts: str | None) -> None:
+    """The bundle folder and the known_hosts file must be usable before any node is touched."""
+    import errno
+    import os
+    from pathlib import Path
+
+    from provision.errors import BundleError, path_error
+
+    def bad(path: str, code: int, what: str, cls: type) -> Exception:
+        return path_error(OSError(code, os.strerror(code), path), what, cls, path=path)
+
+    if not Path(bundle).is_dir():
+        code = errno.ENOTDIR if Path(bundle).exists() else errno.ENOENT
+        raise bad(bundle, code, "--bundle: cannot read the bundle folder", BundleError)
+    if known_hosts:
+        k = Path(known_hosts)
+        if k.exists() and not k.is_file():
+            raise bad(known_hosts, errno.EISDIR, "--known-hosts: cannot use", ConfigError)
+        if not k.exists() and not k.parent.is_dir():
+            raise bad(known_hosts, errno.ENOENT, "--known-hosts: cannot write", ConfigError)
+        if not k.exists() and not os.access(k.parent, os.W_OK):  # accepted host keys are written there
+            code = errno.EROFS if os.statvfs(k.parent).f_flag & os.ST_RDONLY else errno.EACCES
+            raise bad(known_hosts, code, "--known-hosts: cannot write", ConfigError)
+
+
+def join_problems(states: dict[str, Any], kube: dict[str, Any], me: str, control_ip: str) -> list[str]:
+    """Pure: why the new nodes (address -> NodeState, or the error reaching it) cannot join, one line each with
+    the fix: unreachable or unknown host key, control node ports, hostnames unique and not taken."""
+    from stages import _join as J
+
+    problems: list[str] = []
+    by_hostname: dict[str, list[str]] = {}
+    for addr, st in states.items():
+        if isinstance(st, Exception):
+            problems.append(f"{addr}: {_line(st)}")
+            continue
+        by_hostname.setdefault(st.hostname, []).append(addr)
+        problems += [f"{addr}: {p}" for p in J.state_problems(st, addr, control_ip)]
+        other = kube.get(st.hostname)
+        if st.hostname == me:
+            problems.append(f"{addr}: this is the control node {me} — list only the nodes to add")
+        elif other is not None and not st.clustered and not st.half_joined:
+            problems.append(f"{addr}: a node named {st.hostname} ({other.address}) is already in the cluster "
+                            f"— remove it first (`provision node del {st.hostname}`) or rename this node "
+                            "(`hostnamectl set-hostname NEW-NAME`)")
+        elif other is None and st.clustered:
+            problems.append(f"{addr}: {st.hostname} is already a node of another MicroK8s cluster (this one "
+                            "does not list it) — run `sudo microk8s leave` on it, then re-run")
+    for h, names in by_hostname.items():
+        if len(names) > 1:
+            problems.append(f"{', '.join(names)}: all have the hostname {h} — give every node its own name "
+                            "(`hostnamectl set-hostname NEW-NAME`)")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Results.
+
+
+@dataclass
+class Joined:
+    """One new node's outcome: 'joined', 'already in the cluster', 'would join', or failed (error)."""
+
+    address: str
+    name: str = ""
+    result: str = ""
+    error: str = ""
+    actions: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@click.command("add")
+@click.argument("addresses", nargs=-1, required=True, metavar="ADDR [ADDR...]")
+@env_option
+@bundle_option
+@host_options
+@click.option("--user", metavar="USER", help="SSH login user on the new nodes [default: your user name].")
+@click.option("--port", type=click.IntRange(1, 65535), default=22, show_default=True, help="SSH port of the new nodes.")
+@click.option("--role", type=click.Choice(["worker", "control-plane"]), default="worker", show_default=True,
+              help="Join as a worker, or as a control-plane (dqlite voter) node; control-plane nodes join one at "
+                   "a time.")
+@click.option("--label", "labels", metavar="KEY=VALUE", multiple=True, help="Kubernetes label for the new nodes. "
+              "Repeatable.")
+@click.option("--dry-run", is_flag=True, help="Check the nodes and show every change; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Apply without asking (needed when stdin is not a terminal).")
+@click.option("--concurrency", type=click.IntRange(1, 100), default=10, show_default=True,
+              help="How many nodes work at the same time.")
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Log file [default: as for install].")
+@click.option("--verbose", "-v", is_flag=True, help="Show every command (masked) as it runs.")
+def add(addresses: tuple[str, ...], env: str, bundle: str, user: str | None, port: int, role: str,
+        labels: tuple[str, ...], dry_run: bool, yes: bool, concurrency: int, log_file: str | None, verbose: bool,
+        host: str | None, identity: str | None, known_hosts: str | None, ask_pass: bool,
+        accept_new_host_keys: bool, accept_host_key: tuple[str, ...]) -> None:
+    """Add nodes to the cluster over SSH: preflight, MicroK8s and images (stages 00-20) on all of them in
+    parallel, then join each, wait until it is Ready, label it and record it in the inventory.
+
+    ADDR is an address or a DNS name (USER@ADDR[:PORT] works too). The SSH options apply to the new nodes
+    (and to the control node when --host is given). Unknown host keys are refused with their fingerprint
+    unless accepted. Safe to re-run: joined nodes are skipped, a node whose join failed half-way joins again.
+
+    \b
+    Examples:
+      sudo provision node add 10.0.0.21 10.0.0.22 --user ubuntu --accept-new-host-keys --yes
+      sudo provision node add 10.0.0.23 --user ubuntu --ask-pass --label gpu-model=a100
+      sudo provision node add 10.0.0.11 --role control-plane --accept-host-key SHA256:...
+      provision node add 10.0.0.21 --host ubuntu@10.0.0.5 --dry-run    # control node over SSH
+
+    Exit codes: 0 done, 1 a node failed (the others are done), 2 bad options, 3 preflight failed (nothing
+    changed), 4 another run holds the lock, 130 interrupted.
+    """
+    from provision.cli import report_error
+    from provision.errors import ProvisionError
+
+    console = None
+    try:
+        import getpass
+
+        from provision.config import load_settings
+        from provision.inventory import parse_fingerprint
+
+        label_map = parse_labels(labels)
+        targets = parse_addresses(addresses, user or getpass.getuser(), port)
+        fingerprints = tuple(parse_fingerprint(f) for f in accept_host_key)
+        settings = load_settings(env)  # exit 2 before any node is touched
+        check_paths(bundle, known_hosts)
+        password = getpass.getpass("SSH and sudo password for the nodes: ") if ask_pass else None
+        from stages import _join as J
+
+        tokens = {t.address: J.new_token() for t in targets}  # one join token per node, masked from the start
+        from provision.commands.install import _console
+
+        console = _console(settings, log_file, verbose,
+                           (*(t.reveal() for t in tokens.values()), *([password] if password else [])))
+        job = AddJob(settings, console, bundle, targets, role, label_map, dry_run, yes, concurrency, tokens,
+                     {"host": host, "identity": identity, "known_hosts": known_hosts, "password": password,
+                          "accept_new_host_keys": accept_new_host_keys, "accept_host_key": fingerprints})
+        code = job.run()
+        sys.exit(code)
+    except ProvisionError as e:
+        report_error(e)
+        if console is not None and console.log_path:
+            click.echo(f"log: {console.log_path}", err=True)
+        sys.exit(e.exit_code)
+
+
+class AddJob:
+    def __init__(self, settings: Any, console: Any, bundle: str, targets: list[Target], role: str,
+                 labels: dict[str, str], dry_run: bool, yes: bool, concurrency: int, tokens: dict[str, Any],
+                 ssh: dict[str, Any]):
+        self.settings, self.console, self.bundle = settings, console, bundle
+        self.targets, self.role, self.labels = targets, role, labels
+        self.dry_run, self.yes, self.concurrency, self.tokens, self.ssh = dry_run, yes, concurrency, tokens, ssh
+        self.actions = 0
+        self.summaries: list[Any] = []
+
+    def _on_command(self, node: str, display: str, result: Any, seconds: float) -> None:
+        self.console.command(node, display, result.exit_status, seconds, result.stdout, result.stderr)
+
+    # --- the whole command --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        import time
+
+        from provision.inventory import NodeSpec, SSHOptions, build_inventory, open_inventory
+        from provision.lock import NodeLock, RunLock, RunLocks
+        from provision.stage import Role
+
+        t0 = time.monotonic()
+        s = self.ssh
+        control_opts = {"identity": s["identity"], "known_hosts": s["known_hosts"],
+                            "accept_new_host_keys": s["accept_new_host_keys"],
+                            "accept_host_key": s["accept_host_key"]} if s["host"] else {}
+        roles = frozenset({Role.CONTROL if self.role == "control-plane" else Role.WORKER})
+        specs = [NodeSpec(t, roles, name=t.address) for t in self.targets]
+        ssh = SSHOptions(identity=s["identity"], known_hosts=s["known_hosts"], password=s["password"],
+                         accept_new_host_keys=s["accept_new_host_keys"], accept_host_keys=s["accept_host_key"])
+        with open_inventory(host=s["host"], password=s["password"], on_command=self._on_command,
+                            **control_opts) as control_inv, \
+                build_inventory(specs, ssh, on_command=self._on_command) as new_inv:
+            control_node = control_inv.control
+            control = control_inv.host(control_node)
+            for h in [control, *(new_inv.host(n) for n in new_inv.nodes)]:
+                for token in self.tokens.values():
+                    h.add_secret(token)
+            lock = None if self.dry_run else RunLocks(RunLock(), NodeLock(control, control_node.name))
+            if lock is not None:
+                took_over = lock.acquire()
+                if took_over:
+                    self.console.warn(took_over)
+            try:
+                outcomes = self._add(control, new_inv)
+            finally:
+                if self._tokens_made:
+                    from stages import _join as J
+
+                    J.revoke_tokens(control, self._tokens_made)
+                if lock is not None:
+                    lock.release()
+        return self._report(outcomes, time.monotonic() - t0)
+
+    _tokens_made: tuple = ()
+
+    def _add(self, control: Any, new_inv: Any) -> list[Joined]:
+        from provision import roster
+        from provision.errors import EXIT_PREFLIGHT, CommandFailed, ProvisionError
+        from stages import _join as J
+
+        self.console.line("==> the cluster (control node)", "header")
+        old = roster.read(control)
+        records = old
+        try:
+            kube = J.cluster_nodes(control)
+        except CommandFailed as e:
+            raise ProvisionError(f"cannot list the cluster's nodes on the control node {control.name} "
+                                 f"(`microk8s kubectl get nodes` exit {e.exit_status})",
+                                 "install the control node first (`provision install`), or give --host for it; "
+                                 "details in the log", EXIT_PREFLIGHT) from None
+        me = control.run(["hostname"], timeout=30).stdout.strip().lower()
+        mine = kube.get(me)
+        if mine is None:
+            raise ConfigError(f"the control node's Kubernetes does not list a node named {me}",
+                              "run `provision install` on the control node first (or give --host for it)")
+        control_ip = mine.address
+        if not records:  # a fresh cluster: the control node is the first record
+            from provision.stage import Role
+
+            t = self._control_target()
+            records = [roster.NodeRecord(me, control_ip, frozenset({Role.CONTROL}), target=t,
+                                         identity=self.ssh["identity"] if t else None)]
+        self.console.node(me, f"control node {control_ip}; {len(kube)} node(s) in the cluster")
+
+        # 1. what each new node is (one round trip each), and the checks across nodes
+        self.console.line(f"==> checking {len(new_inv.nodes)} new node(s)", "header")
+        states = self._parallel(new_inv.nodes, lambda n: J.node_state(new_inv.host(n), control_ip))
+        out = {n.name: Joined(n.name) for n in new_inv.nodes}
+        for n in new_inv.nodes:
+            st = states[n.name]
+            if not isinstance(st, Exception):
+                out[n.name].name = st.hostname
+                if st.clustered and st.hostname in kube:
+                    self.console.node(n.name, f"{st.hostname}: already in the cluster")
+        problems = join_problems(states, kube, me, control_ip)
+        if problems:
+            from provision.errors import PreflightError
+
+            raise PreflightError("the new nodes cannot join (nothing was changed):\n  " + "\n  ".join(problems),
+                                 "fix the lines above, then re-run the same command")
+
+        # 2. stages 00-20 on every new node, in parallel (a failing node drops out; the others go on)
+        nodes, failures = self._stages(new_inv)
+        for name, why in failures.items():
+            out[name].error = why
+
+        # 3. join (workers in parallel, control-plane nodes one at a time), then Ready and labels in parallel
+        todo = [n for n in nodes if not states[n.name].clustered]
+        for n in nodes:
+            if states[n.name].clustered:
+                out[n.name].result = "already in the cluster"
+        if todo and self.dry_run:
+            for n in todo:
+                how = "again (a join failed half-way)" if states[n.name].half_joined else f"as a {self.role}"
+                out[n.name].result = f"would join {how}"
+                self.console.node(n.name, f"would join {control_ip} {how}, wait for Ready, label, record")
+        elif todo:
+            self._confirm(len(todo), control_ip)
+            self.console.line(f"==> joining {len(todo)} node(s) to {control_ip}", "header")
+            self._tokens_made = tuple(self.tokens[n.name] for n in todo)
+            check = J.add_tokens(control, self._tokens_made)
+            worker = self.role == "worker"
+
+            def one(n: Any) -> None:
+                h = new_inv.host(n)
+                self.console.node(n.name, "joining" + (" again (a join failed half-way)"
+                                                       if states[n.name].half_joined else f" as a {self.role}"))
+                J.join(h, control_ip, self.tokens[n.name], check, worker)
+                self.actions += 1
+                out[n.name].result = "joined"
+
+            if worker:
+                results = self._parallel(todo, one)
+            else:
+                results = {n.name: self._guard(one, n) for n in todo}
+            for name, r in results.items():
+                if isinstance(r, Exception):
+                    out[name].error = _join_failure(r)
+        if not self.dry_run:
+            ready = [n for n in nodes if not out[n.name].error]
+            results = self._parallel(ready, lambda n: self._ready_and_label(control, n, out[n.name]))
+            for name, r in results.items():
+                if isinstance(r, Exception):
+                    out[name].error = _line(r)
+            # 4. the inventory: every node that is in the cluster now
+            new = records
+            for n in nodes:
+                o = out[n.name]
+                if o.error or not o.name:
+                    continue
+                h = new_inv.host(n)
+                t = parse_target(f"{h.user}@{_bracket(n.address)}:{h.port}")
+                before = next((r.labels for r in records if r.name == o.name), {})
+                new = roster.upsert(new, roster.NodeRecord(o.name, n.address, n.roles, target=t,
+                                                           identity=self.ssh["identity"],
+                                                           labels={**before, **o.labels}))
+            new = _stamp(new)
+            if roster.dump(new) != roster.dump(old):
+                roster.write(control, new)
+                self.console.line(f"inventory: {len(new)} node(s) recorded in {roster.INVENTORY_FILE}")
+        return [out[n.name] for n in new_inv.nodes]
+
+    def _control_target(self) -> Target | None:
+        return parse_target(self.ssh["host"]) if self.ssh["host"] else None
+
+    def _ready_and_label(self, control: Any, n: Any, o: Joined) -> None:
+        from stages import _join as J
+
+        have = J.wait_ready(control, o.name, READY_TIMEOUT).labels
+        want = {k: v for k, v in self.labels.items() if have.get(k) != v}
+        if want:
+            J.label(control, o.name, want)
+            self.actions += 1
+        o.labels = dict(self.labels)
+        if not o.result:
+            o.result = "joined"
+
+    def _confirm(self, count: int, control_ip: str) -> None:
+        from provision.errors import EXIT_CONFIG, Interrupted, ProvisionError
+
+        if self.yes:
+            return
+        what = f"join {count} node(s) to the cluster at {control_ip}"
+        if not sys.stdin.isatty():
+            raise ProvisionError(f"ready to {what}, but there is no terminal to confirm it",
+                                 "re-run with --yes to apply without asking, or with --dry-run to only see the plan",
+                                 exit_code=EXIT_CONFIG)
+        if not self.console.confirm(f"{what[0].upper()}{what[1:]}? [y/N]"):
+            raise Interrupted("stopped before the join: not confirmed", "re-run and answer y")
+
+    # --- stages 00-20 through the runner ----------------------------------------------------------
+
+    def _stages(self, new_inv: Any) -> tuple[list[Any], dict[str, str]]:
+        """Stages 00-20 on the new nodes. A node failing preflight stops everything (nothing changes until
+        every node passed it); a node failing a later stage drops out and the others run the rest."""
+        from provision.errors import ProvisionError
+        from provision.runner import PREFLIGHT, Runner, RunOptions
+        from provision.stage import discover
+
+        opts = RunOptions(dry_run=self.dry_run, yes=self.yes, concurrency=self.concurrency,
+                          interactive=sys.stdin.isatty())
+        stages = [cls() for cls in discover() if cls.number <= STAGES_UP_TO]
+        nodes = list(new_inv.nodes)
+        failures: dict[str, str] = {}
+        while stages and nodes:
+            hosts = {n.name: new_inv.host(n) for n in nodes}
+            runner = Runner(stages, nodes, hosts, self.settings, opts, self.console, bundle_dir=_path(self.bundle))
+            self.summaries.append(runner.summary)
+            try:
+                runner.run()
+                nodes = runner.nodes
+                self.actions += runner.summary.actions_applied
+                break
+            except ProvisionError as e:
+                self.actions += runner.summary.actions_applied
+                failed = next((st for st in runner.summary.stages if st.status == "failed"), None)
+                per_node = getattr(e, "failures", None)
+                if failed is None or failed.number == PREFLIGHT or not per_node:
+                    raise
+                failures.update({k: f"stage {failed.number:02d} ({failed.title}): {v.splitlines()[0]}"
+                                 for k, v in per_node.items()})
+                nodes = [n for n in runner.nodes if n.name not in per_node]
+                stages = [st for st in stages if st.number > failed.number]
+        return nodes, failures
+
+    # --- parallel helpers ------------------------------------------------------------------------------
+
+    def _guard(self, fn: Any, n: Any) -> Any:
+        from provision.errors import ProvisionError
+
+        try:
+            return fn(n)
+        except ProvisionError as e:
+            return e
+        except Exception as e:  # noqa: BLE001 (one node's bug: the others go on; traceback to the log)
+            import traceback
+
+            self.console.debug(self.console.mask(traceback.format_exc()))
+            return e
+
+    def _parallel(self, nodes: Sequence[Any], fn: Any) -> dict[str, Any]:
+        if not nodes:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(nodes)),
+                                thread_name_prefix="provision-node") as pool:
+            futures = {n.name: pool.submit(self._guard, fn, n) for n in nodes}
+            return {k: f.result() for k, f in futures.items()}
+
+    # --- the end ---------------------------------------------------------------------------------------
+
+    def _report(self, outcomes: list[Joined], seconds: float) -> int:
+        from provision.console import duration
+        from provision.runner import summary_rows
+
+        for summary in self.summaries:
+            if summary.stages:
+                self.console.line("")
+                headers, rows = summary_rows(summary)
+                self.console.table(headers, rows)
+        self.console.line("")
+        self.console.table(["node", "name", "result"],
+                           [[o.address, o.name or "-", "FAILED (see below)" if o.error else o.result]
+                            for o in outcomes])
+        failed = [o for o in outcomes if o.error]
+        took = duration(seconds)
+        if failed:
+            from provision.errors import EXIT_APPLY_FAILED, ProvisionError
+
+            lines = "\n  ".join(f"{o.address}: {o.error}" for o in failed)
+            raise ProvisionError(f"node add failed on {len(failed)} of {len(outcomes)} node(s) after {took} "
+                                 f"({self.actions} action(s) applied):\n  {lines}",
+                                 "fix the cause on those nodes, then re-run the same command: nodes already in "
+                                 "the cluster are skipped", EXIT_APPLY_FAILED)
+        if self.dry_run:
+            self.console.line(f"Dry run finished in {took}: nothing applied", "ok")
+        else:
+            self.console.line(f"Finished in {took}: {self.actions} action(s) applied", "ok")
+        return 0
+
+
+def _line(e: BaseException) -> str:
+    from provision.errors import ProvisionError
+
+    if isinstance(e, ProvisionError):
+        text = e.message.splitlines()[0]
+        return f"{text} — {e.hint}" if e.hint else text
+    return f"internal error: {type(e).__name__}: {e} (traceback in the log)"
+
+
+def _join_failure(e: BaseException) -> str:
+    from provision.errors import CommandFailed
+
+    if isinstance(e, CommandFailed):
+        tail = [ln for ln in (getattr(e, "stdout", "") + "\n" + getattr(e, "stderr", "")).splitlines() if ln.strip()]
+        why = tail[-1].strip() if tail else f"exit {getattr(e, 'exit_status', '?')}"
+        return (f"microk8s join failed: {why} — check the control node's cluster agent (port 25000) and "
+                "`microk8s inspect` on the node, then re-run the same command (it joins again with a new token)")
+    return _line(e)
+
+
+def _bracket(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def _path(p: str) -> Any:
+    from pathlib import Path
+
+    return Path(p)
+
+
+def _stamp(records: list[Any]) -> list[Any]:
+    """New records get the time they were added (upsert keeps an existing record's time)."""
+    from provision import roster
+
+    now = roster.now()
+    return [r if r.added else replace(r, added=now) for r in records]
