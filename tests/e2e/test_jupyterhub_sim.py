@@ -179,6 +179,7 @@ def test_default_chart_4_4_0_upgrades_the_release(cluster):
     assert public["spec"]["ipFamilyPolicy"] == "PreferDualStack"  # 4.4.0's own templates
     # the real helm v3.17.1 rendered the real chart: its release history and the chart's own labels
     assert c.ssh("sudo microk8s helm3 version --short").stdout.startswith("v3.17.1+")
+    assert "Client Version: v1.30.0" in c.ssh("sudo microk8s kubectl version --client").stdout
     history = json.loads(c.ssh("sudo microk8s helm3 history jhub -n jhub -o json").stdout)
     assert [(x["revision"], x["status"], x["chart"]) for x in history] == \
         [(1, "superseded", "jupyterhub-4.2.0"), (2, "deployed", "jupyterhub-4.4.0")]
