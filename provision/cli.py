@@ -54,6 +54,8 @@ def cli() -> None:
       provision bundle verify                   # check offline-images/
       sudo provision install --dry-run          # show the plan, change nothing
       sudo provision install                    # run every stage; safe to re-run
+      sudo provision node add 10.0.0.21 10.0.0.22 --user ubuntu   # join workers over SSH
+      sudo provision node list                  # every node and its status
 
     Run `provision COMMAND --help` for each command's options.
     """
