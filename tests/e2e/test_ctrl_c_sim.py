@@ -40,14 +40,16 @@ def test_ctrl_c_during_a_long_remote_command_exits_130_within_2s(tmp_path):
     with sim_cluster(tmp_path) as (_, (h,), bundle):
         gateway = h.address.rsplit(".", 1)[0] + ".1"
         env = _env(tmp_path, "ctrl-c.env", gateway)
-        faults.snap_change_lingers(h.path("/"), "microk8s", 300)
+        armed = faults.snap_change_lingers(h.path("/"), "microk8s", 300)
         log = tmp_path / "ctrl-c.log"
         argv = _args(h, env, bundle, log, "--yes", "--json", "--to", "10")
         proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         sent = None
         try:
             deadline = time.monotonic() + 180
-            while time.monotonic() < deadline and proc.poll() is None and not _snap_installs(h):
+            # the slow install has begun once its process runs AND it took the fault (a Ctrl-C before that
+            # would leave the 300 s linger armed for the re-run's install)
+            while time.monotonic() < deadline and proc.poll() is None and (armed.exists() or not _snap_installs(h)):
                 time.sleep(0.1)
             assert proc.poll() is None and _snap_installs(h), "the remote snap install never started"
             os.kill(proc.pid, signal.SIGINT)
