@@ -179,6 +179,10 @@ class Console:
             if parts:
                 self.log.write(self.mask("\n".join(parts)))
 
+    def on_command(self, node: str, display: str, result: Any, seconds: float) -> None:
+        """A host's `on_command` callback: every command it runs, in the log (on screen with -v)."""
+        self.command(node, display, result.exit_status, seconds, result.stdout, result.stderr)
+
     @contextlib.contextmanager
     def status(self, text: str) -> Iterator[None]:
         """A spinner while nodes work (terminal only); plain output shows nothing extra."""

@@ -234,12 +234,9 @@ class Runner:
                 host.add_secret(s)
         if hasattr(host, "on_command"):
             if host.on_command is None:
-                host.on_command = self._on_command
+                host.on_command = self.console.on_command
             return host
         return LoggedHost(host, self.console)
-
-    def _on_command(self, node: str, display: str, result: Any, seconds: float) -> None:
-        self.console.command(node, display, result.exit_status, seconds, result.stdout, result.stderr)
 
     # --- the run -----------------------------------------------------------------------------------
 

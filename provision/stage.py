@@ -48,6 +48,8 @@ class Node:
 class Action:
     """One change. Subclasses are frozen dataclasses; `describe` is the dry-run line."""
 
+    waits_only: ClassVar[bool] = False  # True for an action that only waits for something (changes nothing)
+
     def describe(self) -> str:
         raise NotImplementedError
 

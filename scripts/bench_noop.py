@@ -20,13 +20,11 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from _simbench import REPO, SimBench, Unavailable, sim_bench, ssh_args
 
 COMMAND = re.compile(r"^\S+ \S+: \$ ")  # one log line per command run on a node (a round trip)
 HEADER = re.compile(r"==> \[(\d+)\] ")
@@ -45,13 +43,13 @@ def trips_per_stage(log: Path) -> Counter:
     return out
 
 
-def install(h, env: Path, bundle: Path, base: Path, name: str, to: str) -> tuple[dict, Path, float, int]:
+def install(b: SimBench, name: str, to: str) -> tuple[dict, Path, float, int]:
     """One `provision install` as a user runs it; (summary, log, seconds, sshd connections accepted)."""
-    log = base / f"{name}.log"
-    argv = [sys.executable, "-m", "provision", "install", "--env", str(env), "--bundle", str(bundle),
-            "--host", f"{h.ssh_user}@{h.address}", "--identity", h.ssh_key, "--known-hosts", h.known_hosts,
-            "--to", to, "--yes", "--json", "--log-file", str(log)]
-    environ = dict(os.environ, PROVISION_LOCK_FILE=str(base / "provision.lock"))
+    h = b.hosts[0]
+    log = b.base / f"{name}.log"
+    argv = [sys.executable, "-m", "provision", "install", "--env", str(b.env), "--bundle", str(b.bundle),
+            *ssh_args(h), "--to", to, "--yes", "--json", "--log-file", str(log)]
+    environ = dict(os.environ, PROVISION_LOCK_FILE=str(b.base / "provision.lock"))
     accepted = h.log().count("Accepted publickey")
     t = time.monotonic()
     r = subprocess.run(argv, cwd=REPO, env=environ, capture_output=True, text=True, timeout=900, check=False)
@@ -67,43 +65,21 @@ def install(h, env: Path, bundle: Path, base: Path, name: str, to: str) -> tuple
 
 
 def main() -> int:
-    from tests.harness.bundle import write_bundle
-    from tests.harness.hosts import Harness, unavailable_reason
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3, help="no-op re-runs after the first install (default 3)")
     p.add_argument("--to", default="70", help="last stage to run (default 70)")
     args = p.parse_args()
     if not 1 <= args.runs <= 20:
         p.error("--runs must be between 1 and 20")
-    reason = unavailable_reason()
-    if reason:
-        print(f"cannot run: {reason}", file=sys.stderr)
-        return 2
-    from tests.harness.sim.install import enable
-
-    with tempfile.TemporaryDirectory(prefix="bench-noop-") as d:
-        base = Path(d)
-        harness = Harness(base / "harness")
-        try:
-            t = time.monotonic()
-            bundle = write_bundle(base / "offline-images", gpu=False, npu=False)
-            print(f"test bundle: {time.monotonic() - t:.1f} s")
-            enable(harness)
-            t = time.monotonic()
-            h, = harness.up(1)
-            print(f"1 simulated node up: {time.monotonic() - t:.1f} s")
-            gateway = h.address.rsplit(".", 1)[0] + ".1"
-            env = base / "jhub.env"
-            env.write_text(f"DNS_SERVERS_CSV={gateway}\nMIN_DISK_FREE=1Gi\nMIN_MEMORY=1Gi\n")
-
-            s, log, first, conns = install(h, env, bundle, base, "first", args.to)
+    try:
+        with sim_bench(1, "bench-noop-") as b:
+            s, log, first, conns = install(b, "first", args.to)
             first_trips = trips_per_stage(log)
             print(f"first install (00-{args.to}): {first:.1f} s, {s['actions_applied']} actions applied, "
                   f"{sum(first_trips.values())} round trips, {conns} SSH connection(s)")
             times, applied, conn_counts, trips = [], [], [], []
             for i in range(args.runs):
-                s, log, seconds, conns = install(h, env, bundle, base, f"noop{i + 1}", args.to)
+                s, log, seconds, conns = install(b, f"noop{i + 1}", args.to)
                 times.append(seconds)
                 applied.append(s["actions_applied"])
                 conn_counts.append(conns)
@@ -118,10 +94,9 @@ def main() -> int:
                   f"(all runs: {[sum(t.values()) for t in trips]})")
             print(f"SSH connections per run (sshd 'Accepted publickey'): {conn_counts}")
             return 0 if not any(applied) else 1
-        finally:
-            t = time.monotonic()
-            harness.down()
-            print(f"torn down: {time.monotonic() - t:.1f} s")
+    except Unavailable as e:
+        print(f"cannot run: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -155,11 +155,22 @@ def safety_report(node: NodeFacts, nodes: dict[str, Any] | None, pods: dict[str,
             rep.fatal = (f"{node.name} is the last control-plane node: removing it would remove the cluster")
         elif node.name == control_here:
             rep.fatal = (f"{node.name} is the control-plane node this command runs on")
-        n = len(dqlite_voters)
         if is_voter:
-            rep.quorum = (f"{n} dqlite voters -> {n - 1}" + (": quorum kept" if n - 1 >= 2 else
-                          ": no longer highly available; while it leaves the API may pause"))
+            rep.quorum = quorum_impact(len(dqlite_voters))
     return rep
+
+
+def quorum_impact(n: int) -> str:
+    """What losing one of n dqlite voters does (raft: the datastore answers while more than half of the
+    voters are up; MicroK8s is highly available from 3 voters, `microk8s status`)."""
+    left = n - 1
+    head = f"{n} dqlite voters -> {left}"
+    if left >= 3:
+        return f"{head}: quorum kept, still highly available (survives losing 1 control-plane node)"
+    if left == 2:
+        return (f"{head}: quorum kept but no longer highly available (with 2 voters, losing either stops the "
+                "API); add a control-plane node to get back to 3")
+    return f"{head}: no longer highly available; while it leaves the API may pause"
 
 
 def plan(rep: Report, reachable: bool, in_inventory: bool) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import secrets
 import shlex
 import time
@@ -28,6 +29,13 @@ API_PORT = 16443
 LOCKS = M.SNAP_DATA + "/var/lock"
 TOKENS = M.SNAP_DATA + "/credentials/cluster-tokens.txt"
 TOKEN_TTL = 600
+DQLITE_PORT = 19001  # between control-plane nodes
+KUBELET_PORT = 10250  # the API server on the control node -> each node's kubelet (logs, exec, metrics)
+LISTENING = (AGENT_PORT, API_PORT)  # the control node's services a new node needs answering before it joins
+PORT_NAMES = {AGENT_PORT: "cluster agent", API_PORT: "API server", DQLITE_PORT: "dqlite", KUBELET_PORT: "kubelet"}
+PROBE_TIMEOUT = 5
+MAX_CLOCK_SKEW = 30.0
+_ADDRESS = re.compile(r"[A-Za-z0-9.:-]+")
 
 
 def new_token() -> Secret:
@@ -67,21 +75,43 @@ def parse_nodes(text: str) -> dict[str, KubeNode]:
     return {n.name: n for n in nodes}
 
 
-def get_node(control: Any, name: str) -> KubeNode | None:
-    """One Node as the control node sees it (a small reply: polled by every joining node at once)."""
-    r = control.run(list(M.kubectl("get", "node", name, "-o", "json")), sudo=True, timeout=60, check=False)
-    if r.exit_status:
-        if "NotFound" in r.stderr or "not found" in r.stderr:
-            return None
-        raise ProvisionError(f"`microk8s kubectl get node {name}` failed on the control node: "
-                             f"{(r.stderr.strip().splitlines() or ['exit ' + str(r.exit_status)])[-1]}",
-                             "check the control node (`microk8s status`), then re-run")
-    return parse_node(json.loads(r.stdout))
-
-
 def cluster_nodes(control: Any) -> dict[str, KubeNode]:
     r = control.run(list(M.kubectl("get", "nodes", "-o", "json")), sudo=True, timeout=60)
     return parse_nodes(r.stdout)
+
+
+class NodeWatch:
+    """The cluster's Nodes for every thread waiting on one: one `kubectl get nodes` per polling round, however
+    many nodes are being waited for (8 joining workers: 1 round trip every `interval`, not 8)."""
+
+    def __init__(self, control: Any, interval: float = 2.0):
+        import threading
+
+        self.control, self.interval = control, interval
+        self._lock = threading.Lock()
+        self._nodes: dict[str, KubeNode] = {}
+        self._at: float | None = None
+
+    def get(self, name: str) -> KubeNode | None:
+        with self._lock:
+            if self._at is None or time.monotonic() - self._at >= self.interval:
+                r = self.control.run(list(M.kubectl("get", "nodes", "-o", "json")), sudo=True, timeout=60,
+                                     check=False)
+                if r.exit_status:
+                    why = (r.stderr.strip().splitlines() or [f"exit {r.exit_status}"])[-1]
+                    raise ProvisionError(f"`microk8s kubectl get nodes` failed on the control node: {why}",
+                                         "check the control node (`microk8s status`), then re-run")
+                self._nodes, self._at = parse_nodes(r.stdout), time.monotonic()
+            return self._nodes.get(name)
+
+
+@dataclass(frozen=True)
+class Clock:
+    """A node's `date +%s`, read at some moment of the local monotonic interval [start, end] (its round trip)."""
+
+    epoch: int
+    start: float = 0.0
+    end: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -89,46 +119,142 @@ class NodeState:
     hostname: str  # lower-cased: the Kubernetes node name MicroK8s gives it
     clustered: bool  # joined (a worker's clustered.lock, or a finished join's no-cert-reissue)
     half_joined: bool  # a join started and did not finish (join-in-progress): only a new join repairs it
-    reaches: Mapping[int, bool]  # control node port -> reachable from this node
+    ports: Mapping[int, str]  # control node port -> open / refused / timeout / unreachable, probed from this node
+    clock: Clock | None = None
 
 
-def node_state_script(control_ip: str) -> str:
+@dataclass(frozen=True)
+class ControlState:
+    """The control node's side of the preflight, one round trip: its name, its clock, and what it gets when it
+    connects to each new node's kubelet port (address -> status)."""
+
+    hostname: str
+    clock: Clock | None
+    kubelets: Mapping[str, str]
+
+
+def tcp_probe(address: str, port: int) -> str:
+    """sh printing `tcp=ADDRESS PORT STATUS`: open; refused (the packets got through, nothing listens: a fresh
+    node); timeout (dropped on the way: a firewall) or unreachable (no route, or a firewall's reject)."""
+    if not _ADDRESS.fullmatch(address):  # it becomes part of a bash script
+        raise ValueError(f"bad address {address!r}")
+    q = shlex.quote
+    connect = f"exec 3<>/dev/tcp/{address}/{int(port)}"
+    return (f"e=$(LC_ALL=C timeout {PROBE_TIMEOUT} bash -c {q(connect)} 2>&1); case \"$?:$e\" in "
+            "0:*) s=open;; 124:*) s=timeout;; *refused*) s=refused;; *) s=unreachable;; esac; "
+            f"echo {q(f'tcp={address} {port}')} \"$s\"")
+
+
+def _probe_all(address_ports: Sequence[tuple[str, int]]) -> list[str]:
+    """The probes at once (each at most PROBE_TIMEOUT seconds), so the round trip stays short."""
+    return [f"( {tcp_probe(a, p)} ) &" for a, p in address_ports] + ["wait"]
+
+
+_HEAD = ["echo clock=$(date +%s)", "printf 'hostname=%s\\n' \"$(hostname)\""]  # the clock first: read early
+
+
+def node_state_script(control_ip: str, ports: Sequence[int] = (AGENT_PORT, API_PORT)) -> str:
     ipaddress.IPv4Address(control_ip)
     q = shlex.quote
-    lines = ["printf 'hostname=%s\\n' \"$(hostname)\""]
+    lines = list(_HEAD)
     for name in ("clustered.lock", "no-cert-reissue", "join-in-progress"):
         lines.append(f"if [ -e {q(LOCKS + '/' + name)} ]; then echo {q('lock=' + name)}; fi")
-    for port in (AGENT_PORT, API_PORT):
-        probe = f"exec 3<>/dev/tcp/{control_ip}/{port}"
-        lines.append(f"if timeout 5 bash -c {q(probe)} 2>/dev/null; then echo reach={port}; "
-                     f"else echo noreach={port}; fi")
-    return "\n".join(lines)
+    return "\n".join(lines + _probe_all([(control_ip, p) for p in ports]))
 
 
-def parse_node_state(text: str) -> NodeState:
+def _values(text: str) -> dict[str, list[str]]:
     vals: dict[str, list[str]] = {}
     for ln in text.splitlines():
         k, _, v = ln.partition("=")
         vals.setdefault(k.strip(), []).append(v.strip())
-    locks = set(vals.get("lock", []))
-    reaches = {int(p): True for p in vals.get("reach", [])} | {int(p): False for p in vals.get("noreach", [])}
-    return NodeState((vals.get("hostname") or [""])[0].lower(), bool(locks & {"clustered.lock", "no-cert-reissue"})
-                     and "join-in-progress" not in locks, "join-in-progress" in locks, reaches)
+    return vals
 
 
-def node_state(host: Any, control_ip: str) -> NodeState:
-    r = host.run(["sh", "-c", node_state_script(control_ip)], timeout=60)
-    return parse_node_state(r.stdout)
-
-
-def state_problems(state: NodeState, address: str, control_ip: str) -> list[str]:
-    """Why this node cannot join (cross-node preflight): one line each, with the fix."""
-    out = []
-    for port, ok in sorted(state.reaches.items()):
-        if not ok:
-            out.append(f"cannot reach the control node {control_ip}:{port} from {address} — open TCP {port} "
-                       f"from this node to {control_ip} (firewall, routes), then re-run")
+def _probes(vals: Mapping[str, list[str]]) -> dict[tuple[str, int], str]:
+    out = {}
+    for v in vals.get("tcp", []):
+        parts = v.split()
+        if len(parts) == 3 and parts[1].isdigit():
+            out[(parts[0], int(parts[1]))] = parts[2]
     return out
+
+
+def _clock(vals: Mapping[str, list[str]], start: float, end: float) -> Clock | None:
+    c = (vals.get("clock") or [""])[0]
+    return Clock(int(c), start, end) if c.isdigit() else None
+
+
+def parse_node_state(text: str, start: float = 0.0, end: float = 0.0) -> NodeState:
+    vals = _values(text)
+    locks = set(vals.get("lock", []))
+    ports = {port: status for (_addr, port), status in _probes(vals).items()}
+    return NodeState((vals.get("hostname") or [""])[0].lower(), bool(locks & {"clustered.lock", "no-cert-reissue"})
+                     and "join-in-progress" not in locks, "join-in-progress" in locks, ports,
+                     _clock(vals, start, end))
+
+
+def node_state(host: Any, control_ip: str, ports: Sequence[int] = (AGENT_PORT, API_PORT)) -> NodeState:
+    t0 = time.monotonic()
+    r = host.run(["sh", "-c", node_state_script(control_ip, ports)], timeout=60)
+    return parse_node_state(r.stdout, t0, time.monotonic())
+
+
+def control_state_script(addresses: Sequence[str]) -> str:
+    return "\n".join(_HEAD + _probe_all([(a, KUBELET_PORT) for a in addresses]))
+
+
+def parse_control_state(text: str, start: float = 0.0, end: float = 0.0) -> ControlState:
+    vals = _values(text)
+    return ControlState((vals.get("hostname") or [""])[0].lower(), _clock(vals, start, end),
+                        {addr: status for (addr, _port), status in _probes(vals).items()})
+
+
+def control_state(control: Any, addresses: Sequence[str]) -> ControlState:
+    """The control node's name and clock, and its kubelet probes to every new node: one round trip."""
+    t0 = time.monotonic()
+    r = control.run(["sh", "-c", control_state_script(addresses)], timeout=60)
+    return parse_control_state(r.stdout, t0, time.monotonic())
+
+
+def clock_skew(node: Clock, control: Clock) -> tuple[float, float]:
+    """Seconds the node's clock is ahead of the control node's (negative: behind), and the bound of the error:
+    each clock was read somewhere in its round trip, and `date +%s` truncates to the second."""
+    skew = (node.epoch - (node.start + node.end) / 2) - (control.epoch - (control.start + control.end) / 2)
+    return skew, (node.end - node.start) / 2 + (control.end - control.start) / 2 + 1
+
+
+def clock_problem(node: Clock | None, control: Clock | None, address: str, control_ip: str) -> str | None:
+    """A preflight line when the clocks surely differ by more than MAX_CLOCK_SKEW (never on a measuring error)."""
+    if node is None or control is None:
+        return None
+    skew, err = clock_skew(node, control)
+    if abs(skew) - err <= MAX_CLOCK_SKEW:
+        return None
+    return (f"clock of {address} is {abs(skew):.0f} s {'ahead of' if skew > 0 else 'behind'} the control node "
+            f"{control_ip} — certificates the join signs would not be valid yet: sync time (chrony/timedatectl "
+            "set-ntp true), then re-run")
+
+
+def port_problem(src: str, dst: str, port: int, status: str, to_control: bool = True) -> str | None:
+    """A preflight line for TCP `port` from src to dst (one of them the control node). Connection refused
+    counts as reachable (nothing listens on a fresh node yet) except for the control node's own services."""
+    if status == "open" or (status == "refused" and port not in LISTENING):
+        return None
+    there = f"{dst}:{port} ({PORT_NAMES.get(port, 'TCP')})"
+    there, here = (f"the control node {there}", src) if to_control else (there, f"the control node {src}")
+    if status == "refused":
+        return (f"{there} refused the connection from {here} — check that MicroK8s runs there "
+                "(`microk8s status`), then re-run")
+    why = {"timeout": f"no answer in {PROBE_TIMEOUT} s", "unreachable": "no route"}.get(status, status)
+    return (f"cannot reach {there} from {here}: {why} — open TCP {port} from {src} to {dst} (firewall, routes), "
+            "then re-run")
+
+
+def state_problems(state: NodeState, address: str, control_ip: str, control_clock: Clock | None = None) -> list[str]:
+    """Why this node cannot join (cross-node preflight): one line each, with the fix."""
+    out = [port_problem(address, control_ip, port, status) for port, status in sorted(state.ports.items())]
+    out.append(clock_problem(state.clock, control_clock, address, control_ip))
+    return [p for p in out if p]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,12 +307,12 @@ def join(host: Any, control_ip: str, token: Secret, check: str, worker: bool) ->
     host.run(join_argv(control_ip, check, worker), sudo=True, stdin=token_stdin(token), timeout=600)
 
 
-def wait_ready(control: Any, name: str, timeout: float, stop: Any = None, interval: float = 2.0) -> KubeNode:
-    """Poll the control node until Node `name` is Ready (bounded)."""
+def wait_ready(watch: NodeWatch, name: str, timeout: float, stop: Any = None) -> KubeNode:
+    """Poll until Node `name` is Ready (bounded), through the watch every waiting thread shares."""
     deadline = time.monotonic() + timeout
     seen = None
     while True:
-        seen = get_node(control, name)
+        seen = watch.get(name)
         if seen is not None and seen.ready:
             return seen
         if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
@@ -194,7 +320,7 @@ def wait_ready(control: Any, name: str, timeout: float, stop: Any = None, interv
             raise VerifyFailed(f"joined, but Node {name} {state} after {timeout:g}s",
                                f"see `microk8s kubectl describe node {name}` on the control node and "
                                "`microk8s inspect` on the node, then re-run")
-        time.sleep(interval)
+        time.sleep(min(watch.interval, max(0.0, deadline - time.monotonic())) or 0.05)
 
 
 def label(control: Any, name: str, labels: Mapping[str, str]) -> None:

@@ -454,6 +454,8 @@ class WaitPods(Action):
     interrupted run would sit out the whole timeout while pods that cannot start are polled.
     """
 
+    waits_only = True
+
     namespace: str
     prefix: str
     per_node: bool

@@ -108,6 +108,8 @@ class WaitSnapChange(Action):
     told apart from a change that failed (snap watch prints the change's error and exits non-zero).
     """
 
+    waits_only = True
+
     change_id: str
     summary: str
     timeout: float
@@ -148,6 +150,8 @@ seeded_probe = F.Probe("snap_seeded", "command -v snap >/dev/null 2>&1 || exit 1
 @dataclass(frozen=True)
 class WaitSeeded(Action):
     """Wait (bounded) for snapd to finish seeding before the first install or refresh."""
+
+    waits_only = True
 
     timeout: float
 

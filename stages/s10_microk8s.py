@@ -185,6 +185,8 @@ class WaitReady(RunCommand):
     it passes, look again `settle` seconds later; not ready then means wait again (bounded by the
     same timeout), so the stage's re-gather never sees a half-started MicroK8s."""
 
+    waits_only = True
+
     settle: float = 5.0
 
     def apply(self, host: Any, ctx: ApplyContext) -> None:

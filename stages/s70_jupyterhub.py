@@ -182,6 +182,8 @@ class HelmRelease(Action):
 class WaitHub(Action):
     """Wait for the hub and proxy Deployments; on timeout name the pod, its status and its last events."""
 
+    waits_only = True
+
     namespace: str
     timeout: float
     interval: float = 3.0

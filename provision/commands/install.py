@@ -75,7 +75,8 @@ def install(env: str, bundle: str, dry_run: bool, from_stage: str | None,
         console = _console(settings, log_file, verbose)
         from provision.inventory import open_inventory
 
-        with open_inventory(with_roster=True, **host_kwargs) as inventory:  # hosts connect lazily; closed however the run ends
+        # hosts connect lazily, every command logged (the inventory read too); closed however the run ends
+        with open_inventory(with_roster=True, on_command=console.on_command, **host_kwargs) as inventory:
             runner = _runner(settings, opts, console, bundle, inventory)
             runner.run()
         _finish(console, runner.summary, as_json)

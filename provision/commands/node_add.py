@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import click
@@ -60,7 +61,6 @@ def check_paths(bundle: str, known_hosts: str | None) -> None:
     """The bundle folder and the known_hosts file must be usable before any node is touched."""
     import errno
     import os
-    from pathlib import Path
 
     from provision.errors import BundleError, path_error
 
@@ -81,9 +81,48 @@ def check_paths(bundle: str, known_hosts: str | None) -> None:
             raise bad(known_hosts, code, "--known-hosts: cannot write", ConfigError)
 
 
-def join_problems(states: dict[str, Any], kube: dict[str, Any], me: str, control_ip: str) -> list[str]:
+@dataclass(frozen=True)
+class Stale:
+    """What a new node would take the place of: a reinstalled machine's old Node, or its address recorded or
+    registered under another name. `--replace` removes it (remove-node --force, then the inventory)."""
+
+    name: str
+    address: str
+    in_kube: bool
+    ready: bool
+    why: str  # the start of its preflight line
+
+
+def stale_nodes(addr: str, st: Any, kube: dict[str, Any], records: Sequence[Any], me: str) -> list[Stale]:
+    """Pure: for new node `addr` (its NodeState `st`), the Node with its hostname when this machine has not
+    joined, and any Node or inventory record with its address under another name (never the control node)."""
+    from provision import roster
+
+    out: dict[str, Stale] = {}
+
+    def state(k: Any) -> str:
+        return "Ready" if k.ready else "NotReady"
+
+    other = kube.get(st.hostname)
+    if other is not None and st.hostname != me and not st.clustered and not st.half_joined:
+        out[other.name] = Stale(other.name, other.address, True, other.ready, f"a node named {other.name} "
+                                f"({other.address or 'no address'}, {state(other)}) is already in the cluster")
+    for k in kube.values():
+        if k.address == addr and k.name not in (st.hostname, me, *out):
+            out[k.name] = Stale(k.name, k.address, True, k.ready,
+                                f"the cluster has a node {k.name} ({state(k)}) with this address")
+    for r in records:
+        if r.address == addr and r.name not in (st.hostname, me, *out):
+            out[r.name] = Stale(r.name, r.address, False, False,
+                                f"{roster.INVENTORY_FILE} records this address for {r.name}")
+    return list(out.values())
+
+
+def join_problems(states: dict[str, Any], kube: dict[str, Any], me: str, control_ip: str,
+                  records: Sequence[Any] = (), replace: bool = False, control: Any = None) -> list[str]:
     """Pure: why the new nodes (address -> NodeState, or the error reaching it) cannot join, one line each with
-    the fix: unreachable or unknown host key, control node ports, hostnames unique and not taken."""
+    the fix: unreachable or unknown host key, ports both ways, clocks, hostnames unique and not taken, stale
+    nodes of the same name or address (unless --replace). `control`: the control node's ControlState."""
     from stages import _join as J
 
     problems: list[str] = []
@@ -93,22 +132,40 @@ def join_problems(states: dict[str, Any], kube: dict[str, Any], me: str, control
             problems.append(f"{addr}: {_line(st)}")
             continue
         by_hostname.setdefault(st.hostname, []).append(addr)
-        problems += [f"{addr}: {p}" for p in J.state_problems(st, addr, control_ip)]
-        other = kube.get(st.hostname)
+        problems += [f"{addr}: {p}" for p in J.state_problems(st, addr, control_ip, control and control.clock)]
+        if control is not None:
+            kubelet = J.port_problem(control_ip, addr, J.KUBELET_PORT, control.kubelets.get(addr, "not probed"),
+                                     to_control=False)
+            problems += [f"{addr}: {kubelet}"] if kubelet else []
         if st.hostname == me:
             problems.append(f"{addr}: this is the control node {me} — list only the nodes to add")
-        elif other is not None and not st.clustered and not st.half_joined:
-            problems.append(f"{addr}: a node named {st.hostname} ({other.address}) is already in the cluster "
-                            f"— remove it first (`provision node del {st.hostname}`) or rename this node "
-                            "(`hostnamectl set-hostname NEW-NAME`)")
-        elif other is None and st.clustered:
+            continue
+        if kube.get(st.hostname) is None and st.clustered:
             problems.append(f"{addr}: {st.hostname} is already a node of another MicroK8s cluster (this one "
                             "does not list it) — run `sudo microk8s leave` on it, then re-run")
+        for s in stale_nodes(addr, st, kube, records, me):
+            if s.in_kube and s.ready and s.address != addr:
+                problems.append(f"{addr}: {s.why}: another machine has this name — rename this node "
+                                f"(`hostnamectl set-hostname NEW-NAME`), or remove {s.name} first "
+                                f"(`provision node del {s.name}`)")
+            elif not replace:
+                problems.append(f"{addr}: {s.why} — re-run with --replace to remove it first, or remove it "
+                                f"yourself (`provision node del {s.name}`)")
     for h, names in by_hostname.items():
         if len(names) > 1:
             problems.append(f"{', '.join(names)}: all have the hostname {h} — give every node its own name "
                             "(`hostnamectl set-hostname NEW-NAME`)")
     return problems
+
+
+def unknown_host_key(e: Any) -> str | None:
+    """The fingerprint of a host key no known_hosts file has (and none of another type either), from the hosts
+    layer's refusal; None for anything else (a CHANGED key is never asked about)."""
+    from provision.errors import HostKeyError
+
+    m = re.search(r"unknown SSH host key for \S+: \S+ (SHA256:[A-Za-z0-9+/]{43})$",
+                  e.message.splitlines()[0]) if isinstance(e, HostKeyError) else None
+    return m.group(1) if m else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,6 +196,8 @@ class Joined:
                    "a time.")
 @click.option("--label", "labels", metavar="KEY=VALUE", multiple=True, help="Kubernetes label for the new nodes. "
               "Repeatable.")
+@click.option("--replace", is_flag=True, help="Remove a stale node of the same name or address first (a "
+              "reinstalled machine's old Node: `microk8s remove-node NAME --force`, and its inventory record).")
 @click.option("--dry-run", is_flag=True, help="Check the nodes and show every change; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking (needed when stdin is not a terminal).")
 @click.option("--concurrency", type=click.IntRange(1, 100), default=10, show_default=True,
@@ -146,25 +205,29 @@ class Joined:
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Log file [default: as for install].")
 @click.option("--verbose", "-v", is_flag=True, help="Show every command (masked) as it runs.")
 def add(addresses: tuple[str, ...], env: str, bundle: str, user: str | None, port: int, role: str,
-        labels: tuple[str, ...], dry_run: bool, yes: bool, concurrency: int, log_file: str | None, verbose: bool,
-        host: str | None, identity: str | None, known_hosts: str | None, ask_pass: bool,
+        labels: tuple[str, ...], replace: bool, dry_run: bool, yes: bool, concurrency: int, log_file: str | None,
+        verbose: bool, host: str | None, identity: str | None, known_hosts: str | None, ask_pass: bool,
         accept_new_host_keys: bool, accept_host_key: tuple[str, ...]) -> None:
     """Add nodes to the cluster over SSH: preflight, MicroK8s and images (stages 00-20) on all of them in
     parallel, then join each, wait until it is Ready, label it and record it in the inventory.
 
     ADDR is an address or a DNS name (USER@ADDR[:PORT] works too). The SSH options apply to the new nodes
     (and to the control node when --host is given). Unknown host keys are refused with their fingerprint
-    unless accepted. Safe to re-run: joined nodes are skipped, a node whose join failed half-way joins again.
+    unless accepted (on a terminal: asked once per node). Safe to re-run: joined nodes are skipped, a node
+    whose join failed half-way joins again. A stale node of the same name or address (a reinstalled
+    machine) is refused unless --replace.
 
     \b
     Examples:
       sudo provision node add 10.0.0.21 10.0.0.22 --user ubuntu --accept-new-host-keys --yes
       sudo provision node add 10.0.0.23 --user ubuntu --ask-pass --label gpu-model=a100
       sudo provision node add 10.0.0.11 --role control-plane --accept-host-key SHA256:...
+      sudo provision node add 10.0.0.24 --replace --yes    # reinstalled: replace its old NotReady node
       provision node add 10.0.0.21 --host ubuntu@10.0.0.5 --dry-run    # control node over SSH
 
     Exit codes: 0 done, 1 a node failed (the others are done), 2 bad options, 3 preflight failed (nothing
-    changed), 4 another run holds the lock, 130 interrupted.
+    changed), 4 another run holds the lock, 5 the nodes joined but a cluster stage no longer converges
+    with them, 130 interrupted.
     """
     from provision.cli import report_error
     from provision.errors import ProvisionError
@@ -191,7 +254,8 @@ def add(addresses: tuple[str, ...], env: str, bundle: str, user: str | None, por
                            (*(t.reveal() for t in tokens.values()), *([password] if password else [])))
         job = AddJob(settings, console, bundle, targets, role, label_map, dry_run, yes, concurrency, tokens,
                      {"host": host, "identity": identity, "known_hosts": known_hosts, "password": password,
-                          "accept_new_host_keys": accept_new_host_keys, "accept_host_key": fingerprints})
+                          "accept_new_host_keys": accept_new_host_keys, "accept_host_key": fingerprints},
+                     replace=replace)
         code = job.run()
         sys.exit(code)
     except ProvisionError as e:
@@ -204,8 +268,8 @@ def add(addresses: tuple[str, ...], env: str, bundle: str, user: str | None, por
 class AddJob:
     def __init__(self, settings: Any, console: Any, bundle: str, targets: list[Target], role: str,
                  labels: dict[str, str], dry_run: bool, yes: bool, concurrency: int, tokens: dict[str, Any],
-                 ssh: dict[str, Any]):
-        self.settings, self.console, self.bundle = settings, console, bundle
+                 ssh: dict[str, Any], replace: bool = False):
+        self.settings, self.console, self.bundle, self.replace = settings, console, bundle, replace
         self.targets, self.role, self.labels = targets, role, labels
         self.dry_run, self.yes, self.concurrency, self.tokens, self.ssh = dry_run, yes, concurrency, tokens, ssh
         self.actions = 0
@@ -235,7 +299,7 @@ class AddJob:
         with open_inventory(host=s["host"], password=s["password"], on_command=self._on_command,
                             **control_opts) as control_inv, \
                 build_inventory(specs, ssh, on_command=self._on_command) as new_inv:
-            control_node = control_inv.control
+            control_node = self.control_node = control_inv.control
             control = control_inv.host(control_node)
             for h in [control, *(new_inv.host(n) for n in new_inv.nodes)]:
                 for token in self.tokens.values():
@@ -257,6 +321,8 @@ class AddJob:
         return self._report(outcomes, time.monotonic() - t0)
 
     _tokens_made: tuple = ()
+    cluster_error: Any = None  # a cluster stage that no longer converges after the join
+    control_node: Any = None
 
     def _add(self, control: Any, new_inv: Any) -> list[Joined]:
         from provision import roster
@@ -273,7 +339,9 @@ class AddJob:
                                  f"(`microk8s kubectl get nodes` exit {e.exit_status})",
                                  "install the control node first (`provision install`), or give --host for it; "
                                  "details in the log", EXIT_PREFLIGHT) from None
-        me = control.run(["hostname"], timeout=30).stdout.strip().lower()
+        # its name and clock, and whether it reaches each new node's kubelet port: one round trip
+        ctl = J.control_state(control, [n.address for n in new_inv.nodes])
+        me = ctl.hostname
         mine = kube.get(me)
         if mine is None:
             raise ConfigError(f"the control node's Kubernetes does not list a node named {me}",
@@ -289,7 +357,12 @@ class AddJob:
 
         # 1. what each new node is (one round trip each), and the checks across nodes
         self.console.line(f"==> checking {len(new_inv.nodes)} new node(s)", "header")
-        states = self._parallel(new_inv.nodes, lambda n: J.node_state(new_inv.host(n), control_ip))
+        ports = (J.AGENT_PORT, J.API_PORT) + ((J.DQLITE_PORT,) if self.role == "control-plane" else ())
+
+        def probe(n: Any) -> Any:
+            return J.node_state(new_inv.host(n), control_ip, ports)
+
+        states = self._trust_on_terminal(new_inv, self._parallel(new_inv.nodes, probe), probe)
         out = {n.name: Joined(n.name) for n in new_inv.nodes}
         for n in new_inv.nodes:
             st = states[n.name]
@@ -297,15 +370,20 @@ class AddJob:
                 out[n.name].name = st.hostname
                 if st.clustered and st.hostname in kube:
                     self.console.node(n.name, f"{st.hostname}: already in the cluster")
-        problems = join_problems(states, kube, me, control_ip)
+        problems = join_problems(states, kube, me, control_ip, records, self.replace, ctl)
         if problems:
             from provision.errors import PreflightError
 
             raise PreflightError("the new nodes cannot join (nothing was changed):\n  " + "\n  ".join(problems),
                                  "fix the lines above, then re-run the same command")
+        stale = {n.name: stale_nodes(n.address, states[n.name], kube, records, me) for n in new_inv.nodes}
 
-        # 2. stages 00-20 on every new node, in parallel (a failing node drops out; the others go on)
-        nodes, failures = self._stages(new_inv)
+        # 2. stages 00-20 on every new node, in parallel (a failing node drops out; the others go on); the
+        # control node meanwhile finds which cluster stages are installed (it is idle until the join)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="provision-control") as pool:
+            installed = pool.submit(self._converged_cluster_stages, control)
+            nodes, failures = self._stages(new_inv)
+            converged = installed.result()
         for name, why in failures.items():
             out[name].error = why
 
@@ -314,6 +392,17 @@ class AddJob:
         for n in nodes:
             if states[n.name].clustered:
                 out[n.name].result = "already in the cluster"
+        replacing = {n.name: stale[n.name] for n in nodes if stale[n.name]}  # only with --replace (preflight)
+        if replacing and self.dry_run:
+            for name, olds in replacing.items():
+                for s in olds:
+                    how = f"`microk8s remove-node {s.name} --force` on the control node, then " if s.in_kube else ""
+                    self.console.node(name, f"would first remove the stale node {s.name} ({s.address}): "
+                                      f"{how}drop it from the inventory")
+        elif replacing:
+            self._confirm(len(todo), control_ip, replacing)
+            records = self._remove_stale(control, records, replacing, out)
+            todo = [n for n in todo if not out[n.name].error]
         if todo and self.dry_run:
             for n in todo:
                 how = "again (a join failed half-way)" if states[n.name].half_joined else f"as a {self.role}"
@@ -343,7 +432,10 @@ class AddJob:
                     out[name].error = _join_failure(r)
         if not self.dry_run:
             ready = [n for n in nodes if not out[n.name].error]
-            results = self._parallel(ready, lambda n: self._ready_and_label(control, n, out[n.name]))
+            if ready:
+                self.console.line(f"==> waiting for {len(ready)} node(s) to be Ready", "header")
+            watch = J.NodeWatch(control)  # one `kubectl get nodes` per round for all the nodes waited for
+            results = self._parallel(ready, lambda n: self._ready_and_label(control, watch, out[n.name]))
             for name, r in results.items():
                 if isinstance(r, Exception):
                     out[name].error = _line(r)
@@ -363,15 +455,65 @@ class AddJob:
             if roster.dump(new) != roster.dump(old):
                 roster.write(control, new)
                 self.console.line(f"inventory: {len(new)} node(s) recorded in {roster.INVENTORY_FILE}")
+            # 5. the cluster stages that had converged run again: they must converge with the new nodes too
+            joined = [n for n in nodes if out[n.name].result == "joined" and not out[n.name].error]
+            if converged and joined and any(o.error for o in out.values()):
+                self.console.line(f"not checking stage(s) {', '.join(f'{c:02d}' for c in converged)} again yet: "
+                                  "a node failed (the re-run checks them)")
+            elif converged and joined:
+                self._cluster_stages(control, converged)
+        elif converged and todo:
+            self.console.line(f"after the join: would check stage(s) {', '.join(f'{c:02d}' for c in converged)} "
+                              "again with the new nodes")
         return [out[n.name] for n in new_inv.nodes]
+
+    def _converged_cluster_stages(self, control: Any) -> list[int]:
+        """The cluster stages (30, 40, 70, ...) with nothing to change before the join (at most something to wait
+        for, such as calico-node on a node a failed run left NotReady), one gather each. After the join they run
+        again (a new node without a Ready calico-node fails them; a GPU node changes the hub's profiles), so a
+        node that breaks the cluster is an error of this run, not a surprise later. Stages with changes to
+        make were not installed yet: that is `provision install`'s work."""
+        from provision.errors import ProvisionError
+        from provision.stage import ApplyContext, Scope, discover
+
+        converged = []
+        for cls in discover():
+            stage = cls()
+            if stage.scope is not Scope.CLUSTER or stage.number <= STAGES_UP_TO:
+                continue
+            stage.context = ApplyContext(self.settings, Path(self.bundle))  # type: ignore[attr-defined]
+            try:
+                facts = stage.gather(control, self.settings, self.control_node)
+                plan = stage.plan(facts, self.settings, self.control_node)
+                if all(a.waits_only for a in plan.actions):
+                    converged.append(stage.number)
+            except ProvisionError as e:
+                self.console.debug(f"stage {stage.number:02d} before the join: {e.message.splitlines()[0]}")
+        return converged
+
+    def _cluster_stages(self, control: Any, numbers: list[int]) -> None:
+        """Run the cluster stages that had converged again (on the control node, as `install` does)."""
+        from provision.errors import ProvisionError
+        from provision.runner import Runner, RunOptions
+        from provision.stage import discover
+
+        stages = [cls() for cls in discover() if cls.number in numbers]
+        runner = Runner(stages, [self.control_node], {self.control_node.name: control}, self.settings,
+                        RunOptions(yes=True, concurrency=1), self.console, bundle_dir=Path(self.bundle))
+        self.summaries.append(runner.summary)
+        try:
+            runner.run()
+        except ProvisionError as e:
+            self.cluster_error = e
+        self.actions += runner.summary.actions_applied
 
     def _control_target(self) -> Target | None:
         return parse_target(self.ssh["host"]) if self.ssh["host"] else None
 
-    def _ready_and_label(self, control: Any, n: Any, o: Joined) -> None:
+    def _ready_and_label(self, control: Any, watch: Any, o: Joined) -> None:
         from stages import _join as J
 
-        have = J.wait_ready(control, o.name, READY_TIMEOUT).labels
+        have = J.wait_ready(watch, o.name, READY_TIMEOUT).labels
         want = {k: v for k, v in self.labels.items() if have.get(k) != v}
         if want:
             J.label(control, o.name, want)
@@ -380,18 +522,62 @@ class AddJob:
         if not o.result:
             o.result = "joined"
 
-    def _confirm(self, count: int, control_ip: str) -> None:
+    def _remove_stale(self, control: Any, records: list[Any], replacing: dict[str, list[Stale]],
+                      out: dict[str, Joined]) -> list[Any]:
+        """--replace: before its successor joins, a stale node is removed on the control node the way `node del`
+        removes a node it cannot reach (remove-node --force), then from the inventory (written at once)."""
+        from provision import roster
+        from stages import _cluster as C
+
+        self.console.line(f"==> removing {sum(map(len, replacing.values()))} stale node(s)", "header")
+        kept = records
+        for name, olds in replacing.items():
+            for s in olds:
+                if s.in_kube:
+                    r = C.remove_node(control, s.name, force=True)
+                    if r.exit_status and "does not exist in Kubernetes" not in r.stdout:
+                        why = ((r.stdout + r.stderr).strip().splitlines() or [f"exit {r.exit_status}"])[-1]
+                        out[name].error = (f"microk8s remove-node {s.name} --force failed: {why} — check "
+                                           "`sudo microk8s status` on the control node, then re-run")
+                        break
+                    self.actions += 1
+                kept = roster.remove(kept, s.name)
+                self.console.node(name, f"removed the stale node {s.name} ({s.address})")
+        if roster.dump(kept) != roster.dump(records):
+            roster.write(control, kept)
+        return kept
+
+    def _trust_on_terminal(self, new_inv: Any, states: dict[str, Any], probe: Any) -> dict[str, Any]:
+        """On a terminal, ask once per node whose host key is unknown; a yes accepts exactly that fingerprint
+        (as --accept-host-key does: the hosts layer checks it and writes it to known_hosts) and probes again."""
+        if not sys.stdin.isatty():
+            return states
+        trusted = []
+        for n in new_inv.nodes:
+            fp = unknown_host_key(states[n.name])
+            if fp and self.console.confirm(f"Trust {n.address}'s host key {fp}? [y/N]"):
+                new_inv.host(n).accept_host_keys.add(fp)
+                trusted.append(n)
+        return {**states, **self._parallel(trusted, probe)}
+
+    _confirmed = False
+
+    def _confirm(self, count: int, control_ip: str, replacing: dict[str, list[Stale]] | None = None) -> None:
         from provision.errors import EXIT_CONFIG, Interrupted, ProvisionError
 
-        if self.yes:
+        if self.yes or self._confirmed:
             return
         what = f"join {count} node(s) to the cluster at {control_ip}"
+        if replacing:
+            olds = ", ".join(s.name for v in replacing.values() for s in v)
+            what = f"remove the stale node(s) {olds}" + (f", then {what}" if count else "")
         if not sys.stdin.isatty():
             raise ProvisionError(f"ready to {what}, but there is no terminal to confirm it",
                                  "re-run with --yes to apply without asking, or with --dry-run to only see the plan",
                                  exit_code=EXIT_CONFIG)
         if not self.console.confirm(f"{what[0].upper()}{what[1:]}? [y/N]"):
             raise Interrupted("stopped before the join: not confirmed", "re-run and answer y")
+        self._confirmed = True
 
     # --- stages 00-20 through the runner ----------------------------------------------------------
 
@@ -409,7 +595,7 @@ class AddJob:
         failures: dict[str, str] = {}
         while stages and nodes:
             hosts = {n.name: new_inv.host(n) for n in nodes}
-            runner = Runner(stages, nodes, hosts, self.settings, opts, self.console, bundle_dir=_path(self.bundle))
+            runner = Runner(stages, nodes, hosts, self.settings, opts, self.console, bundle_dir=Path(self.bundle))
             self.summaries.append(runner.summary)
             try:
                 runner.run()
@@ -468,6 +654,12 @@ class AddJob:
                             for o in outcomes])
         failed = [o for o in outcomes if o.error]
         took = duration(seconds)
+        if self.cluster_error is not None:
+            e = self.cluster_error
+            e.message = (f"the node(s) joined, but {e.message[0].lower()}{e.message[1:]}"
+                         + "".join(f"\n  {o.address}: {o.error}" for o in failed))
+            e.args = (e.message,)
+            raise e
         if failed:
             from provision.errors import EXIT_APPLY_FAILED, ProvisionError
 
@@ -505,12 +697,6 @@ def _join_failure(e: BaseException) -> str:
 
 def _bracket(address: str) -> str:
     return f"[{address}]" if ":" in address else address
-
-
-def _path(p: str) -> Any:
-    from pathlib import Path
-
-    return Path(p)
 
 
 def _stamp(records: list[Any]) -> list[Any]:

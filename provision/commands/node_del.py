@@ -26,7 +26,10 @@ from provision.inventory import host_options
 @click.option("--yes", "-y", is_flag=True, help="Do not ask (needed when stdin is not a terminal).")
 @click.option("--drain-timeout", type=click.IntRange(10, 3600), default=360, show_default=True,
               help="Seconds one drain may take (kubespray's default).")
-def delete(node_key: str, force: bool, dry_run: bool, yes: bool, drain_timeout: int, **host_kwargs) -> None:
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Log file [default: as for install].")
+@click.option("--verbose", "-v", is_flag=True, help="Show every command (masked) as it runs.")
+def delete(node_key: str, force: bool, dry_run: bool, yes: bool, drain_timeout: int, log_file: str | None,
+           verbose: bool, **host_kwargs) -> None:
     """Remove a node: safety report, cordon, drain, leave, remove-node, inventory.
 
     NAME is the Kubernetes node name (`microk8s kubectl get nodes`), ADDR its address. A node that is
@@ -40,6 +43,10 @@ def delete(node_key: str, force: bool, dry_run: bool, yes: bool, drain_timeout: 
       sudo provision node del 10.0.0.23 --yes      # unattended
       sudo provision node del gpu-3 --force --yes  # even with user servers or data on it
 
+    The report, the plan and each step go to stderr and to the log file (--log-file, default as for
+    install), with every command the hosts ran (masked); -v shows those commands too. On failure the
+    last line says where the log is.
+
     Exit codes: 0 removed (or already gone), 1 a step failed (re-run to finish), 2 bad name or options,
     3 the control-plane node's host key is not trusted, 4 another run holds the lock,
     6 refused: user servers or data would be lost (use --force), it is the last control-plane node,
@@ -48,10 +55,22 @@ def delete(node_key: str, force: bool, dry_run: bool, yes: bool, drain_timeout: 
     from provision.cli import report_error
     from provision.errors import ProvisionError
 
+    console = None
     try:
-        _delete(node_key, force, dry_run, yes, drain_timeout, host_kwargs)
+        import getpass
+
+        from provision.commands.install import _console
+
+        key = _valid_key(node_key)
+        if host_kwargs.get("ask_pass"):
+            host_kwargs["password"] = getpass.getpass("SSH/sudo password: ")
+        console = _console(None, log_file, verbose, (host_kwargs.get("password") or "",))
+        _delete(console, key, force, dry_run, yes, drain_timeout, host_kwargs)
     except ProvisionError as e:
         report_error(e)
+        if console is not None and console.log:
+            console.log.write(f"error: {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""))
+            click.echo(f"log: {console.log_path}", err=True)
         sys.exit(e.exit_code)
 
 
@@ -70,25 +89,20 @@ def _valid_key(key: str) -> str:
     return key
 
 
-def _delete(key: str, force: bool, dry_run: bool, yes: bool, drain_timeout: int, host_kwargs: dict) -> None:
-    import getpass
-
+def _delete(console, key: str, force: bool, dry_run: bool, yes: bool, drain_timeout: int, host_kwargs: dict) -> None:
     from provision import roster
     from provision.errors import ConfigError, ProvisionError
     from provision.inventory import open_inventory
     from provision.lock import NodeLock, RunLock, RunLocks
     from stages import _cluster as C
 
-    key = _valid_key(key)
-    if host_kwargs.get("ask_pass"):
-        host_kwargs["password"] = getpass.getpass("SSH/sudo password: ")
-    with open_inventory(**host_kwargs) as inventory:
+    with open_inventory(on_command=console.on_command, **host_kwargs) as inventory:
         control = inventory.host(inventory.control)
         locks = RunLocks(RunLock(), NodeLock(control, inventory.control.name)) if not dry_run else RunLocks()
         node_host = None
         note = locks.acquire()
         if note:
-            click.echo(note, err=True)
+            console.warn(note)
         try:
             records = roster.read(control)
             record = next((r for r in records if key in (r.name, r.address)), None)
@@ -98,7 +112,7 @@ def _delete(key: str, force: bool, dry_run: bool, yes: bool, drain_timeout: int,
                                      "check `sudo microk8s status` there, then re-run")
             facts = C.find_node(nodes, key) or (C.find_node(nodes, record.name) if record else None)
             if facts is None and record is None:
-                click.echo(f"{key} is neither in the cluster nor in the inventory: nothing to do")
+                console.line(f"{key} is neither in the cluster nor in the inventory: nothing to do", "ok")
                 return
             if facts is None:  # a run that removed it from Kubernetes but was stopped before the inventory
                 facts = C.NodeFacts(record.name, record.address, record.is_control, False, False)
@@ -106,44 +120,47 @@ def _delete(key: str, force: bool, dry_run: bool, yes: bool, drain_timeout: int,
             pvs = C.get_json(control, "pv") if facts.in_kubernetes else None
             here = control.run(["hostname"], timeout=30).stdout.strip().lower()
             rep = C.safety_report(facts, nodes, pods, pvs, C.voters(C.status_yaml(control)), here)
+            console.line(f"==> removing {facts.name}: safety report", "header")
             for line in rep.lines():
-                click.echo(line)
+                console.line(line)
             if rep.fatal:
                 raise ProvisionError(f"refusing to remove {facts.name}: {rep.fatal}",
                                      "add another control-plane node first (`provision node add --role "
                                      "control-plane`), or run this from another one (--host)",
                                      exit_code=EXIT_REFUSED)
-            node_host = _node_host(record, host_kwargs)
+            node_host = _node_host(record, host_kwargs, console.on_command)
             reachable = _reachable(node_host)
             steps = C.plan(rep, reachable, record is not None)
-            click.echo("plan:")
+            console.line("plan:")
             for i, s in enumerate(steps, 1):
-                click.echo(f"  {i}. {s}")
+                console.line(f"  {i}. {s}")
             if rep.blockers and not force:
                 raise ProvisionError(f"refusing to remove {facts.name}: " + "; ".join(rep.blockers),
                                      "ask the users to stop their servers (hub admin page) and move the data, "
                                      "or pass --force to remove the node anyway", exit_code=EXIT_REFUSED)
             if dry_run:
-                click.echo("dry run: nothing changed")
+                console.line("dry run: nothing changed", "ok")
                 return
             if not yes:
                 if not sys.stdin.isatty():
                     raise ConfigError("no terminal to ask on", "pass --yes to remove the node unattended")
-                if not click.confirm(f"Remove {facts.name}?", default=False):
+                if not console.confirm(f"Remove {facts.name}? [y/N]"):
                     raise ProvisionError("not confirmed: nothing changed", exit_code=EXIT_REFUSED)
-            _remove(control, node_host if reachable else None, facts, force, drain_timeout)
+            console.line(f"==> removing {facts.name}", "header")
+            _remove(console, control, node_host if reachable else None, facts, force, drain_timeout)
             if record is not None:
                 roster.write(control, roster.remove(roster.read(control), record.name))
-            click.echo(f"removed {facts.name}" + ("" if reachable else
-                       f" ({facts.name} could not be reached: remove-node --force was used; run "
-                       "`sudo microk8s leave` on it if it comes back)"))
+                console.node(facts.name, f"removed from the inventory ({roster.INVENTORY_FILE})")
+            console.line(f"removed {facts.name}" + ("" if reachable else
+                         f" ({facts.name} could not be reached: remove-node --force was used; run "
+                         "`sudo microk8s leave` on it if it comes back)"), "ok")
         finally:
             locks.release()
             if node_host is not None:
                 node_host.close()
 
 
-def _node_host(record, host_kwargs: dict):
+def _node_host(record, host_kwargs: dict, on_command=None):
     """An SSH connection (not yet opened) to the departing node, from its recorded target; None when
     the inventory has no way to reach it (not recorded, or the control node itself)."""
     if record is None or record.target is None:
@@ -157,7 +174,7 @@ def _node_host(record, host_kwargs: dict):
                    password=host_kwargs.get("password"), known_hosts=host_kwargs.get("known_hosts"),
                    accept_new_host_keys=False,
                    accept_host_keys=tuple(parse_fingerprint(f) for f in host_kwargs.get("accept_host_key") or ()),
-                   connect_timeout=10.0)
+                   connect_timeout=10.0, on_command=on_command)
 
 
 def _reachable(host) -> bool:
@@ -171,7 +188,7 @@ def _reachable(host) -> bool:
         return False
 
 
-def _remove(control, node_host, facts, force: bool, drain_timeout: int) -> None:
+def _remove(console, control, node_host, facts, force: bool, drain_timeout: int) -> None:
     """cordon -> drain -> leave -> remove-node; each step tolerates having been done by an earlier run."""
     from provision.errors import ProvisionError
     from stages import _cluster as C
@@ -184,26 +201,28 @@ def _remove(control, node_host, facts, force: bool, drain_timeout: int) -> None:
         r = C.cordon(control, facts.name)
         if r.exit_status:
             raise ProvisionError(f"cordon {facts.name} failed: {last(r)}", "check the API, then re-run")
-        click.echo(f"cordoned {facts.name}", err=True)
+        console.node(facts.name, "cordoned")
         for attempt in range(1, C.DRAIN_RETRIES + 1):
             r = C.drain(control, facts.name, timeout=drain_timeout, unmanaged=force)
             if r.exit_status == 0:
-                click.echo(f"drained {facts.name}", err=True)
+                console.node(facts.name, "drained")
                 break
-            click.echo(f"drain {facts.name}, try {attempt}/{C.DRAIN_RETRIES}: {last(r)}", err=True)
+            console.node(facts.name, f"drain, try {attempt}/{C.DRAIN_RETRIES}: {last(r)}", "warn")
         else:
             if not force:
                 raise ProvisionError(f"drain of {facts.name} did not finish: {last(r)}",
                                      "a PodDisruptionBudget, a stuck pod or a pod no controller recreates holds it "
                                      "(see `microk8s kubectl get pods -A -o wide`); fix it and re-run, or pass "
                                      "--force to delete such pods and go on")
-            click.echo(f"warning: drain of {facts.name} failed; going on (--force)", err=True)
+            console.warn(f"drain of {facts.name} failed; going on (--force)")
     left = False
     if node_host is not None:
         r = C.leave(node_host)
         left = r.exit_status == 0 or "not acting as a node in a cluster" in r.stdout
-        click.echo(f"{facts.name} left the cluster" if left else f"warning: microk8s leave on {facts.name} "
-                   f"failed ({last(r)}); removing it with --force", err=True)
+        if left:
+            console.line(f"{facts.name}: left the cluster")
+        else:
+            console.warn(f"microk8s leave on {facts.name} failed ({last(r)}); removing it with --force")
     if facts.in_kubernetes:
         r = C.remove_node(control, facts.name, force=not left)
         if r.exit_status and "does not exist in Kubernetes" not in r.stdout:
@@ -212,3 +231,4 @@ def _remove(control, node_host, facts, force: bool, drain_timeout: int) -> None:
         if facts.name in [n["metadata"]["name"] for n in (C.get_json(control, "nodes") or {}).get("items") or []]:
             raise ProvisionError(f"{facts.name} is still listed by `kubectl get nodes` after remove-node",
                                  "re-run; if it stays, its kubelet still runs: stop it there")
+        console.node(facts.name, "removed from Kubernetes" + ("" if left else " (remove-node --force)"))

@@ -89,6 +89,7 @@ def test_add_two_workers_one_fails_halfway_then_rerun_converges(sim):
     dry = _add(sim, "dry.log", "--dry-run")   # the plan for both nodes; nothing changes, no token is made
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert dry.stderr.count("would join") >= 2 and "Dry run finished" in dry.stderr
+    assert "would check stage(s) 30 again with the new nodes" in dry.stderr   # calico converged before
     assert not w1.path("/snap/bin/microk8s").exists() and "add-node" not in (base / "dry.log").read_text()
     faults.join_fails_halfway(w2.path("/"))
     r1 = _add(sim, "add1.log")
@@ -96,17 +97,21 @@ def test_add_two_workers_one_fails_halfway_then_rerun_converges(sim):
     failed = [ln for ln in r1.stderr.splitlines() if ln.startswith(f"  {w2.address}: ")]
     assert len(failed) == 1 and "Failed to sign proxy certificate" in failed[0] and "re-run" in failed[0], r1.stderr
     assert f"  {w1.address}: " not in r1.stderr.split("error: ")[-1]
+    assert "not checking stage(s) 30 again yet: a node failed" in r1.stderr   # w2 NotReady: the re-run does it
     # the half-joined node: `leave` refuses it (sim-fidelity.md row 10); the re-run joins it with a new token
     assert w2.path("/var/snap/microk8s/current/var/lock/join-in-progress").exists()
 
     r2 = _add(sim, "add2.log")
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "joining again (a join failed half-way)" in r2.stderr
+    # the cluster stages that had converged run again with the new nodes: calico-node Ready on both
+    assert "==> [30] Calico networking" in r2.stderr and re.search(r"\n30 Calico networking +(un)?changed", r2.stderr)
     assert not w2.path("/var/snap/microk8s/current/var/lock/join-in-progress").exists()
 
     r3 = _add(sim, "add3.log")
     assert r3.returncode == 0, r3.stderr[-3000:]
     assert "0 action(s) applied" in r3.stderr and r3.stderr.count("already in the cluster") >= 2
+    assert "==> [30]" not in r3.stderr   # nothing joined: nothing to check again
     tokens = c.read("/var/snap/microk8s/current/credentials/cluster-tokens.txt")
     assert "|" not in tokens   # our TTL token was removed when each run ended
     _clean(base, dry, r1, r2, r3)
@@ -138,6 +143,7 @@ def test_install_runs_node_stages_on_every_recorded_node(sim):
     assert len(summary["nodes"]) == 3 and summary["actions_applied"] == 0
     assert {s["number"]: sorted(s["nodes"]) for s in summary["stages"] if s["number"] in (0, 10, 20)} == {
         n: sorted([c.address, w1.name, w2.name]) for n in (0, 10, 20)}
+    assert f"{c.address}: $ sh -c 'if [ -e /var/lib/provision/inventory.yaml ]" in (base / "install2.log").read_text()
     _clean(base, r)
 
 
@@ -160,3 +166,92 @@ def test_unknown_host_key_is_refused_with_its_fingerprint(sim):
     assert r.returncode == 0 and "0 action(s) applied" in r.stderr, r.stderr[-3000:]
     assert w1.address in only_control.read_text()   # accepted keys are remembered in --known-hosts
     _clean(base, r)
+
+
+FAKE_DATE = '#!/bin/sh\nif [ "$1" = +%s ]; then echo $(( $(/bin/date +%s) + 3600 )); else exec /bin/date "$@"; fi\n'
+
+
+def _on_terminal(argv: list[str], answers: list[tuple[str, str]], log: Path) -> subprocess.CompletedProcess:
+    """provision with a terminal (a pty) as stdin/stdout/stderr: each answer is typed when its prompt shows."""
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "provision", *argv, "--log-file", str(log)], cwd=REPO, stdin=slave,
+                         stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    out, pos, deadline = b"", 0, time.monotonic() + 300
+    try:
+        for prompt, answer in [*answers, (None, "")]:
+            while prompt is None or prompt.encode() not in out[pos:]:
+                left = deadline - time.monotonic()
+                assert left > 0, f"never saw {prompt!r}:\n{out.decode(errors='replace')[-3000:]}"
+                if select.select([master], [], [], min(left, 0.5))[0]:
+                    try:
+                        chunk = os.read(master, 65536)
+                    except OSError:   # the process closed the terminal: it ended
+                        chunk = b""
+                    out += chunk
+                    if not chunk:
+                        assert prompt is None, f"ended before {prompt!r}:\n{out.decode(errors='replace')[-3000:]}"
+                        break
+            if prompt is not None:
+                pos = out.index(prompt.encode(), pos) + len(prompt)
+                os.write(master, (answer + "\n").encode())
+        return subprocess.CompletedProcess(argv, p.wait(60), out.decode(errors="replace"), "")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(30)
+        os.close(master)
+
+
+def test_reinstalled_node_is_replaced_and_its_key_trusted_on_a_terminal(sim):
+    """w2 'reinstalled' (`microk8s leave`: its old Node stays, NotReady) with its clock an hour ahead: refused in
+    one run naming the stale node (fix: --replace) and the skew, nothing changed. On a terminal its unknown host
+    key is asked about once: n -> refused (exit 3); y -> that key trusted and written to --known-hosts, and
+    --replace --dry-run shows the removal; --replace removes the old Node (remove-node --force) and joins again."""
+    hosts, bundle, env, base = sim
+    c, _w1, w2 = hosts
+
+    def node_uid() -> tuple[str, str]:
+        nodes = json.loads(c.exec(["microk8s", "kubectl", "get", "nodes", "-o", "json"], timeout=60).stdout)
+        return next((n["metadata"]["name"], n["metadata"]["uid"]) for n in nodes["items"]
+                    if {"type": "InternalIP", "address": w2.address} in n["status"]["addresses"])
+
+    name, uid = node_uid()
+    w2.exec(["microk8s", "leave"], timeout=120)
+    w2.exec(["sh", "-c", "cat > /usr/local/bin/date && chmod 755 /usr/local/bin/date"], input=FAKE_DATE)
+    common = ["node", "add", w2.address, "--user", w2.ssh_user, "--env", str(env), "--bundle", str(bundle),
+              "--host", f"{c.ssh_user}@{c.address}", "--identity", c.ssh_key, "--ask-pass"]
+    r1 = _run([*common, "--known-hosts", c.known_hosts, "--yes"], base / "replace1.log")
+    w2.exec(["rm", "-f", "/usr/local/bin/date"])
+    assert r1.returncode == 3 and "nothing was changed" in r1.stderr, r1.stderr[-3000:]
+    stale = (rf"  {re.escape(w2.address)}: a node named {name} \({re.escape(w2.address)}, (Not)?Ready\) is already "
+             rf"in the cluster — re-run with --replace to remove it first, or remove it yourself \(`provision node del "
+             rf"{name}`\)\n")   # Ready until the node controller notices (40 s for real)
+    assert re.search(stale, r1.stderr), r1.stderr
+    assert re.search(rf"  {re.escape(w2.address)}: clock of {re.escape(w2.address)} is 3\d\d\d s ahead of the "
+                     r"control node .* sync time \(chrony/timedatectl set-ntp true\)", r1.stderr), r1.stderr
+
+    known = base / "known_control"   # the control node and w1 only (test_unknown_host_key_...)
+    tty = [*common, "--known-hosts", str(known), "--replace"]
+    ask = ("password for the nodes: ", PASSWORD)
+    r2 = _on_terminal([*tty, "--dry-run"], [ask, (f"Trust {w2.address}'s host key SHA256:", "n")], base / "tty1.log")
+    assert r2.returncode == 3 and f"--accept-host-key {w2.host_key_fingerprint}" in r2.stdout, r2.stdout[-3000:]
+    assert r2.stdout.count("Trust ") == 1 and w2.address not in known.read_text()
+    r3 = _on_terminal([*tty, "--dry-run"], [ask, (f"Trust {w2.address}'s host key {w2.host_key_fingerprint}? [y/N]",
+                                                  "y")], base / "tty2.log")
+    assert r3.returncode == 0, r3.stdout[-3000:]
+    assert f"would first remove the stale node {name} ({w2.address}): `microk8s remove-node {name} --force`" \
+        in r3.stdout and "Dry run finished" in r3.stdout, r3.stdout[-3000:]
+    assert w2.address in known.read_text() and node_uid() == (name, uid)   # the key remembered; nothing removed
+
+    r4 = _run([*common, "--known-hosts", str(known), "--replace", "--yes"], base / "replace2.log")
+    assert r4.returncode == 0, r4.stderr[-3000:]
+    assert f"removed the stale node {name} ({w2.address})" in r4.stderr and "joined" in r4.stderr
+    new_name, new_uid = node_uid()
+    assert new_name == name and new_uid != uid   # the old Node went; the reinstalled machine registered anew
+    assert c.read("/var/lib/provision/inventory.yaml").count(f"address: {w2.address}") == 1
+    _clean(base, r1, r2, r3, r4)

@@ -104,18 +104,95 @@ def test_cluster_nodes_parse():
 
 
 def test_node_state_parse_and_problems():
-    st = J.parse_node_state("hostname=GPU-1\nlock=clustered.lock\nreach=25000\nnoreach=16443\n")
-    assert st == J.NodeState("gpu-1", True, False, {25000: True, 16443: False})
+    st = J.parse_node_state("clock=1700000000\nhostname=GPU-1\nlock=clustered.lock\ntcp=10.0.0.5 25000 open\n"
+                            "tcp=10.0.0.5 16443 timeout\n", 10.0, 10.5)
+    assert st == J.NodeState("gpu-1", True, False, {25000: "open", 16443: "timeout"}, J.Clock(1700000000, 10.0, 10.5))
     [line] = J.state_problems(st, "10.0.0.21", "10.0.0.5")
-    assert "10.0.0.5:16443" in line and "open TCP 16443" in line
-    half = J.parse_node_state("hostname=w\nlock=clustered.lock\nlock=join-in-progress\nreach=25000\nreach=16443\n")
+    assert line == ("cannot reach the control node 10.0.0.5:16443 (API server) from 10.0.0.21: no answer in 5 s — "
+                    "open TCP 16443 from 10.0.0.21 to 10.0.0.5 (firewall, routes), then re-run")
+    half = J.parse_node_state("hostname=w\nlock=clustered.lock\nlock=join-in-progress\ntcp=10.0.0.5 25000 open\n")
     assert half.half_joined and not half.clustered and J.state_problems(half, "a", "10.0.0.5") == []
-    fresh = J.parse_node_state("hostname=w\nreach=25000\nreach=16443\n")
-    assert not fresh.clustered and not fresh.half_joined
+    fresh = J.parse_node_state("hostname=w\nclock=garbage\n")
+    assert not fresh.clustered and not fresh.half_joined and fresh.clock is None
     script = J.node_state_script("10.0.0.5")
-    assert "/dev/tcp/10.0.0.5/25000" in script and "/dev/tcp/10.0.0.5/16443" in script
+    assert "/dev/tcp/10.0.0.5/25000" in script and "/dev/tcp/10.0.0.5/16443" in script and "19001" not in script
+    assert "/dev/tcp/10.0.0.5/19001" in J.node_state_script("10.0.0.5", (25000, 16443, 19001))
     with pytest.raises(ValueError):
         J.node_state_script("10.0.0.5;id")
+    for bad in ["$(id)", "a;b", "a b", "`id`"]:
+        with pytest.raises(ValueError):
+            J.control_state_script(["10.0.0.21", bad])
+
+
+def test_tcp_probe_tells_refused_from_blocked(tmp_path):
+    """Refused (nothing listens, but the packets got through) is not a timeout or no route (a firewall)."""
+    import os
+    import socket
+    import subprocess
+
+    with socket.socket() as srv, socket.socket() as tmp:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        tmp.bind(("127.0.0.1", 0))
+        open_port, closed_port = srv.getsockname()[1], tmp.getsockname()[1]
+        tmp.close()
+        script = "\n".join(J._probe_all([("127.0.0.1", open_port), ("127.0.0.1", closed_port)]))
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30, check=False).stdout
+    assert sorted(out.splitlines()) == sorted([f"tcp=127.0.0.1 {open_port} open", f"tcp=127.0.0.1 {closed_port} refused"])
+    # a firewall that drops (timeout exits 124) or rejects with "no route": blocked
+    stub = tmp_path / "timeout"
+    for code, msg, status in [(124, "", "timeout"), (1, "bash: connect: No route to host", "unreachable")]:
+        stub.write_text(f"#!/bin/sh\necho '{msg}' >&2\nexit {code}\n")
+        stub.chmod(0o755)
+        env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+        out = subprocess.run(["sh", "-c", J.tcp_probe("10.0.0.21", 10250)], capture_output=True, text=True, env=env,
+                             timeout=30, check=False).stdout
+        assert out == f"tcp=10.0.0.21 10250 {status}\n"
+
+
+def test_ports_between_nodes_refused_counts_as_reachable_except_on_the_control_node():
+    # the control node's agent and API must answer; dqlite and a fresh node's kubelet only need to get through
+    assert J.port_problem("10.0.0.21", "10.0.0.5", 19001, "refused") is None
+    assert J.port_problem("10.0.0.5", "10.0.0.21", 10250, "refused", to_control=False) is None
+    assert J.port_problem("10.0.0.21", "10.0.0.5", 25000, "refused") == (
+        "the control node 10.0.0.5:25000 (cluster agent) refused the connection from 10.0.0.21 — check that MicroK8s "
+        "runs there (`microk8s status`), then re-run")
+    assert J.port_problem("10.0.0.21", "10.0.0.5", 19001, "unreachable") == (
+        "cannot reach the control node 10.0.0.5:19001 (dqlite) from 10.0.0.21: no route — open TCP 19001 from "
+        "10.0.0.21 to 10.0.0.5 (firewall, routes), then re-run")
+    assert J.port_problem("10.0.0.5", "10.0.0.21", 10250, "timeout", to_control=False) == (
+        "cannot reach 10.0.0.21:10250 (kubelet) from the control node 10.0.0.5: no answer in 5 s — open TCP 10250 "
+        "from 10.0.0.5 to 10.0.0.21 (firewall, routes), then re-run")
+    # the control node probes every new node's kubelet port in ONE round trip (the probes run at once)
+    script = J.control_state_script(["10.0.0.21", "10.0.0.22"])
+    assert script.count("/dev/tcp/") == 2 and script.count(") &") == 2 and script.endswith("wait")
+    ctl = J.parse_control_state("clock=1700000000\nhostname=CP\ntcp=10.0.0.31 10250 refused\n"
+                                "tcp=10.0.0.32 10250 timeout\n", 1.0, 1.2)
+    assert ctl == J.ControlState("cp", J.Clock(1700000000, 1.0, 1.2), {"10.0.0.31": "refused", "10.0.0.32": "timeout"})
+    from provision.commands.node_add import join_problems
+
+    kube = J.parse_nodes(json.dumps(NODES))
+    ok = {25000: "open", 16443: "open", 19001: "refused"}
+    states = {"10.0.0.31": J.NodeState("w1", False, False, ok), "10.0.0.32": J.NodeState("w2", False, False, ok)}
+    [line] = join_problems(states, kube, "cp", "10.0.0.5", control=ctl)
+    assert line.startswith("10.0.0.32: cannot reach 10.0.0.32:10250 (kubelet) from the control node 10.0.0.5")
+
+
+def test_clock_skew_is_bounded_by_the_round_trips():
+    node, control = J.Clock(1_700_000_100, 10.0, 10.4), J.Clock(1_700_000_000, 9.0, 9.2)
+    skew, err = J.clock_skew(node, control)   # 100 s apart, read 1.1 s apart locally
+    assert skew == pytest.approx(98.9) and err == pytest.approx(1.3)
+    assert J.clock_problem(node, control, "10.0.0.21", "10.0.0.5") == (
+        "clock of 10.0.0.21 is 99 s ahead of the control node 10.0.0.5 — certificates the join signs would not be "
+        "valid yet: sync time (chrony/timedatectl set-ntp true), then re-run")
+    behind = J.clock_problem(J.Clock(1_699_999_900, 9.0, 9.2), control, "10.0.0.21", "10.0.0.5")
+    assert "is 100 s behind the control node" in behind
+    assert J.clock_problem(J.Clock(1_700_000_020, 9.0, 9.2), control, "a", "b") is None      # 20 s: fine
+    # 40 s apart, but one read took 30 s: it may be under 30 s, so no line (never block on a measuring error)
+    assert J.clock_problem(J.Clock(1_700_000_040, 9.0, 39.0), J.Clock(1_700_000_000, 24.0, 24.0), "a", "b") is None
+    assert J.clock_problem(None, control, "a", "b") is None
+    st = J.NodeState("w1", False, False, {25000: "open"}, node)
+    assert [ln for ln in J.state_problems(st, "10.0.0.21", "10.0.0.5", control) if "clock of 10.0.0.21" in ln]
 
 
 def test_list_joins_the_inventory_with_live_status():
@@ -153,7 +230,7 @@ def test_join_problems_are_one_line_each_with_the_fix():
     from provision.errors import HostKeyError
 
     kube = J.parse_nodes(json.dumps(NODES))
-    ok = {25000: True, 16443: True}
+    ok = {25000: "open", 16443: "open"}
     fresh = J.NodeState("w1", False, False, ok)
     assert join_problems({"10.0.0.31": fresh, "10.0.0.21": J.NodeState("gpu-1", True, False, ok)},
                          kube, "cp", "10.0.0.5") == []   # a fresh node, and one already in this cluster
@@ -162,17 +239,167 @@ def test_join_problems_are_one_line_each_with_the_fix():
         "10.0.0.33": J.NodeState("gpu-1", False, False, ok),                            # name taken
         "10.0.0.34": J.NodeState("old", True, False, ok),                               # another cluster's
         "10.0.0.35": J.NodeState("cp", False, False, ok),                               # the control node
-        "10.0.0.36": J.NodeState("w6", False, False, {25000: False, 16443: True}),      # port closed
+        "10.0.0.36": J.NodeState("w6", False, False, {25000: "timeout", 16443: "open"}),  # port closed
         "10.0.0.37": HostKeyError("10.0.0.37: unknown host key SHA256:abc", "re-run with --accept-host-key SHA256:abc"),
     }
     lines = join_problems(states, kube, "cp", "10.0.0.5")
     text = "\n".join(lines)
     assert len(lines) == 6 and all(" — " in ln for ln in lines), text
     assert "10.0.0.31, 10.0.0.32: all have the hostname w1" in text
-    assert "10.0.0.33: a node named gpu-1 (10.0.0.21) is already in the cluster" in text
+    assert ("10.0.0.33: a node named gpu-1 (10.0.0.21, NotReady) is already in the cluster — re-run with --replace "
+            "to remove it first, or remove it yourself (`provision node del gpu-1`)") in text
     assert "10.0.0.34: old is already a node of another MicroK8s cluster" in text and "microk8s leave" in text
     assert "10.0.0.35: this is the control node cp" in text
     assert "10.0.0.36: cannot reach the control node 10.0.0.5:25000" in text
     assert "--accept-host-key SHA256:abc" in text
     # a half-joined node whose Node object exists: it joins again (no problem)
     assert join_problems({"10.0.0.21": J.NodeState("gpu-1", False, True, ok)}, kube, "cp", "10.0.0.5") == []
+
+
+def test_stale_nodes_of_the_same_name_or_address_are_refused_unless_replace():
+    from provision.commands.node_add import join_problems, stale_nodes
+
+    kube = J.parse_nodes(json.dumps(NODES))   # gpu-1 (10.0.0.21) is NotReady: a reinstalled machine's old Node
+    ok = {25000: "open", 16443: "open"}
+    records = [NodeRecord("cp", "10.0.0.5", frozenset({Role.CONTROL})),
+               NodeRecord("old-w", "10.0.0.41", frozenset({Role.WORKER}))]
+    states = {"10.0.0.21": J.NodeState("gpu-1", False, False, ok),     # same name (and address), not joined
+              "10.0.0.40": J.NodeState("w40", False, False, ok),       # fresh: nothing stale
+              "10.0.0.41": J.NodeState("w41", False, False, ok)}       # its address recorded for old-w
+    lines = join_problems(states, kube, "cp", "10.0.0.5", records)
+    assert lines == [
+        ("10.0.0.21: a node named gpu-1 (10.0.0.21, NotReady) is already in the cluster — re-run with --replace to "
+         "remove it first, or remove it yourself (`provision node del gpu-1`)"),
+        ("10.0.0.41: /var/lib/provision/inventory.yaml records this address for old-w — re-run with --replace to "
+         "remove it first, or remove it yourself (`provision node del old-w`)")]
+    assert join_problems(states, kube, "cp", "10.0.0.5", records, replace=True) == []
+    assert [(s.name, s.in_kube) for s in stale_nodes("10.0.0.21", states["10.0.0.21"], kube, records, "cp")] == [
+        ("gpu-1", True)]
+    assert [(s.name, s.in_kube) for s in stale_nodes("10.0.0.41", states["10.0.0.41"], kube, records, "cp")] == [
+        ("old-w", False)]
+    # a Kubernetes node with this address under another name (the machine was renamed, then reinstalled)
+    renamed = {"10.0.0.21": J.NodeState("gpu-new", False, False, ok)}
+    [line] = join_problems(renamed, kube, "cp", "10.0.0.5")
+    assert line.startswith("10.0.0.21: the cluster has a node gpu-1 (NotReady) with this address — re-run with "
+                           "--replace")
+    # a READY node of the same name at another address is another live machine: never replaced
+    live = J.parse_nodes(json.dumps(NODES).replace('"False"', '"True"'))
+    for replace in (False, True):
+        [line] = join_problems({"10.0.0.50": J.NodeState("gpu-1", False, False, ok)}, live, "cp", "10.0.0.5",
+                               replace=replace)
+        assert "gpu-1 (10.0.0.21, Ready) is already in the cluster: another machine has this name" in line
+        assert "--replace" not in line and "hostnamectl set-hostname" in line
+    # the control node itself, and nodes already joined or half-joined, are never stale
+    assert stale_nodes("10.0.0.5", J.NodeState("cp", False, False, ok), kube, records, "cp") == []
+    assert stale_nodes("10.0.0.21", J.NodeState("gpu-1", True, False, ok), kube, records, "cp") == []
+    assert stale_nodes("10.0.0.21", J.NodeState("gpu-1", False, True, ok), kube, records, "cp") == []
+
+
+class FakeHost(FakeControl):
+    def __init__(self, out: str = "", fail: dict | None = None):
+        super().__init__(out)
+        self.fail, self.files = fail or {}, {}
+
+    def run(self, argv, *, sudo=False, stdin=None, timeout=None, check=True):
+        from provision.hosts.base import Result
+
+        self.calls.append((list(argv), stdin))
+        code, text = next(((c, t) for k, (c, t) in self.fail.items() if k in " ".join(argv)), (0, ""))
+        return Result(tuple(argv), code, text, "")
+
+    def put_bytes(self, data, path, mode=0o644, sudo=False):
+        self.files[path] = data.decode()
+
+
+class FakeConsole:
+    def __init__(self, answers=()):
+        self.answers, self.asked, self.lines = list(answers), [], []
+
+    def confirm(self, question):
+        self.asked.append(question)
+        return self.answers.pop(0)
+
+    def line(self, text, style=None):
+        self.lines.append(text)
+
+    def node(self, name, text):
+        self.lines.append(f"{name}: {text}")
+
+
+def _job(console, **kw):
+    from provision.commands.node_add import AddJob
+
+    return AddJob(None, console, "", [], "worker", {}, False, True, 4, {}, {}, **kw)
+
+
+def test_replace_removes_the_stale_node_with_force_and_drops_it_from_the_inventory():
+    from provision import roster
+    from provision.commands.node_add import Joined, Stale
+
+    records = [NodeRecord("cp", "10.0.0.5", frozenset({Role.CONTROL})),
+               NodeRecord("gpu-1", "10.0.0.21", frozenset({Role.WORKER})),
+               NodeRecord("old-w", "10.0.0.41", frozenset({Role.WORKER}))]
+    control = FakeHost()
+    out = {"10.0.0.21": Joined("10.0.0.21"), "10.0.0.41": Joined("10.0.0.41")}
+    stale = {"10.0.0.21": [Stale("gpu-1", "10.0.0.21", True, False, "")],
+             "10.0.0.41": [Stale("old-w", "10.0.0.41", False, False, "")]}
+    job = _job(FakeConsole(), replace=True)
+    kept = job._remove_stale(control, records, stale, out)
+    assert [r.name for r in kept] == ["cp"] and job.actions == 1
+    removes = [argv for argv, _ in control.calls if "remove-node" in argv]
+    assert removes == [["microk8s", "remove-node", "gpu-1", "--force"]]       # old-w was only in the inventory
+    assert [r.name for r in roster.parse(control.files[roster.INVENTORY_FILE + ".new"])] == ["cp"]
+    # remove-node failing: that node fails in one line, the inventory keeps it
+    control = FakeHost(fail={"remove-node": (1, "Error: the API is down")})
+    out = {"10.0.0.21": Joined("10.0.0.21")}
+    kept = _job(FakeConsole())._remove_stale(control, records, {"10.0.0.21": stale["10.0.0.21"]}, out)
+    assert kept == records and not control.files
+    assert out["10.0.0.21"].error.startswith("microk8s remove-node gpu-1 --force failed: Error: the API is down — ")
+
+
+def test_unknown_host_key_on_a_terminal_is_asked_once_and_only_that_key_is_trusted(monkeypatch):
+    from provision.commands.node_add import unknown_host_key
+    from provision.errors import HostKeyError
+    from provision.stage import Node
+
+    fp = "SHA256:" + "A" * 43
+    unknown = HostKeyError(f"10.0.0.21: unknown SSH host key for 10.0.0.21: ssh-ed25519 {fp}", "verify it")
+    assert unknown_host_key(unknown) == fp
+    other_type = HostKeyError(f"x: unknown SSH host key for x (known_hosts has a different key type for it): "
+                              f"ssh-rsa {fp}", "")
+    changed = HostKeyError(f"x: the SSH host key of x has CHANGED: known_hosts has ssh-ed25519 {fp}, ...", "")
+    assert unknown_host_key(other_type) is None and unknown_host_key(changed) is None
+    assert unknown_host_key(RuntimeError(fp)) is None
+
+    class Host:
+        def __init__(self):
+            self.accept_host_keys = set()
+
+    class Inv:
+        def __init__(self):
+            self.nodes = [Node(a, a) for a in ("10.0.0.21", "10.0.0.22", "10.0.0.23")]
+
+        def host(self, n):
+            return hosts[n.name]
+
+    hosts = {a: Host() for a in ("10.0.0.21", "10.0.0.22", "10.0.0.23")}
+
+    fresh = J.NodeState("w", False, False, {})
+    states = {"10.0.0.21": unknown, "10.0.0.22": HostKeyError(unknown.message.replace("21", "22"), ""),
+              "10.0.0.23": changed}
+    probed = []
+
+    def probe(n):
+        probed.append(n.name)
+        return fresh if hosts[n.name].accept_host_keys else unknown
+
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    console = FakeConsole([True, False])
+    got = _job(console)._trust_on_terminal(Inv(), states, probe)
+    assert console.asked == [f"Trust 10.0.0.21's host key {fp}? [y/N]", f"Trust 10.0.0.22's host key {fp}? [y/N]"]
+    assert hosts["10.0.0.21"].accept_host_keys == {fp} and not hosts["10.0.0.22"].accept_host_keys
+    assert probed == ["10.0.0.21"] and got["10.0.0.21"] is fresh and got["10.0.0.22"] is states["10.0.0.22"]
+    assert got["10.0.0.23"] is changed                       # a CHANGED key is never asked about
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)   # no terminal: today's refusal, nothing asked
+    console = FakeConsole()
+    assert _job(console)._trust_on_terminal(Inv(), states, probe) == states and console.asked == []

@@ -99,7 +99,11 @@ def test_quorum_impact_for_control_plane_nodes():
     ha = {"items": [*NODES["items"], node("ctl-2", "10.0.0.2", control=True), node("ctl-3", "10.0.0.3", True)]}
     three = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
     rep = C.safety_report(C.find_node(ha, "ctl-3"), ha, None, None, three, "ctl-1")
-    assert not rep.fatal and rep.quorum == "3 dqlite voters -> 2: quorum kept"
+    assert not rep.fatal and rep.quorum.startswith("3 dqlite voters -> 2: quorum kept but no longer highly available")
+    assert "add a control-plane node to get back to 3" in rep.quorum
+    four = C.safety_report(C.find_node(ha, "ctl-3"), ha, None, None, [*three, "10.0.0.4"], "ctl-1")
+    assert four.quorum.startswith("4 dqlite voters -> 3: quorum kept, still highly available")
+    assert "quorum: " + rep.quorum in rep.lines()
     rep = C.safety_report(C.find_node(ha, "ctl-2"), ha, None, None, three[:2], "ctl-1")
     assert rep.quorum.startswith("2 dqlite voters -> 1: no longer highly available")
     rep = C.safety_report(C.find_node(ha, "ctl-1"), ha, None, None, three, "ctl-1")   # the node we run on
@@ -160,10 +164,13 @@ class FakeHost:
 
 
 def removed_with(node_host, force=False, answers=None):
+    import io
+
     from provision.commands.node_del import _remove
+    from provision.console import Console
 
     control = FakeHost(answers)
-    _remove(control, node_host, C.NodeFacts("gpu-1", "10.0.0.11", False, True, True), force, 360)
+    _remove(Console(stream=io.StringIO(), tty=False), control, node_host, C.NodeFacts("gpu-1", "10.0.0.11", False, True, True), force, 360)
     return next(a for a in control.argv if "remove-node" in a)
 
 
@@ -187,3 +194,26 @@ def test_failed_drain_stops_before_leave_unless_forced():
                                                      "disruption budget."))})
     assert node_host.argv == []   # never left
     assert removed_with(node_host, force=True, answers={"drain": (1, "x")}) == ["microk8s", "remove-node", "gpu-1"]
+
+
+def test_failure_is_one_line_then_where_the_log_is(tmp_path):
+    """Like install and node add: the error and its hint on screen and in the log, the log's path last."""
+    from provision.cli import cli
+
+    log = tmp_path / "del.log"
+    r = CliRunner().invoke(cli, ["node", "del", "gpu-1", "--yes", "--host", "ubuntu@127.0.0.1:1",
+                                 "--log-file", str(log)])   # nothing listens on port 1: refused at once
+    assert r.exit_code == 1, r.output
+    lines = r.output.splitlines()
+    assert [ln for ln in lines if ln.startswith("error:")] == [lines[0]] and "cannot reach" in lines[0]
+    assert lines[-1] == f"log: {log}"
+    assert "error: 127.0.0.1: cannot reach" in log.read_text() and "hint: " in log.read_text()
+
+
+def test_log_file_in_a_missing_folder_is_refused_before_any_connection(tmp_path):
+    from provision.cli import cli
+
+    r = CliRunner().invoke(cli, ["node", "del", "gpu-1", "--yes", "--host", "ubuntu@192.0.2.1",
+                                 "--log-file", str(tmp_path / "missing" / "del.log")])
+    assert r.exit_code == 2 and "--log-file: cannot write" in r.output, r.output
+    assert not (tmp_path / "missing").exists()

@@ -22,6 +22,7 @@ from .runtime import process_backed
 from .store import Store, now, selector_dict_match
 
 CNI_IMAGE_HINT = "calico/node:"
+NODE_MONITOR_GRACE = 40.0   # kube-controller-manager --node-monitor-grace-period (1.30 default)
 DEVICE_PLUGINS = {"k8s-device-plugin:": "gpu", "ascend-k8sdeviceplugin": "npu",
                   "ascend-device-plugin": "npu", "k8s-rdma-shared-dev-plugin": "rdma"}
 NODE_ROLE_LABELS = {True: ("node.kubernetes.io/microk8s-worker", "microk8s-worker"),
@@ -108,6 +109,7 @@ class Cluster:
         self.kubelets: dict[str, dict | None] = {}
         self.last_reconcile = 0.0
         self._synced: dict[str, str] = {}   # node -> digest of the pod list its kubelet last accepted
+        self._kubelet_seen: dict[str, tuple[float, dict]] = {}   # node IP -> (when, its last status)
 
     # service-account tokens: what a pod's kubelet mounts and the API server authenticates
     def sa_token(self, ns: str, sa: str, uid: str) -> str:
@@ -125,11 +127,21 @@ class Cluster:
 
     # node facts
     def kubelet_status(self, ip: str) -> dict | None:
+        """What the node's kubelet reports. A kubelet too busy to answer in time keeps its last status for the
+        node controller's grace period (node-monitor-grace-period, 40 s in 1.30), as on a real cluster; one
+        that refuses the connection (stopped) is gone at once (harsher than real, never kinder)."""
         try:
             with urllib.request.urlopen(f"http://{ip}:10250/sim/status", timeout=0.7) as r:
-                return json.loads(r.read())
-        except (OSError, ValueError):
+                status = json.loads(r.read())
+        except (OSError, ValueError) as e:
+            last = self._kubelet_seen.get(ip)
+            slow = isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError)
+            if slow and last is not None and time.monotonic() - last[0] < NODE_MONITOR_GRACE:
+                return last[1]
+            self._kubelet_seen.pop(ip, None)
             return None
+        self._kubelet_seen[ip] = (time.monotonic(), status)
+        return status
 
     def _r(self, kind, api="v1"):
         return self.store.kind(kind, api)

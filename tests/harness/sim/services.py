@@ -256,6 +256,11 @@ def running(name: str) -> int | None:
         return None
 
 
+# How long a start may take before the stand-in gives up: generous, because 8 nodes installing at once on a
+# 2-core test machine start their services slowly (snapd itself waits minutes for a service to come up).
+START_TIMEOUT = 120.0
+
+
 def _spawn(name: str, argv: list[str]) -> int:
     env = dict(os.environ, PYTHONPATH=paths.SIM_LIB)
     with open(Path(paths.SIM_RUN) / f"{name}.log", "ab") as log:
@@ -334,10 +339,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         _spawn("containerd", ["sh", "-c", 'sleep "$1"; exec containerd --config "$2"', "sh", f"{delay:g}", str(conf)])
         return
     _spawn("containerd", ["containerd", "--config", str(conf)])
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if subprocess.run(["ctr", "--address", paths.CONTAINERD_SOCK, "version"], capture_output=True, check=False).returncode == 0:
             return
+        if not running("containerd"):
+            break
         time.sleep(0.05)
     raise RuntimeError("containerd did not start; see " + str(run / "containerd.log"))
 
@@ -352,7 +359,7 @@ def start_daemon() -> None:
         _wait_port(paths.API_PORT)   # with real timing the API answers real_delay("api") s later (daemon.main)
 
 
-def _wait_port(port: int, timeout: float = 15) -> None:
+def _wait_port(port: int, timeout: float = START_TIMEOUT) -> None:
     import socket
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -360,6 +367,8 @@ def _wait_port(port: int, timeout: float = 15) -> None:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return
         except OSError:
+            if not running("daemon"):   # it died: no use waiting out the timeout
+                break
             time.sleep(0.05)
     raise RuntimeError(f"sim daemon did not open port {port}; see {paths.SIM_RUN}/daemon.log")
 

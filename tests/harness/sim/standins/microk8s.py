@@ -120,9 +120,31 @@ def addon_states(api) -> list[tuple[str, str, str, str, bool]]:
 
 
 def _ha_nodes() -> list[tuple[str, str]]:
+    """status.py get_dqlite_info: `dqlite .cluster` asks the leader, so a joined control-plane node lists every
+    voter, also those that joined after it (the sim keeps the membership on the first control node)."""
     ip = host_config().get("ip")
-    voters = (read_json(paths.SIM_CLUSTER, {}) or {}).get("voters") or [ip]
+    cluster = read_json(paths.SIM_CLUSTER, {}) or {}
+    voters = cluster.get("voters") or [ip]
+    if cluster.get("role") == "controlplane" and cluster.get("master"):
+        voters = _leader_voters(cluster["master"]) or voters
     return [(f"{v}:19001", "voter") for v in voters]
+
+
+def _leader_voters(master: str) -> list[str]:
+    import http.client
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection(master, paths.AGENT_PORT, context=ctx, timeout=10)
+    try:
+        conn.request("POST", "/sim/dqlite/cluster", body="{}")
+        resp = conn.getresponse()
+        body = resp.read()
+        return list(json.loads(body or b"{}").get("voters") or []) if resp.status == 200 else []
+    except (OSError, ValueError):
+        return []
+    finally:
+        conn.close()
 
 
 def cmd_status(argv: list[str]) -> int:
