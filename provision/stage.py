@@ -158,6 +158,8 @@ class Stage:
 
     # Optional: `verify_all(facts_by_node, settings, nodes) -> {node_name: [Check]}` for checks that
     # need every node at once (unique hostnames). The runner calls it when a stage defines it.
+    # Optional: `admits(settings, node_count) -> str | None`: for a cluster stage, what it would refuse once
+    # the cluster has node_count nodes (`node add` asks the installed ones before anything changes).
     # Optional: `roles(facts, node) -> (frozenset[Role], line)`: roles found from facts (preflight: GPUs,
     # NPUs). The runner replaces the node with one carrying them, for every later stage, and shows the line.
 

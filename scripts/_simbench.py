@@ -30,8 +30,10 @@ class Unavailable(Exception):
 
 
 @contextlib.contextmanager
-def sim_bench(nodes: int, prefix: str, pre_boot: Callable[[Path], None] | None = None) -> Iterator[SimBench]:
-    """`nodes` simulated nodes (pre_boot(seed) runs on each node's future root before it boots)."""
+def sim_bench(nodes: int, prefix: str, pre_boot: Callable[[Path], None] | None = None,
+              timing: float = 0.0) -> Iterator[SimBench]:
+    """`nodes` simulated nodes (pre_boot(seed) runs on each node's future root before it boots). timing: the
+    simulated MicroK8s takes its real durations (a 120 s snap install, ...) times this factor; 0 = fast."""
     from tests.harness.bundle import write_bundle
     from tests.harness.hosts import Harness, unavailable_reason
 
@@ -47,7 +49,9 @@ def sim_bench(nodes: int, prefix: str, pre_boot: Callable[[Path], None] | None =
             t = time.monotonic()
             bundle = write_bundle(base / "offline-images", gpu=False, npu=False)
             print(f"test bundle: {time.monotonic() - t:.1f} s")
-            enable(harness)
+            from tests.harness.sim.spec import SimSpec
+
+            enable(harness, SimSpec(timing=timing))
             if pre_boot is not None:
                 harness.pre_boot_hooks.append(lambda _h, _host, seed: pre_boot(seed))
             t = time.monotonic()

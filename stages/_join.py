@@ -323,6 +323,35 @@ def wait_ready(watch: NodeWatch, name: str, timeout: float, stop: Any = None) ->
         time.sleep(min(watch.interval, max(0.0, deadline - time.monotonic())) or 0.05)
 
 
+GPU = "nvidia.com/gpu"
+GPU_COUNT_LABEL = "nvidia.com/gpu.count"  # gpu-feature-discovery: the GPUs the node has
+
+
+def gpus_allocatable(node: KubeNode | None) -> bool:
+    """Every GPU gpu-feature-discovery counted on the node is offered as nvidia.com/gpu."""
+    if node is None:
+        return False
+    count, alloc = node.labels.get(GPU_COUNT_LABEL, ""), node.allocatable.get(GPU, "0")
+    return count.isdigit() and int(count) > 0 and alloc == count
+
+
+def wait_gpus(watch: NodeWatch, name: str, timeout: float) -> KubeNode:
+    """A joined GPU node: poll until its GPUs are allocatable (the GPU Operator's operands run on it by then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = watch.get(name)
+        if gpus_allocatable(seen):
+            return seen  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            have = f"{(seen.allocatable.get(GPU) if seen else None) or 0} of " \
+                   f"{(seen.labels.get(GPU_COUNT_LABEL) if seen else None) or 'its'}"
+            raise VerifyFailed(f"joined and Ready, but {have} GPUs allocatable (nvidia.com/gpu) after {timeout:g}s",
+                               "see the GPU Operator's pods on it (`microk8s kubectl -n gpu-operator get pods -o "
+                               f"wide --field-selector spec.nodeName={name}`), fix what their logs say, then "
+                               "`sudo provision install --only 50`")
+        time.sleep(min(watch.interval, max(0.0, deadline - time.monotonic())) or 0.05)
+
+
 def label(control: Any, name: str, labels: Mapping[str, str]) -> None:
     if labels:
         argv = M.kubectl("label", "node", name, "--overwrite", *(f"{k}={v}" for k, v in sorted(labels.items())))

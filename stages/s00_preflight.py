@@ -126,11 +126,18 @@ def bundle_fact(bundle_dir: Any, settings: Any) -> dict[str, Any]:
     try:
         needs = bundle_needs(settings) if settings is not None else Needs()
         problems = [str(p) for p in verify_bundle(path, settings, needs=needs, cache_file=default_cache_file())]
+        gpu: list[str] = []
         if not problems and settings is not None:
-            problems = release_problems(path, settings)
+            gpu = accelerator_problems(path, settings)
+            problems = release_problems(path, settings) + gpu
     except ProvisionError as e:
         return {"checked": True, "ok": False, "path": str(path), "problems": [e.message], "hint": e.hint}
-    return {"checked": True, "ok": not problems, "path": str(path), "problems": problems, "verified": True}
+    out = {"checked": True, "ok": not problems, "path": str(path), "problems": problems, "verified": True}
+    if gpu:
+        from stages._gpu_operator import BUNDLE_HINT
+
+        out["hint"] = BUNDLE_HINT
+    return out
 
 
 def release_problems(bundle_dir: Path, settings: Any) -> list[str]:
@@ -150,6 +157,18 @@ def release_problems(bundle_dir: Path, settings: Any) -> list[str]:
     rendered = release_values(settings, ClusterFacts(), chart, load_branding(default_templates_dir()))
     return [f"images/: no tarball holds {ref}, which the JupyterHub values need"
             for ref in missing_images(rendered.values, chart.values, load_manifest(bundle_dir))]
+
+
+def accelerator_problems(bundle_dir: Path, settings: Any) -> list[str]:
+    """Every image the GPU Operator (stage 50) will run must be in the bundle, marked for the nodes running it."""
+    if not settings.use_gpu_operator:
+        return []
+    from provision.bundle import load_manifest
+    from provision.jupyterhub.chart import find_chart
+    from stages import _gpu_operator as G
+
+    chart = G.open_operator_chart(find_chart(bundle_dir, "gpu-operator", settings.gpu_operator_version))
+    return G.bundle_problems(load_manifest(bundle_dir), chart, G.release_values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,7 +365,8 @@ def check_bundle(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Ch
 
 
 def _is_gpu_node(facts: Mapping[str, Any], node: Node) -> bool:
-    return Role.GPU in node.roles or facts["nvidia_pci"] > 0
+    smi = facts.get("nvidia_smi") or {}
+    return Role.GPU in node.roles or facts["nvidia_pci"] > 0 or bool(smi.get("ok") and smi.get("gpus"))
 
 
 def _is_npu_node(facts: Mapping[str, Any], node: Node) -> bool:
@@ -516,6 +536,11 @@ def cluster_checks(facts_by_node: Mapping[str, Mapping[str, Any]], settings: Any
             out[control.name].append(Check("gpu nodes", False, "USE_GPU_OPERATOR=true but no node has an NVIDIA "
                                            "GPU (no PCI device of vendor 10de)",
                                            "set USE_GPU_OPERATOR=false, or add the GPU nodes"))
+        for on, key, what in ((settings.enable_npu, "ENABLE_NPU", "the Ascend device plugin"),
+                              (settings.enable_ib, "ENABLE_IB", "the NVIDIA Network Operator (RDMA)")):
+            if on:  # stage 50 installs only the GPU Operator so far: never let the key silently do nothing
+                out[control.name].append(Check("accelerators", False, f"{key}=true: this version of provision does "
+                                               f"not install {what} yet", f"set {key}=false in jhub.env"))
         if settings.enable_npu and not any(_is_npu_node(facts_by_node[n.name], n) for n in present):
             out[control.name].append(Check("npu nodes", False, "ENABLE_NPU=true but no node has an Ascend NPU "
                                            "(no /dev/davinci*)", "set ENABLE_NPU=false, or add the NPU nodes"))

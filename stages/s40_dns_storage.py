@@ -46,6 +46,11 @@ class DnsStorage(Stage):
     def plan(self, facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
         return plan(facts, settings, node)
 
+    def admits(self, settings: Any, node_count: int) -> str | None:
+        """Before nodes join an installed cluster: what this stage would refuse with that many nodes."""
+        problem = nodes_problem(settings, node_count)
+        return f"{problem.message} — {problem.hint}" if problem else None
+
     def verify(self, facts: Mapping[str, Any], settings: Any, node: Node) -> Sequence[Check]:
         return verify(facts, settings, node)
 
@@ -217,6 +222,17 @@ def refuse_claim_resize(pvc: Mapping[str, Any], settings: Any) -> None:
                         f"kubectl delete pv {SHARED_PV}` (the files stay: reclaim policy Retain), then re-run")
 
 
+def nodes_problem(settings: Any, n: int) -> ConflictError | None:
+    """Why a cluster of n nodes cannot keep user homes as configured (a multi-node cluster needs shared storage),
+    or None. Also asked by `node add` before a node joins (the stage's optional `admits`)."""
+    if n > 1 and not settings.shared_storage_enabled:
+        return ConflictError(f"the cluster has {n} nodes but SHARED_STORAGE_ENABLED=false: user homes would be "
+                             "node-local and a user's files would vanish when their server starts on another node",
+                             "set SHARED_STORAGE_ENABLED=true and SHARED_STORAGE_PATH (a CephFS/NFS mount on every "
+                             "node, or SHARED_STORAGE_TYPE=nfs with NFS_SERVER), then re-run")
+    return None
+
+
 def storage_actions(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Action]:
     n = node_count(facts)
     if n is None:
@@ -228,11 +244,9 @@ def storage_actions(facts: Mapping[str, Any], settings: Any, node: Node) -> list
         actions.append(RunCommand(M.mk("enable", "hostpath-storage"),
                                   "enable hostpath-storage (default StorageClass for a single node)", timeout=300))
     if not settings.shared_storage_enabled:
-        if n > 1:
-            raise ConflictError(f"the cluster has {n} nodes but SHARED_STORAGE_ENABLED=false: user homes would be "
-                                "node-local and a user's files would vanish when their server starts on another "
-                                "node", "set SHARED_STORAGE_ENABLED=true and SHARED_STORAGE_PATH (a CephFS/NFS "
-                                "mount on every node, or SHARED_STORAGE_TYPE=nfs with NFS_SERVER), then re-run")
+        problem = nodes_problem(settings, n)
+        if problem:
+            raise problem
         return actions
     if settings.shared_storage_type == "hostpath":
         sp = facts.get("shared_path") or {}

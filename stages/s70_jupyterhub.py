@@ -57,8 +57,8 @@ def admin_source() -> str:
 # Fact parsers (pure)
 
 
-def parse_release(raw: F.Raw) -> dict[str, Any] | None | str:
-    """`helm3 list -o json` → our release's status and chart version; None when absent; "error" when helm fails."""
+def parse_release(raw: F.Raw, release: str = RELEASE) -> dict[str, Any] | None | str:
+    """`helm3 list -o json` → the release's status and chart version; None when absent; "error" when helm fails."""
     if not raw.ok:
         return "error"
     start = raw.out.find("[")
@@ -66,12 +66,12 @@ def parse_release(raw: F.Raw) -> dict[str, Any] | None | str:
         items = json.loads(raw.out[start:]) if start >= 0 else []
     except ValueError:
         return "error"
-    rel = next((r for r in items if r.get("name") == RELEASE), None)
+    rel = next((r for r in items if r.get("name") == release), None)
     if rel is None:
         return None
     chart = str(rel.get("chart", ""))
     name, _, version = chart.rpartition("-")
-    while name and not version[:1].isdigit() and "-" in name:  # versions with '-' (4.3.0-beta.1)
+    while name and not version.lstrip("v")[:1].isdigit() and "-" in name:  # '-' in versions (4.3.0-beta.1, v25.10.0)
         name, _, head = name.rpartition("-")
         version = f"{head}-{version}"
     return {"status": str(rel.get("status", "")), "chart_name": name, "chart_version": version,

@@ -23,6 +23,7 @@ LABEL_KEY = re.compile(r"(?:(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](
 LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?")
 STAGES_UP_TO = 20  # node add runs the node-scoped stages 00-20 on the new nodes, then joins them
 READY_TIMEOUT = 300.0
+GPU_STAGE = 50  # installs the GPU Operator: once it has, a joining GPU node is waited for until its GPUs count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,12 +379,18 @@ class AddJob:
                                  "fix the lines above, then re-run the same command")
         stale = {n.name: stale_nodes(n.address, states[n.name], kube, records, me) for n in new_inv.nodes}
 
-        # 2. stages 00-20 on every new node, in parallel (a failing node drops out; the others go on); the
-        # control node meanwhile finds which cluster stages are installed (it is idle until the join)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="provision-control") as pool:
-            installed = pool.submit(self._converged_cluster_stages, control)
-            nodes, failures = self._stages(new_inv)
-            converged = installed.result()
+        # the cluster stages already installed, and whether they admit the cluster the join makes
+        converged = self._converged_cluster_stages(control)
+        after = len(set(kube) | {st.hostname for st in states.values()})  # the nodes once these joined
+        refused = [f"stage {number:02d}: {why}" for number, why in self._admits(converged, after)]
+        if refused:
+            from provision.errors import PreflightError
+
+            raise PreflightError("the cluster cannot take the new nodes (nothing was changed):\n  "
+                                 + "\n  ".join(refused), "fix the lines above, then re-run the same command")
+
+        # 2. stages 00-20 on every new node, in parallel (a failing node drops out; the others go on)
+        nodes, failures = self._stages(new_inv)
         for name, why in failures.items():
             out[name].error = why
 
@@ -435,7 +442,12 @@ class AddJob:
             if ready:
                 self.console.line(f"==> waiting for {len(ready)} node(s) to be Ready", "header")
             watch = J.NodeWatch(control)  # one `kubectl get nodes` per round for all the nodes waited for
-            results = self._parallel(ready, lambda n: self._ready_and_label(control, watch, out[n.name]))
+            # a GPU node, once the GPU Operator is installed (stage 50 had nothing to change): its GPUs too
+            from provision.stage import Role
+
+            gpus = self.settings.use_gpu_operator and GPU_STAGE in converged
+            results = self._parallel(ready, lambda n: self._ready_and_label(
+                control, watch, out[n.name], gpus and Role.GPU in n.roles))
             for name, r in results.items():
                 if isinstance(r, Exception):
                     out[name].error = _line(r)
@@ -491,6 +503,18 @@ class AddJob:
                 self.console.debug(f"stage {stage.number:02d} before the join: {e.message.splitlines()[0]}")
         return converged
 
+    def _admits(self, numbers: list[int], node_count: int) -> list[tuple[int, str]]:
+        """(stage, why) for each installed cluster stage that would refuse a cluster of node_count nodes."""
+        from provision.stage import discover
+
+        out = []
+        for cls in discover():
+            admits = getattr(cls, "admits", None)
+            why = admits(cls(), self.settings, node_count) if cls.number in numbers and admits else None
+            if why:
+                out.append((cls.number, why))
+        return out
+
     def _cluster_stages(self, control: Any, numbers: list[int]) -> None:
         """Run the cluster stages that had converged again (on the control node, as `install` does)."""
         from provision.errors import ProvisionError
@@ -510,7 +534,7 @@ class AddJob:
     def _control_target(self) -> Target | None:
         return parse_target(self.ssh["host"]) if self.ssh["host"] else None
 
-    def _ready_and_label(self, control: Any, watch: Any, o: Joined) -> None:
+    def _ready_and_label(self, control: Any, watch: Any, o: Joined, gpus: bool = False) -> None:
         from stages import _join as J
 
         have = J.wait_ready(watch, o.name, READY_TIMEOUT).labels
@@ -519,6 +543,10 @@ class AddJob:
             J.label(control, o.name, want)
             self.actions += 1
         o.labels = dict(self.labels)
+        if gpus:
+            self.console.node(o.address, "waiting for its GPUs (nvidia.com/gpu allocatable)")
+            node = J.wait_gpus(watch, o.name, float(self.settings.wait_timeout))
+            self.console.node(o.address, f"{node.allocatable.get(J.GPU)} GPU(s) allocatable")
         if not o.result:
             o.result = "joined"
 

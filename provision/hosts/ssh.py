@@ -202,9 +202,14 @@ class SSHHost(HostBase):
             f.write(line)
 
     # -- commands --------------------------------------------------------------------------------
-    def _lost_error(self, display: str) -> TransportError:
+    def _lost_error(self, display: str, cause: BaseException | None = None) -> TransportError:
+        """The link is gone: say where, and what the transport saw (EOF from the node, a reset, a timeout)."""
         what = f" while running `{display}`" if display else ""
-        return TransportError(f"lost connection to {self.name} ({self.target}){what}; re-run to continue",
+        if cause is None and self._client is not None and self._client.get_transport() is not None:
+            cause = self._client.get_transport().get_exception()
+        why = f" ({type(cause).__name__}: {cause})" if cause is not None and str(cause) else (
+            f" ({type(cause).__name__})" if cause is not None else "")
+        return TransportError(f"lost connection to {self.name} ({self.target}){what}{why}; re-run to continue",
                               "check the node and the network link; every stage is safe to re-run")
 
     def _exec(self, argv: list[str], stdin: bytes | None, timeout: float | None,
@@ -218,8 +223,8 @@ class SSHHost(HostBase):
                 chan = transport.open_session(timeout=min(self.connect_timeout, timeout or self.connect_timeout))
                 running.cancel = chan.close
                 chan.exec_command(shlex.join([*SESSION_WRAP, *argv]))
-            except (paramiko.SSHException, OSError, EOFError):
-                raise self._lost_error(display) from None
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                raise self._lost_error(display, e) from None
             try:
                 return self._collect(chan, transport, stdin, timeout, display, running)
             finally:

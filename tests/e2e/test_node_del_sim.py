@@ -285,8 +285,9 @@ def test_two_control_plane_nodes_make_three_voters_and_leave_again(sim):
 @pytest.mark.timeout(600)
 def test_gpu_worker_is_recorded_with_its_gpu_role_and_gets_the_gpu_images(sim):
     """Preflight finds the node's GPUs (nvidia-smi): roles worker + gpu in the inventory and `node list`, and
-    stage 20 imported the bundle's GPU images there (a node without GPUs gets none)."""
-    from tests.harness.bundle import GPU_OPERATOR
+    stage 20 imported the bundle's GPU images there (a node without GPUs gets only the operator and NFD, which
+    may run on any node, never the GPU operands)."""
+    from tests.harness.bundle import GPU_OPERANDS, GPU_OPERATOR
 
     h1, b, g = sim.hosts[0], sim.hosts[2], sim.hosts[4]
     r = node_add(sim, g)
@@ -300,4 +301,4 @@ def test_gpu_worker_is_recorded_with_its_gpu_role_and_gets_the_gpu_images(sim):
     images = set(ssh(g, "sudo microk8s ctr images ls -q").stdout.split())
     assert set(GPU_OPERATOR) <= images, sorted(images)
     others = ssh(b, "sudo microk8s ctr images ls -q", check=False).stdout.split()   # stage 20 ran there (HA test)
-    assert not set(GPU_OPERATOR) & set(others)
+    assert not set(GPU_OPERANDS) & set(others)

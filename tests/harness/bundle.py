@@ -42,19 +42,23 @@ JUPYTERHUB = JUPYTERHUB_4_4 + JUPYTERHUB_4_2
 # the charts' singleuser.image defaults; 4.2.0's is also SINGLEUSER_IMAGE's default
 SINGLEUSER = ["quay.io/jupyterhub/k8s-singleuser-sample:4.4.0", "quay.io/jupyterhub/k8s-singleuser-sample:4.2.0"]
 Z2JH_APP_VERSIONS = {"4.4.0": "5.5.0", "4.2.0": "5.3.0"}  # the charts' appVersion (JupyterHub)
-# gpu-operator.md §2, minimal air-gap set for driver.enabled=false (+ MIG manager for H100/A100)
-GPU_OPERATOR = [
-    "nvcr.io/nvidia/gpu-operator:v25.10.0", "registry.k8s.io/nfd/node-feature-discovery:v0.18.2",
+# gpu-operator.md §2, minimal air-gap set for driver.enabled=false (+ MIG manager for H100/A100). The operator
+# (Deployment, CRD hook Job) and NFD (its worker is a DaemonSet on every node) may run on any node; the operands
+# (validator = the operator image, toolkit, device plugin/GFD, DCGM exporter, MIG manager) on GPU nodes.
+GPU_OPERATOR_CLUSTER = ["nvcr.io/nvidia/gpu-operator:v25.10.0", "registry.k8s.io/nfd/node-feature-discovery:v0.18.2"]
+GPU_OPERANDS = [  # the validator's image is the operator's, already on every node
     "nvcr.io/nvidia/k8s/container-toolkit:v1.18.0", "nvcr.io/nvidia/k8s-device-plugin:v0.18.0",
     "nvcr.io/nvidia/k8s/dcgm-exporter:4.4.1-4.6.0-distroless", "nvcr.io/nvidia/cloud-native/k8s-mig-manager:v0.13.0",
 ]
+GPU_OPERATOR = GPU_OPERATOR_CLUSTER + GPU_OPERANDS
 ASCEND = ["docker.io/library/ascend-k8sdeviceplugin:v3.0.0"]
 
 TARBALLS = {  # file -> (refs, roles, format)
     "images/microk8s-core.tar": (MICROK8S_CORE, ["control-plane", "worker"], "oci"),
     "images/jupyterhub.tar": (JUPYTERHUB, ["control-plane", "worker"], "oci"),
     "images/singleuser.tar": (SINGLEUSER, ["control-plane", "worker"], "docker"),
-    "images/gpu-operator.tar": (GPU_OPERATOR, ["gpu"], "oci"),
+    "images/gpu-operator-cluster.tar": (GPU_OPERATOR_CLUSTER, ["control-plane", "worker"], "oci"),
+    "images/gpu-operator.tar": (GPU_OPERANDS, ["gpu"], "oci"),
     "images/ascend.tar": (ASCEND, ["npu"], "oci"),
 }
 
@@ -164,7 +168,7 @@ def write_bundle(dir: str | Path, *, gpu: bool = True, npu: bool = True, manifes
     write_snaps(out / "snaps")
     roles: dict[str, list[str]] = {}
     for rel, (refs, r, fmt) in TARBALLS.items():
-        if (rel.endswith("gpu-operator.tar") and not gpu) or (rel.endswith("ascend.tar") and not npu):
+        if ("/gpu-operator" in rel and not gpu) or (rel.endswith("ascend.tar") and not npu):
             continue
         (_multi_oci if fmt == "oci" else _multi_docker)(out / rel, refs)
         roles[rel] = r

@@ -114,7 +114,7 @@ def test_discovery_and_client_cert_auth(api, tmp_path):
         urllib.request.urlopen(api.configuration.host + "/version", context=ctx, timeout=5)
 
 
-def test_nodes_ready_only_with_calico_running_and_gpu_capacity_after_device_plugin(api):
+def test_nodes_ready_only_with_calico_running_and_gpu_capacity_after_device_plugin_and_toolkit(api):
     from kubernetes import client
     v1 = client.CoreV1Api(api)
     api.node_facts["10.99.0.2"] = facts([], gpus=8)   # no images on the GPU node yet
@@ -130,6 +130,10 @@ def test_nodes_ready_only_with_calico_running_and_gpu_capacity_after_device_plug
         "spec": {"selector": {"matchLabels": {"app": "dp"}}, "template": {"metadata": {"labels": {"app": "dp"}}, "spec": {
             "containers": [{"name": "dp", "image": "nvcr.io/nvidia/k8s-device-plugin:v0.18.0"}]}}}})
     reconcile(api, 3)
+    # the device plugin runs, but no container toolkit wrote the nvidia runtime into containerd: no GPUs
+    assert "nvidia.com/gpu" not in v1.read_node("gpu1").status.capacity
+    api.node_facts["10.99.0.2"]["nvidia_runtime"] = True
+    reconcile(api)
     gpu = v1.read_node("gpu1")
     assert gpu.status.capacity["nvidia.com/gpu"] == "8"
     assert next(c.status for c in gpu.status.conditions if c.type == "Ready") == "True"

@@ -164,6 +164,7 @@ def test_join_worker_over_the_network_with_gpu_capacity(sim_hosts, copied):
     install(h2, copied)
     for h in (h1, h2):
         ssh(h, f"sudo microk8s ctr images import {copied}/images/microk8s-core.tar && "
+               f"sudo microk8s ctr images import {copied}/images/gpu-operator-cluster.tar && "
                f"sudo microk8s ctr images import {copied}/images/gpu-operator.tar", check=True)
     r = ssh(h2, f"sudo microk8s join {h1.address}:25000/short/abc")
     assert r.returncode == 1 and r.stdout == "Invalid connection: Cluster token size should be at least 32 bytes\n"
@@ -212,7 +213,14 @@ def test_join_worker_over_the_network_with_gpu_capacity(sim_hosts, copied):
     gpus = ssh(h2, "nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader", check=True)
     assert gpus.stdout.splitlines() == ["NVIDIA H100 80GB HBM3, 550.54.15, 81559 MiB"] * 8   # gpu-operator.md §4
     ssh(h1, f"sudo microk8s helm3 upgrade --install gpu-operator {copied}/charts/gpu-operator-v25.10.0.tgz "
-            "-n gpu-operator --create-namespace --set driver.enabled=false --wait --timeout 60s", check=True)
+            "-n gpu-operator --create-namespace --set driver.enabled=false --wait --timeout 60s "
+            # MicroK8s' containerd (gpu-operator.md §1): without these the toolkit cannot add the nvidia runtime
+            "--set toolkit.env[0].name=CONTAINERD_CONFIG "
+            "--set toolkit.env[0].value=/var/snap/microk8s/current/args/containerd-template.toml "
+            "--set toolkit.env[1].name=CONTAINERD_SOCKET "
+            "--set toolkit.env[1].value=/var/snap/microk8s/common/run/containerd.sock "
+            "--set toolkit.env[2].name=RUNTIME_CONFIG_SOURCE "
+            "--set-string toolkit.env[2].value=file=/var/snap/microk8s/current/args/containerd.toml", check=True)
     from kubernetes import client
     v1 = client.CoreV1Api(kube(h1))
 

@@ -78,3 +78,36 @@ def test_a_cluster_stage_broken_by_the_join_is_the_commands_error_after_the_tabl
     assert e.value.message.startswith("the node(s) joined, but stage 30 failed on cp: calico-node")
     assert "\n  10.0.0.22: stage 10: boom" in e.value.message and e.value.exit_code == 5
     assert "10.0.0.21  w1    joined" in out.getvalue()   # the table came first
+
+
+def test_a_gpu_node_is_waited_for_until_every_gpu_gfd_counted_is_allocatable():
+    def gpu(alloc: str, count: str | None) -> J.KubeNode:
+        labels = {J.GPU_COUNT_LABEL: count} if count is not None else {}
+        return J.KubeNode("g1", "10.0.0.9", True, ("worker",), {J.GPU: alloc}, "v1.30.14", labels)
+
+    assert J.gpus_allocatable(gpu("2", "2"))
+    assert not J.gpus_allocatable(gpu("0", "2")) and not J.gpus_allocatable(gpu("1", "2"))
+    assert not J.gpus_allocatable(gpu("2", None)) and not J.gpus_allocatable(None)   # GFD has not counted yet
+
+    class Watch:
+        interval = 0.01
+
+        def __init__(self, seen):
+            self.seen = list(seen)
+
+        def get(self, name):
+            return self.seen.pop(0) if len(self.seen) > 1 else self.seen[0]
+
+    assert J.wait_gpus(Watch([gpu("0", None), gpu("0", "2"), gpu("2", "2")]), "g1", 5).allocatable[J.GPU] == "2"
+    with pytest.raises(VerifyFailed, match=r"joined and Ready, but 1 of 2 GPUs allocatable \(nvidia.com/gpu\)") as e:
+        J.wait_gpus(Watch([gpu("1", "2")]), "g1", 0.05)
+    assert "spec.nodeName=g1" in e.value.hint and "--only 50" in e.value.hint
+
+
+def test_an_installed_stage_40_refuses_a_second_node_without_shared_storage_before_the_join():
+    from stages.s40_dns_storage import DnsStorage
+
+    local, shared = SimpleNamespace(shared_storage_enabled=False), SimpleNamespace(shared_storage_enabled=True)
+    assert DnsStorage().admits(local, 1) is None and DnsStorage().admits(shared, 3) is None
+    why = DnsStorage().admits(local, 2)
+    assert why.startswith("the cluster has 2 nodes but SHARED_STORAGE_ENABLED=false") and "SHARED_STORAGE_PATH" in why

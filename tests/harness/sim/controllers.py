@@ -22,6 +22,7 @@ from .runtime import process_backed
 from .store import Store, now, selector_dict_match
 
 CNI_IMAGE_HINT = "calico/node:"
+TOOLKIT_IMAGE_HINT = "k8s/container-toolkit:"
 NODE_MONITOR_GRACE = 40.0   # kube-controller-manager --node-monitor-grace-period (1.30 default)
 DEVICE_PLUGINS = {"k8s-device-plugin:": "gpu", "ascend-k8sdeviceplugin": "npu",
                   "ascend-device-plugin": "npu", "k8s-rdma-shared-dev-plugin": "rdma"}
@@ -110,6 +111,7 @@ class Cluster:
         self.last_reconcile = 0.0
         self._synced: dict[str, str] = {}   # node -> digest of the pod list its kubelet last accepted
         self._kubelet_seen: dict[str, tuple[float, dict]] = {}   # node IP -> (when, its last status)
+        self._toolkit_results: dict[str, dict] = {}   # node -> what its container toolkit operand last did
 
     # service-account tokens: what a pod's kubelet mounts and the API server authenticates
     def sa_token(self, ns: str, sa: str, uid: str) -> str:
@@ -169,6 +171,7 @@ class Cluster:
             self._workload_status()
             st.save()
         self._sync_processes()
+        self._run_toolkits()
         self.last_reconcile = time.monotonic()
 
     # ---- nodes
@@ -209,7 +212,8 @@ class Cluster:
                 cap = {"cpu": str(kl.get("cpu", 2)), "memory": f"{kl.get('memory_kib', 8 * 2**20)}Ki",
                        "pods": "110", "ephemeral-storage": "100Gi", "hugepages-2Mi": "0"}
                 plugins = {kind for img in running for hint, kind in DEVICE_PLUGINS.items() if hint in img}
-                if "gpu" in plugins and kl.get("gpus"):
+                if "gpu" in plugins and kl.get("gpus") and kl.get("nvidia_runtime"):
+                    # the device plugin waits for the toolkit's validation: no nvidia runtime, no GPUs
                     cap["nvidia.com/gpu"] = str(kl["gpus"])
                 if "npu" in plugins and kl.get("npus"):
                     cap[kl.get("npu_resource", "huawei.com/Ascend910")] = str(kl["npus"])
@@ -245,7 +249,7 @@ class Cluster:
             for operand in ("driver", "container-toolkit", "device-plugin", "dcgm-exporter",
                             "gpu-feature-discovery", "operator-validator"):
                 labels[f"nvidia.com/gpu.deploy.{operand}"] = "true"
-        if any("k8s-device-plugin:" in i for i in running) and kl.get("gpus"):
+        if any("k8s-device-plugin:" in i for i in running) and kl.get("gpus") and kl.get("nvidia_runtime"):
             labels["nvidia.com/gpu.product"] = kl.get("gpu_model", "").replace(" ", "-")
             labels["nvidia.com/gpu.count"] = str(kl["gpus"])
 
@@ -413,7 +417,8 @@ class Cluster:
                                           "spec": {"nodeSelector": {f"nvidia.com/gpu.deploy.{deploy}": "true"},
                                                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
                                                                     "effect": "NoSchedule"}],
-                                                   "containers": [{"name": key.lower(), "image": image}]}}}})
+                                                   "containers": [{"name": key.lower(), "image": image,
+                                                                   "env": list(comp.get("env") or [])}]}}}})
 
     # ---- storage
     def _provisioner_running(self, provisioner: str) -> bool:
@@ -708,6 +713,13 @@ class Cluster:
                 self._event(pod, "Warning", "Failed", f'Failed to pull image "{c["image"]}": {pull_err}')
             elif not init and process_backed(c):
                 return self._process_status(pod, c, kl, s["startTime"])
+            elif not init and TOOLKIT_IMAGE_HINT in c["image"] and (error := self._toolkit_error(node)):
+                pod["metadata"].setdefault("annotations", {})["sim.provision/log"] = error + "\n"   # kubectl logs
+                return {"name": c["name"], "image": normalize_image(c["image"]), "imageID": "", "ready": False,
+                        "restartCount": 1, "started": False,
+                        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting failed "
+                                              f"container={c['name']} pod={pod['metadata']['name']}"}},
+                        "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": error}}}
             else:
                 return {"name": c["name"], "image": normalize_image(c["image"]),
                         "imageID": normalize_image(c["image"]), "ready": not init, "restartCount": 0,
@@ -772,6 +784,34 @@ class Cluster:
                                        f"container={c['name']} pod={pod_name}"}},
                     lastState={"terminated": {"exitCode": proc.get("exit_code") or 1, "reason": "Error",
                                               "message": proc.get("message", "")}})
+
+    def _toolkit_error(self, node: str) -> str:
+        result = self._toolkit_results.get(node)
+        return "" if result is None or result.get("ok") else result.get("error", "failed")
+
+    def _run_toolkits(self) -> None:
+        """A container-toolkit operand on a node whose containerd has no nvidia runtime yet configures it there
+        (toolkit.py, through the node's kubelet); its result decides the container's status."""
+        want = {}
+        with self.store.lock:
+            for pod in self.pods():
+                node = pod["spec"].get("nodeName")
+                kl = self.kubelets.get(node or "")
+                for c in pod["spec"]["containers"]:
+                    if TOOLKIT_IMAGE_HINT in c.get("image", "") and kl and image_present(c["image"], kl.get("images", [])):
+                        want[node] = {e["name"]: str(e.get("value", "")) for e in c.get("env") or [] if "name" in e}
+        for node, env in want.items():
+            kl = self.kubelets.get(node) or {}
+            if kl.get("nvidia_runtime"):
+                self._toolkit_results[node] = {"ok": True}
+                continue
+            try:
+                req = urllib.request.Request(f"http://{self._node_ip(node)}:10250/sim/toolkit",
+                                             json.dumps({"env": env}).encode(), {"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    self._toolkit_results[node] = json.loads(r.read())
+            except (OSError, ValueError):
+                pass
 
     def _sync_processes(self) -> None:
         """Tell each node's kubelet which of its pods' real processes (runtime.py) should run, with the

@@ -23,7 +23,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from . import paths
+from . import paths, toolkit
 from .state import host_config, read_json, updating
 
 META_DB = paths.CONTAINERD_ROOT + "/io.containerd.metadata.v1.bolt/meta.db"
@@ -103,7 +103,7 @@ def kubelet_status(master: str) -> dict:
             "images": ctr_images(), "sandbox_image": sandbox_image(), "cpu": cfg.get("cpu") or os.cpu_count(),
             "memory_kib": mem_kib, "gpus": cfg.get("gpus", 0), "gpu_model": cfg.get("gpu_model", ""),
             "npus": cfg.get("npus", 0), "npu_resource": cfg.get("npu_resource", "huawei.com/Ascend910"),
-            "rdma": cfg.get("rdma", False), "node_info": node_info()}
+            "rdma": cfg.get("rdma", False), "node_info": node_info(), "nvidia_runtime": toolkit.configured()}
 
 
 def _meminfo_kib() -> int:
@@ -153,6 +153,8 @@ class KubeletHandler(JsonHandler):
         if self.path.startswith("/sim/pods"):
             self.runtime.sync(req.get("pods") or [], req.get("services"))
             return self._json(200, {"ok": True})
+        if self.path.startswith("/sim/toolkit"):   # a toolkit operand pod runs here (toolkit.py)
+            return self._json(200, toolkit.configure(req.get("env") or {}))
         if self.path.startswith("/sim/exec"):
             import base64
             stdin = base64.b64decode(req["stdin"]) if req.get("stdin") is not None else None
@@ -407,10 +409,11 @@ def _reachable(ip: str, port: int) -> bool:
         return False
 
 
-def _listen(port: int, forward_to: str | None, stop: threading.Event) -> None:
+def _listen(port: int | socket.socket, forward_to: str | None, stop: threading.Event) -> None:
     """A TCP listener: the k8s-dqlite stand-in (accepts, then closes) or, with forward_to, a pass-through of
-    every connection to forward_to:port (a joined control-plane node's API)."""
-    srv = socket.create_server(("0.0.0.0", port), reuse_port=False)
+    every connection to forward_to:port (a joined control-plane node's API). `port` may be a bound socket."""
+    srv = port if isinstance(port, socket.socket) else socket.create_server(("0.0.0.0", port), reuse_port=False)
+    port = srv.getsockname()[1]
     srv.settimeout(0.5)
     while not stop.is_set():
         try:
@@ -458,6 +461,11 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     servers = []
+    cluster = read_json(paths.SIM_CLUSTER, {}) or {}
+    # k8s-dqlite listens before the kubelet port does: whoever sees this daemon up (services.start_daemon, a
+    # joining control-plane node asking to become a voter) may count this node's datastore as up, as with the
+    # real k8s-dqlite, which is running before it joins the cluster
+    dqlite = socket.create_server(("0.0.0.0", paths.DQLITE_PORT)) if cluster.get("role") != "worker" else None
     from .runtime import Runtime
     KubeletHandler.runtime = Runtime(cfg.get("python") or sys.executable, tools=cfg.get("tools") or "")
     kubelet = ThreadingHTTPServer(("0.0.0.0", paths.KUBELET_PORT), KubeletHandler)
@@ -471,10 +479,9 @@ def main() -> int:
     for s in servers:
         threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
     threading.Thread(target=launch_configs_forever, args=(stop,), daemon=True).start()
-    cluster = read_json(paths.SIM_CLUSTER, {}) or {}
     from .services import real_delay
-    if cluster.get("role") != "worker":   # k8s-dqlite: this node is a member of the datastore
-        threading.Thread(target=_listen, args=(paths.DQLITE_PORT, None, stop), daemon=True).start()
+    if dqlite is not None:   # k8s-dqlite: this node is a member of the datastore
+        threading.Thread(target=_listen, args=(dqlite, None, stop), daemon=True).start()
     if cluster.get("role") == "controlplane" and not stop.wait(real_delay("api")):
         # a joined control-plane node: its kube-apiserver serves the cluster's one datastore, which the sim
         # keeps on the first control node, so its :16443 passes the connections through to that node's

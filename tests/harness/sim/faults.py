@@ -15,6 +15,7 @@ Kinds:
   launch-held   the cluster agent's launch-configuration loop skips its ticks (dns stays disabled) until
                 cleared, or until the first command matching `release_before` starts: that one sees the
                 agent's tick land just before it (standins/microk8s.py)
+  toolkit-readonly the NVIDIA container toolkit cannot write containerd's config (toolkit.py)
   containerd-slow the next N containerd starts (snap install, microk8s start, restarts) open the socket
                 only after S seconds (default for every start: services.DEFAULT_CONTAINERD_DELAY)
 """
@@ -54,6 +55,12 @@ def snap_change_lingers(root: Path | str, snap: str, seconds: float) -> Path:
     snapd goes on after a killed client: `snap changes` lists it, `snap watch` waits for it, and a second
     install of the snap is refused while it runs (standins/snap_changes.py)."""
     return _arm(root, "snap-linger", snap=snap, seconds=seconds, times=1)
+
+
+def toolkit_cannot_write(root: Path | str) -> Path:
+    """The NVIDIA container toolkit operand cannot write containerd's config on this node (toolkit.py): it
+    crash-loops and the node's GPUs never become allocatable (cleared with `clear(root, "toolkit-readonly")`)."""
+    return _arm(root, "toolkit-readonly", times=-1)
 
 
 def containerd_slow(root: Path | str, seconds: float, times: int = 1) -> Path:
