@@ -533,6 +533,59 @@ davinci_devices = Probe("davinci_devices",
                         "n=0; for d in /dev/davinci[0-9]*; do [ -e \"$d\" ] && n=$((n+1)); done; echo $n",
                         parse_count)
 
+_PATH_KINDS = ("absent", "link", "dir", "file")
+
+
+def parse_path_kind(raw: Raw) -> dict[str, str]:
+    """`path_kind` output → {"kind": absent|link|dir|file|unknown, "target": the link's text as written}."""
+    rows = raw.out.splitlines()
+    kind = rows[0].strip() if rows and rows[0].strip() in _PATH_KINDS else "unknown"
+    return {"kind": kind, "target": rows[1] if kind == "link" and len(rows) > 1 else ""}
+
+
+def path_kind(path: str, name: str) -> Probe:
+    """What `path` is, without following it: absent, a symlink (and its target), a directory or a file."""
+    script = quoted("p={path}\nif [ -L \"$p\" ]; then echo link; readlink -- \"$p\"\n"
+                    "elif [ -d \"$p\" ]; then echo dir\nelif [ -e \"$p\" ]; then echo file\nelse echo absent\nfi",
+                    path=path)
+    return Probe(name, script, parse_path_kind)
+
+
+def parse_loaded(raw: Raw) -> bool:
+    return raw.out.strip() == "loaded"
+
+
+def kernel_module(module: str, name: str) -> Probe:
+    """Is a kernel module loaded (/sys/module/NAME, or its line in /proc/modules, which lsmod reads)?"""
+    script = quoted("if [ -d /sys/module/{m} ] || grep -q \"^\"{m}\" \" /proc/modules; then echo loaded; "
+                    "else echo no; fi", m=module)
+    return Probe(name, script, parse_loaded)
+
+
+# EFI_GLOBAL_VARIABLE: efivarfs shows 4 attribute bytes, then the value (1 = Secure Boot on).
+_SECURE_BOOT_VAR = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+
+
+def parse_secure_boot(raw: Raw) -> bool | None:
+    """True when the kernel enforces module signatures: `mokutil --sb-state` ("SecureBoot enabled", unless
+    "SecureBoot validation is disabled in shim"), else the EFI variable; None when neither can tell."""
+    mok, _, efi = raw.out.partition("---\n")
+    if "SecureBoot enabled" in mok:
+        return "validation is disabled" not in mok
+    if "SecureBoot disabled" in mok or "doesn't support Secure Boot" in mok:
+        return False
+    value = efi.split()
+    if len(value) == 5 and all(v.isdigit() for v in value):
+        return value[-1] == "1"
+    return None
+
+
+secure_boot = Probe("secure_boot",
+                    "command -v mokutil >/dev/null 2>&1 && timeout 10 mokutil --sb-state 2>&1\n"
+                    "printf -- '---\\n'\n"
+                    f"[ -r {_SECURE_BOOT_VAR} ] && od -An -tu1 -- {_SECURE_BOOT_VAR}\ntrue",
+                    parse_secure_boot)
+
 
 def parse_interfaces(raw: Raw) -> dict[str, Any]:
     """`ip -o link show`, `---`, `ip -o -4 addr show` → {name: {"up", "carrier", "ipv4": [cidr]}}.

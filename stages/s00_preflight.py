@@ -11,6 +11,7 @@ stage changes anything.
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
 import threading
 import time
@@ -31,6 +32,10 @@ SUPPORTED_UBUNTU = ("22.04", "24.04")
 # Ports MicroK8s opens on every node (microk8s.md: API 16443, cluster agent 25000, kubelet 10250, dqlite 19001).
 MICROK8S_PORTS = {16443: "Kubernetes API server", 25000: "MicroK8s cluster agent", 10250: "kubelet",
                   19001: "dqlite datastore"}
+# MicroK8s' install links /var/lib/kubelet to its kubelet's root dir only when the path is free (microk8s.md §8);
+# device plugins (NVIDIA, Ascend, RDMA) register through /var/lib/kubelet/device-plugins.
+KUBELET_LINK = "/var/lib/kubelet"
+MICROK8S_KUBELET = "/var/snap/microk8s/common/var/lib/kubelet"
 # Process names MicroK8s itself listens with (ss shows at most 15 characters of the name).
 MICROK8S_PROCESSES = ("kubelite", "k8s-dqlite", "cluster-agent", "apiserver-proxy", "kube-apiserver",
                       "kubelet", "kube-proxy", "containerd", "calico-node")
@@ -40,7 +45,8 @@ def probes() -> list[F.Probe]:
     """The clock goes first so its reading is taken right after the round trip starts."""
     return [F.clock, F.os_release, F.arch, F.cpus, F.meminfo, F.swaps, F.disk_free(SNAP_DATA_ROOT),
             F.default_route, F.hostname, F.listen_ports, F.port_holders, F.snapd, F.microk8s, F.user,
-            F.nvidia_pci, F.nvidia_smi, F.davinci_devices, F.npu_smi, F.interfaces, F.resolv]
+            F.nvidia_pci, F.nvidia_smi, F.davinci_devices, F.npu_smi, F.interfaces, F.resolv,
+            F.path_kind(KUBELET_LINK, "kubelet_dir"), F.kernel_module("nouveau", "nouveau"), F.secure_boot]
 
 
 class Preflight(Stage):
@@ -406,6 +412,57 @@ def check_npu_driver(facts: Mapping[str, Any], settings: Any, node: Node) -> lis
                   "check the Ascend driver install (/usr/local/Ascend/driver) and reboot")]
 
 
+def check_nouveau(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
+    """nouveau holds the GPUs: the NVIDIA driver cannot bind them while it is loaded."""
+    if not settings.use_gpu_operator or not _is_gpu_node(facts, node) or not facts["nouveau"]:
+        return []
+    return [Check("nouveau", False, "the nouveau driver is loaded on a GPU node; the NVIDIA driver cannot use "
+                  "the GPUs while it is",
+                  "blacklist it: `printf 'blacklist nouveau\\noptions nouveau modeset=0\\n' | sudo tee "
+                  "/etc/modprobe.d/blacklist-nouveau.conf`, then `sudo update-initramfs -u` and reboot")]
+
+
+def check_secure_boot(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
+    """Stage 50 uses the host driver (driver.enabled=false): with Secure Boot its modules must be signed."""
+    if not settings.use_gpu_operator or not _is_gpu_node(facts, node) or facts["secure_boot"] is not True:
+        return []
+    return [Check("secure boot", False, "Secure Boot is enabled: the kernel loads only signed modules, so an "
+                  "unsigned NVIDIA driver (a .run install or a DKMS build without an enrolled key) will not load",
+                  "sign the NVIDIA modules with a Machine Owner Key (`sudo mokutil --import KEY.der`, confirm at "
+                  "the next boot; Ubuntu's DKMS signs with it), or disable Secure Boot in the firmware",
+                  warning=True)]
+
+
+def check_kubelet_dir(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
+    """/var/lib/kubelet on an accelerator node: absent or MicroK8s' link, else device plugins never register."""
+    kinds = [k for k, on in (("GPU", settings.use_gpu_operator and _is_gpu_node(facts, node)),
+                             ("NPU", settings.enable_npu and _is_npu_node(facts, node))) if on]
+    if not kinds:
+        return []
+    d, installed = facts["kubelet_dir"], facts["microk8s"].get("installed")
+    link = f"`sudo ln -s {MICROK8S_KUBELET} {KUBELET_LINK}`"
+    if d["kind"] == "absent" and not installed:
+        return [Check("kubelet dir", True, f"{KUBELET_LINK} absent; MicroK8s' install links it to {MICROK8S_KUBELET}")]
+    if d["kind"] == "absent":
+        return [Check("kubelet dir", False, f"{KUBELET_LINK} is missing although MicroK8s is installed: "
+                      f"{' and '.join(kinds)} device plugins register through {KUBELET_LINK}/device-plugins",
+                      f"restore MicroK8s' link: {link}")]
+    target = posixpath.normpath(posixpath.join(posixpath.dirname(KUBELET_LINK), d["target"])) if d["target"] else ""
+    if d["kind"] == "link" and target == MICROK8S_KUBELET:
+        return [Check("kubelet dir", True, f"{KUBELET_LINK} → {MICROK8S_KUBELET}")]
+    if d["kind"] == "unknown":
+        return [Check("kubelet dir", False, f"cannot tell what {KUBELET_LINK} is", f"check it by hand: "
+                      f"`ls -ld {KUBELET_LINK}` must show a link to {MICROK8S_KUBELET} (or nothing)", warning=True)]
+    what = {"link": f"a symlink to {d['target']}", "dir": "a real directory", "file": "a file"}[d["kind"]]
+    relink = (f"; MicroK8s is installed already, so link it yourself: {link}" if installed
+              else "; MicroK8s' install then creates the link")
+    return [Check("kubelet dir", False, f"{KUBELET_LINK} is {what}, not MicroK8s' link to {MICROK8S_KUBELET}: "
+                  f"{' and '.join(kinds)} device plugins register through {KUBELET_LINK}/device-plugins and "
+                  "would never reach MicroK8s' kubelet",
+                  f"move it away (`sudo mv {KUBELET_LINK} {KUBELET_LINK}.old`; a leftover of another Kubernetes?)"
+                  + relink)]
+
+
 def check_interface(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
     """MGMT_INTERFACE (Calico pins its node address to it in stage 30) must exist, be up and have IPv4."""
     name = settings.mgmt_interface
@@ -445,8 +502,8 @@ def check_dns(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check
 
 NODE_CHECKS: tuple[Callable[[Mapping[str, Any], Any, Node], Any], ...] = (
     check_os, check_arch, check_cpu, check_memory, check_disk, check_swap, check_route, check_hostname_valid,
-    check_clock, check_ports, check_snapd, check_sudo, check_bundle, check_gpu_driver, check_npu_driver,
-    check_interface, check_dns,
+    check_clock, check_ports, check_snapd, check_sudo, check_bundle, check_gpu_driver, check_nouveau,
+    check_secure_boot, check_npu_driver, check_kubelet_dir, check_interface, check_dns,
 )
 
 

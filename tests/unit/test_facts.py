@@ -300,3 +300,38 @@ def test_npu_smi():
     assert F.parse_npu_smi(Raw("", 127))["present"] is False
     d = F.parse_npu_smi(Raw("dcmi module initialize failed. ret is -8005\n", 1))
     assert not d["ok"] and d["error"] == "dcmi module initialize failed. ret is -8005"
+
+
+def test_path_kind_never_follows_the_link(tmp_path):
+    """The real probe script, on a real directory, a symlink (target as written) and a missing path."""
+    import subprocess
+
+    (tmp_path / "a dir").mkdir()
+    (tmp_path / "link").symlink_to("../elsewhere/kubelet")
+    (tmp_path / "file").write_text("")
+
+    def kind(name):
+        p = F.path_kind(str(tmp_path / name), "kubelet_dir")
+        r = subprocess.run(["sh", "-c", p.script], capture_output=True, text=True, check=False)
+        return p.parse(Raw(r.stdout, r.returncode))
+
+    assert kind("a dir") == {"kind": "dir", "target": ""}
+    assert kind("link") == {"kind": "link", "target": "../elsewhere/kubelet"}
+    assert kind("file") == {"kind": "file", "target": ""}
+    assert kind("missing") == {"kind": "absent", "target": ""}
+    assert F.parse_path_kind(Raw("", 1)) == {"kind": "unknown", "target": ""}
+
+
+def test_kernel_module_and_secure_boot():
+    assert F.parse_loaded(Raw("loaded\n", 0)) is True and F.parse_loaded(Raw("no\n", 0)) is False
+    assert "/sys/module/nouveau" in F.kernel_module("nouveau", "nouveau").script
+    sb = F.parse_secure_boot
+    assert sb(Raw("SecureBoot enabled\n---\n", 0)) is True
+    assert sb(Raw("SecureBoot disabled\n---\n", 0)) is False
+    # shim's MokSBState: firmware Secure Boot on, but shim (and so the kernel) does not enforce signatures
+    assert sb(Raw("SecureBoot enabled\nSecureBoot validation is disabled in shim\n---\n", 0)) is False
+    assert sb(Raw("This system doesn't support Secure Boot\n---\n", 0)) is False
+    # no mokutil: the EFI variable (4 attribute bytes, then the value)
+    assert sb(Raw("---\n   6   0   0   0   1\n", 0)) is True
+    assert sb(Raw("---\n   6   0   0   0   0\n", 0)) is False
+    assert sb(Raw("---\n", 0)) is None  # neither tool nor variable (BIOS boot, or no efivarfs): no line

@@ -67,6 +67,7 @@ def ubuntu2404(**changes) -> Facts:
         "nvidia_smi": {"present": False, "ok": False, "gpus": [], "error": "nvidia-smi not found"},
         "davinci_devices": 0,
         "npu_smi": {"present": False, "ok": False, "npus": [], "version": "", "error": "npu-smi not found"},
+        "kubelet_dir": {"kind": "absent", "target": ""}, "nouveau": False, "secure_boot": None,
         "bundle": {"checked": False},
         "interfaces": F.parse_interfaces(F.Raw(IP_LINK + "---\n" + IP_ADDR, 0)),
         "resolv": F.parse_resolv(F.Raw(RESOLV_STUB + "---\n" + RESOLV_SITE, 0)),
@@ -255,6 +256,71 @@ def test_npu_driver():
         "npu driver: npu-smi reports NPU 0 Alarm — check the NPUs with `npu-smi info` and the Ascend driver logs"]
 
 
+ON_GPU = Settings(use_gpu_operator=True)
+KUBELET_FIX = ("— move it away (`sudo mv /var/lib/kubelet /var/lib/kubelet.old`; a leftover of another Kubernetes?)")
+
+
+def test_kubelet_dir_must_be_microk8s_link_on_accelerator_nodes():
+    gpu = {"nvidia_pci": 2, "nvidia_smi": GPU}
+    for fine in ({"kind": "absent", "target": ""},
+                 {"kind": "link", "target": "/var/snap/microk8s/common/var/lib/kubelet"},
+                 {"kind": "link", "target": "../snap/microk8s/common/var/lib/kubelet/"}):
+        assert failures(ubuntu2404(kubelet_dir=fine, **gpu), ON_GPU, GPU_NODE) == []
+    ok = Preflight().verify(ubuntu2404(kubelet_dir=fine, **gpu), ON_GPU, GPU_NODE)
+    assert "kubelet dir: /var/lib/kubelet → /var/snap/microk8s/common/var/lib/kubelet" in map(check_line, ok)
+    real = {"kind": "dir", "target": ""}
+    assert failures(ubuntu2404(kubelet_dir=real, **gpu), ON_GPU, GPU_NODE) == [
+        "kubelet dir: /var/lib/kubelet is a real directory, not MicroK8s' link to "
+        "/var/snap/microk8s/common/var/lib/kubelet: GPU device plugins register through "
+        "/var/lib/kubelet/device-plugins and would never reach MicroK8s' kubelet " + KUBELET_FIX
+        + "; MicroK8s' install then creates the link"]
+    installed = {"installed": True, "revision": "7449"}
+    elsewhere = {"kind": "link", "target": "/data/kubelet"}
+    assert failures(ubuntu2404(kubelet_dir=elsewhere, microk8s=installed, **gpu), ON_GPU, GPU_NODE) == [
+        "kubelet dir: /var/lib/kubelet is a symlink to /data/kubelet, not MicroK8s' link to "
+        "/var/snap/microk8s/common/var/lib/kubelet: GPU device plugins register through "
+        "/var/lib/kubelet/device-plugins and would never reach MicroK8s' kubelet " + KUBELET_FIX
+        + "; MicroK8s is installed already, so link it yourself: "
+        "`sudo ln -s /var/snap/microk8s/common/var/lib/kubelet /var/lib/kubelet`"]
+    assert failures(ubuntu2404(microk8s=installed, **gpu), ON_GPU, GPU_NODE) == [
+        ("kubelet dir: /var/lib/kubelet is missing although MicroK8s is installed: GPU device plugins register "
+        "through /var/lib/kubelet/device-plugins — restore MicroK8s' link: "
+        "`sudo ln -s /var/snap/microk8s/common/var/lib/kubelet /var/lib/kubelet`")]
+    npu = Node("npu1", "10.0.0.12", frozenset({Role.WORKER, Role.NPU}))
+    lines = failures(ubuntu2404(kubelet_dir=real, davinci_devices=2), Settings(enable_npu=True), npu)
+    assert len(lines) == 2 and "NPU device plugins register" in lines[1]  # lines[0]: npu-smi not found
+    # not an accelerator node, or the accelerator not enabled: MicroK8s never looks at /var/lib/kubelet
+    assert failures(ubuntu2404(kubelet_dir=real, **gpu), Settings(), GPU_NODE) == []
+    assert failures(ubuntu2404(kubelet_dir=real), ON_GPU, NODE) == []
+
+
+def test_nouveau_fails_on_gpu_nodes():
+    f = ubuntu2404(nouveau=True, nvidia_pci=2)
+    assert failures(f, ON_GPU, GPU_NODE) == [
+        ("gpu driver: nvidia-smi not found on a GPU node (USE_GPU_OPERATOR=true) — install the NVIDIA driver from "
+        "your offline packages and reboot; the GPU Operator runs with driver.enabled=false and uses the host driver"),
+        ("nouveau: the nouveau driver is loaded on a GPU node; the NVIDIA driver cannot use the GPUs while it is — "
+        "blacklist it: `printf 'blacklist nouveau\\noptions nouveau modeset=0\\n' | sudo tee "
+        "/etc/modprobe.d/blacklist-nouveau.conf`, then `sudo update-initramfs -u` and reboot")]
+    assert failures(f, Settings(), GPU_NODE) == []
+    assert failures(ubuntu2404(nouveau=True), ON_GPU, NODE) == []
+
+
+def test_secure_boot_is_a_warning_on_gpu_nodes():
+    f = ubuntu2404(secure_boot=True, nvidia_pci=2, nvidia_smi=GPU)
+    assert failures(f, ON_GPU, GPU_NODE) == []
+    assert warnings(f, ON_GPU, GPU_NODE) == [
+        ("secure boot: Secure Boot is enabled: the kernel loads only signed modules, so an unsigned NVIDIA driver "
+        "(a .run install or a DKMS build without an enrolled key) will not load — sign the NVIDIA modules with a "
+        "Machine Owner Key (`sudo mokutil --import KEY.der`, confirm at the next boot; Ubuntu's DKMS signs with "
+        "it), or disable Secure Boot in the firmware")]
+    for state in (False, None):  # off, or neither mokutil nor the EFI variable can tell: no line
+        assert [c.name for c in Preflight().verify(ubuntu2404(secure_boot=state, nvidia_pci=2, nvidia_smi=GPU),
+                                                   ON_GPU, GPU_NODE) if c.name == "secure boot"] == []
+    assert warnings(ubuntu2404(secure_boot=True), ON_GPU, NODE) == []
+    assert warnings(f, Settings(), GPU_NODE) == []
+
+
 def test_bundle_problems_are_lines_on_the_control_node():
     f = ubuntu2404(bundle={"checked": True, "ok": False, "path": "/b", "hint": "",
                            "problems": ["snaps/microk8s_7449.snap: missing (listed in manifest.yaml)"]})
@@ -339,6 +405,7 @@ def raw_probes(os_release: str = "ID=ubuntu\nVERSION_ID=\"24.04\"\nPRETTY_NAME=\
         "port_holders": 'LISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:(("sshd",pid=801,fd=3))\n',
         "snapd": "snap    2.63+24.04\nsnapd   2.63+24.04\n", "microk8s": ("", 1), "user": "0\nroot\n",
         "nvidia_pci": "", "nvidia_smi": ("", 127), "davinci_devices": "0", "npu_smi": ("", 127),
+        "kubelet_dir": "absent\n", "nouveau": "no\n", "secure_boot": "---\n",
         "interfaces": IP_LINK + "---\n" + IP_ADDR, "resolv": RESOLV_STUB + "---\n" + RESOLV_SITE,
     }
 
@@ -351,6 +418,7 @@ def test_gather_is_one_round_trip_and_passes_on_ubuntu():
     stage = Preflight()
     facts = stage.gather(host, Settings(), Node("gpu1", "10.0.0.11", frozenset({Role.WORKER})))
     assert host.round_trips == 1
+    assert (facts["kubelet_dir"]["kind"], facts["nouveau"], facts["secure_boot"]) == ("absent", False, None)
     checks = list(stage.verify(facts, Settings(), NODE))
     assert [check_line(c) for c in checks if not c.ok] == []
     assert host._host.calls[0][1] is True  # gathered with sudo (ss sees every process)
