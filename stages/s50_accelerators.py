@@ -26,7 +26,7 @@ class Accelerators(Stage):
     scope = Scope.CLUSTER
 
     def probes(self) -> list[F.Probe]:
-        from stages.s70_jupyterhub import DIGEST_PY, parse_digest, parse_json, parse_release
+        from stages._helm import DIGEST_PY, parse_digest, parse_json, parse_release
 
         q = F.quoted
         pre = "command -v microk8s >/dev/null 2>&1 || exit 127\n"
@@ -56,7 +56,7 @@ class Accelerators(Stage):
     def plan(self, facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
         if not facts.get("enabled"):
             return Plan.noop("GPU operator not enabled (USE_GPU_OPERATOR=false)")
-        from stages.s70_jupyterhub import HelmRelease
+        from stages._helm import HelmRelease
 
         return G.plan(facts, settings, HelmRelease)
 

@@ -14,9 +14,10 @@ from provision.errors import ConflictError
 from provision.jupyterhub.values import values_digest
 from stages import _gpu_operator as G
 from stages import s00_preflight as P
+from stages._helm import HelmRelease
 from stages._microk8s import KubectlApply
 from stages.s50_accelerators import Accelerators
-from stages.s70_jupyterhub import HelmRelease, parse_release
+from stages.s70_jupyterhub import parse_release
 from tests.harness.bundle import GPU_OPERANDS, GPU_OPERATOR_CLUSTER, reference_charts
 from tests.stages import stagefacts as sf
 
