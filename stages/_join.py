@@ -23,6 +23,7 @@ from typing import Any
 from provision.config import Secret
 from provision.errors import ProvisionError, VerifyFailed
 from stages import _microk8s as M
+from stages._gpu_operator import GPU, GPU_COUNT_LABEL  # re-used: one definition of the names
 
 AGENT_PORT = 25000  # the cluster agent (add-node/join), microk8s.md §3
 API_PORT = 16443
@@ -307,24 +308,27 @@ def join(host: Any, control_ip: str, token: Secret, check: str, worker: bool) ->
     host.run(join_argv(control_ip, check, worker), sudo=True, stdin=token_stdin(token), timeout=600)
 
 
-def wait_ready(watch: NodeWatch, name: str, timeout: float, stop: Any = None) -> KubeNode:
-    """Poll until Node `name` is Ready (bounded), through the watch every waiting thread shares."""
+def _poll(watch: NodeWatch, name: str, timeout: float, ok: Any, stop: Any = None) -> tuple[KubeNode | None, bool]:
+    """Node `name` as the shared watch sees it, polled until ok(node) or the deadline (or `stop`): (node, ok)."""
     deadline = time.monotonic() + timeout
-    seen = None
     while True:
         seen = watch.get(name)
-        if seen is not None and seen.ready:
-            return seen
+        if ok(seen):
+            return seen, True
         if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
-            state = "is not listed" if seen is None else "is NotReady"
-            raise VerifyFailed(f"joined, but Node {name} {state} after {timeout:g}s",
-                               f"see `microk8s kubectl describe node {name}` on the control node and "
-                               "`microk8s inspect` on the node, then re-run")
+            return seen, False
         time.sleep(min(watch.interval, max(0.0, deadline - time.monotonic())) or 0.05)
 
 
-GPU = "nvidia.com/gpu"
-GPU_COUNT_LABEL = "nvidia.com/gpu.count"  # gpu-feature-discovery: the GPUs the node has
+def wait_ready(watch: NodeWatch, name: str, timeout: float, stop: Any = None) -> KubeNode:
+    """Poll until Node `name` is Ready (bounded), through the watch every waiting thread shares."""
+    seen, ok = _poll(watch, name, timeout, lambda n: n is not None and n.ready, stop)
+    if not ok:
+        state = "is not listed" if seen is None else "is NotReady"
+        raise VerifyFailed(f"joined, but Node {name} {state} after {timeout:g}s",
+                           f"see `microk8s kubectl describe node {name}` on the control node and "
+                           "`microk8s inspect` on the node, then re-run")
+    return seen  # type: ignore[return-value]
 
 
 def gpus_allocatable(node: KubeNode | None) -> bool:
@@ -337,19 +341,15 @@ def gpus_allocatable(node: KubeNode | None) -> bool:
 
 def wait_gpus(watch: NodeWatch, name: str, timeout: float) -> KubeNode:
     """A joined GPU node: poll until its GPUs are allocatable (the GPU Operator's operands run on it by then)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        seen = watch.get(name)
-        if gpus_allocatable(seen):
-            return seen  # type: ignore[return-value]
-        if time.monotonic() >= deadline:
-            have = f"{(seen.allocatable.get(GPU) if seen else None) or 0} of " \
-                   f"{(seen.labels.get(GPU_COUNT_LABEL) if seen else None) or 'its'}"
-            raise VerifyFailed(f"joined and Ready, but {have} GPUs allocatable (nvidia.com/gpu) after {timeout:g}s",
-                               "see the GPU Operator's pods on it (`microk8s kubectl -n gpu-operator get pods -o "
-                               f"wide --field-selector spec.nodeName={name}`), fix what their logs say, then "
-                               "`sudo provision install --only 50`")
-        time.sleep(min(watch.interval, max(0.0, deadline - time.monotonic())) or 0.05)
+    seen, ok = _poll(watch, name, timeout, gpus_allocatable)
+    if not ok:
+        have = f"{(seen.allocatable.get(GPU) if seen else None) or 0} of " \
+               f"{(seen.labels.get(GPU_COUNT_LABEL) if seen else None) or 'its'}"
+        raise VerifyFailed(f"joined and Ready, but {have} GPUs allocatable (nvidia.com/gpu) after {timeout:g}s",
+                           "see the GPU Operator's pods on it (`microk8s kubectl -n gpu-operator get pods -o "
+                           f"wide --field-selector spec.nodeName={name}`), fix what their logs say, then "
+                           "`sudo provision install --only 50`")
+    return seen  # type: ignore[return-value]
 
 
 def label(control: Any, name: str, labels: Mapping[str, str]) -> None:

@@ -276,9 +276,6 @@ class AddJob:
         self.actions = 0
         self.summaries: list[Any] = []
 
-    def _on_command(self, node: str, display: str, result: Any, seconds: float) -> None:
-        self.console.command(node, display, result.exit_status, seconds, result.stdout, result.stderr)
-
     # --- the whole command --------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -297,9 +294,9 @@ class AddJob:
         specs = [NodeSpec(t, roles, name=t.address) for t in self.targets]
         ssh = SSHOptions(identity=s["identity"], known_hosts=s["known_hosts"], password=s["password"],
                          accept_new_host_keys=s["accept_new_host_keys"], accept_host_keys=s["accept_host_key"])
-        with open_inventory(host=s["host"], password=s["password"], on_command=self._on_command,
+        with open_inventory(host=s["host"], password=s["password"], on_command=self.console.on_command,
                             **control_opts) as control_inv, \
-                build_inventory(specs, ssh, on_command=self._on_command) as new_inv:
+                build_inventory(specs, ssh, on_command=self.console.on_command) as new_inv:
             control_node = self.control_node = control_inv.control
             control = control_inv.host(control_node)
             for h in [control, *(new_inv.host(n) for n in new_inv.nodes)]:
