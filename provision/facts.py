@@ -504,6 +504,16 @@ nvidia_pci = Probe("nvidia_pci",
                    "  [ \"$(cat \"$d/vendor\" 2>/dev/null)\" = 0x10de ] && cat \"$d/class\"\ndone\ntrue",
                    parse_pci_display)
 
+def parse_pci_network(raw: Raw) -> int:
+    """Count of network/InfiniBand controllers (PCI class 0x02xxxx) among the devices listed."""
+    return sum(1 for ln in lines(raw) if ln.strip().startswith("0x02"))
+
+
+mellanox_pci = Probe("mellanox_pci",
+                     "for d in /sys/bus/pci/devices/*; do\n"
+                     "  [ \"$(cat \"$d/vendor\" 2>/dev/null)\" = 0x15b3 ] && cat \"$d/class\"\ndone\ntrue",
+                     parse_pci_network)
+
 _NPU_ROW = re.compile(r"^\|\s*(\d+)\s+(\S+)\s*\|\s*(OK|Warning|Alarm|Critical|UNKNOWN)\s*\|", re.IGNORECASE)
 
 
@@ -588,10 +598,11 @@ secure_boot = Probe("secure_boot",
 
 
 def parse_interfaces(raw: Raw) -> dict[str, Any]:
-    """`ip -o link show`, `---`, `ip -o -4 addr show` → {name: {"up", "carrier", "ipv4": [cidr]}}.
+    """`ip -o link show`, `---`, `ip -o -4 addr show` → {name: {"up", "carrier", "ipv4": [cidr], "link"}}.
 
-    `ip -o link` writes "3: bond0.100@bond0: <FLAGS> ..." (the parent after '@'); `ip -o addr` writes the
-    bare name. Names may hold dots and dashes (bond0.100, enp3s0-mgmt)."""
+    `ip -o link` writes "3: bond0.100@bond0: <FLAGS> ... link/ether ..." (the parent after '@'; "link" is the
+    link type: ether, infiniband, loopback, ...); `ip -o addr` writes the bare name. Names may hold dots and
+    dashes (bond0.100, enp3s0-mgmt)."""
     if raw.rc == 127:
         return {"ok": False, "links": {}}
     links_text, _, addrs_text = raw.out.partition("---\n")
@@ -600,7 +611,9 @@ def parse_interfaces(raw: Raw) -> dict[str, Any]:
         m = re.match(r"^\d+:\s+([^:\s]+):\s+<([^>]*)>", ln)
         if m:
             name, flags = m.group(1).split("@", 1)[0], set(m.group(2).split(","))
-            links[name] = {"up": "UP" in flags, "carrier": "LOWER_UP" in flags, "ipv4": []}
+            kind = re.search(r"\slink/(\S+)", ln)
+            links[name] = {"up": "UP" in flags, "carrier": "LOWER_UP" in flags, "ipv4": [],
+                           "link": kind.group(1) if kind else ""}
     for ln in addrs_text.splitlines():
         f = ln.split()
         if len(f) >= 4 and f[2] == "inet" and f[1] in links:

@@ -10,6 +10,7 @@ that were not made). A lock keeps two applying runs apart. The result is a RunSu
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 import traceback
@@ -225,6 +226,7 @@ class Runner:
         self.stop = threading.Event()
         self.summary = RunSummary([n.name for n in self.nodes], options.dry_run, log_file=console.log_path)
         self._pool: ThreadPoolExecutor | None = None
+        self.run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
 
     # --- hosts: every command they run goes to the log, masked ------------------------------------
 
@@ -286,7 +288,10 @@ class Runner:
             if stage.number not in selected:
                 out.status, out.reason = "skipped", "not selected"
                 continue
-            stage.context = ApplyContext(self.settings, self.bundle_dir)  # type: ignore[attr-defined]
+            # run_id tells this run's own results from older ones; named: the user asked for it with --only
+            stage.context = ApplyContext(self.settings, self.bundle_dir,  # type: ignore[attr-defined]
+                                         nodes=tuple(self.nodes),
+                                         extra={"run_id": self.run_id, "named": stage.number in self.opts.only})
             out.conditional = self.opts.dry_run and changed_earlier
             t = time.monotonic()
             try:

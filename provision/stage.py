@@ -65,6 +65,9 @@ class ApplyContext:
     bundle_dir: Any = None
     progress: Any = None  # callable(str) for long actions; may be None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The run's nodes with the roles preflight found: a cluster stage runs on the control node only, yet may
+    # have to know which nodes carry what (e.g. which nodes to label for a device plugin).
+    nodes: tuple[Node, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 # The whole test suite in one command: installs what the tests need (apt + pip), then runs pytest.
 #   bash scripts/test.sh            # everything
 #   bash scripts/test.sh tests/config -x   # extra arguments go to pytest
-#   PYTEST_WORKERS=3 bash scripts/test.sh  # 3 pytest-xdist workers (~8 min instead of ~19 on 2 cores)
+#   PYTEST_WORKERS=0 bash scripts/test.sh  # one process (~20 min on 2 cores instead of ~9 on 3 workers)
 # As root it installs the Debian packages the real-SSH tests use (sshd, containerd, nginx, ...);
 # as a normal user those tests skip with the reason.
 set -euo pipefail
@@ -41,12 +41,10 @@ if [ ! -x .tools/chp/node_modules/.bin/configurable-http-proxy ]; then
 fi
 
 # The simulated-cluster tests mostly wait (simulated MicroK8s timing, polls): 3 workers on 2 cores take the
-# whole suite from ~19 to ~8 minutes (--dist loadfile keeps each file and its shared cluster on one worker).
-# One process stays the default until the SSH connection lost under that load (EOF from sshd, seen once in
-# tests/hosts/test_ssh.py's parallel-output test) is understood.
-echo "==> pytest (${PYTEST_WORKERS:-0} workers)"
+# whole suite from ~20 to ~9 minutes (--dist loadfile keeps each file and its shared cluster on one worker).
+echo "==> pytest (${PYTEST_WORKERS:-3} workers)"
 set +e
-.venv/bin/python -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-0}" --dist loadfile "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-3}" --dist loadfile "$@"
 rc=$?
 set -e
 # pytest exits 5 when it collected no test: that is a failure of the suite, not a pass.

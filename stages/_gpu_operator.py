@@ -183,7 +183,10 @@ def gpus_ready(nodes: Mapping[str, Mapping[str, Any]]) -> bool:
 def nfd_elsewhere(pods: Any) -> bool:
     """node-feature-discovery (pods labelled app.kubernetes.io/name=node-feature-discovery) already runs outside
     our namespace: do not install a second one (two NFD masters fight over the same node labels)."""
-    return any((p.get("metadata") or {}).get("namespace") != NAMESPACE for p in (pods or {}).get("items") or [])
+    # The Network Operator's NFD (ENABLE_IB) is not counted: it yields to this one when USE_GPU_OPERATOR=true
+    # (stages/_network_operator.py), so counting it would leave the cluster with no NFD at all.
+    return any((p.get("metadata") or {}).get("namespace") not in (NAMESPACE, "nvidia-network-operator")
+               for p in (pods or {}).get("items") or [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,13 +244,13 @@ def plan(facts: Mapping[str, Any], settings: Any, helm_action: Any) -> Plan:
 # Waiting for the GPUs
 
 
-def last_log_line(host: Any, pod: str) -> str:
+def last_log_line(host: Any, pod: str, namespace: str = NAMESPACE) -> str:
     """The last line a pod logged (`kubectl logs --tail 1`), or '' when there is none."""
     from provision.errors import CommandTimeout
     from stages._microk8s import kubectl
 
     try:
-        r = host.run(list(kubectl("logs", "-n", NAMESPACE, pod, "--tail", "1")), sudo=True, timeout=60, check=False)
+        r = host.run(list(kubectl("logs", "-n", namespace, pod, "--tail", "1")), sudo=True, timeout=60, check=False)
     except CommandTimeout:
         return ""
     return (r.stdout.strip().splitlines() or [""])[-1] if r.exit_status == 0 else ""

@@ -22,6 +22,7 @@ from typing import Any
 from provision import facts as F
 from provision.errors import CommandFailed, PreflightError, ProvisionError, TransportError
 from provision.stage import Check, Node, Plan, Role, Scope, Stage
+from stages import _ascend as A
 from stages import _dns as D
 
 SNAP_DATA_ROOT = "/var/snap"
@@ -45,8 +46,9 @@ def probes() -> list[F.Probe]:
     """The clock goes first so its reading is taken right after the round trip starts."""
     return [F.clock, F.os_release, F.arch, F.cpus, F.meminfo, F.swaps, F.disk_free(SNAP_DATA_ROOT),
             F.default_route, F.hostname, F.listen_ports, F.port_holders, F.snapd, F.microk8s, F.user,
-            F.nvidia_pci, F.nvidia_smi, F.davinci_devices, F.npu_smi, F.interfaces, F.resolv,
-            F.path_kind(KUBELET_LINK, "kubelet_dir"), F.kernel_module("nouveau", "nouveau"), F.secure_boot]
+            F.nvidia_pci, F.mellanox_pci, F.nvidia_smi, F.davinci_devices, F.npu_smi, F.interfaces, F.resolv,
+            F.path_kind(KUBELET_LINK, "kubelet_dir"), F.kernel_module("nouveau", "nouveau"), F.secure_boot,
+            F.path_kind(A.RUNTIME_BIN, "ascend_runtime")]
 
 
 class Preflight(Stage):
@@ -140,9 +142,11 @@ def bundle_fact(bundle_dir: Any, settings: Any) -> dict[str, Any]:
         return {"checked": True, "ok": False, "path": str(path), "problems": [e.message], "hint": e.hint}
     out = {"checked": True, "ok": not problems, "path": str(path), "problems": problems, "verified": True}
     if gpu:
-        from stages._gpu_operator import BUNDLE_HINT
+        from stages import _gpu_operator as G
+        from stages import _network_operator as N
 
-        out["hint"] = BUNDLE_HINT
+        out["hint"] = G.BUNDLE_HINT if any("(GPU Operator " in p for p in gpu) else \
+            A.BUNDLE_HINT if any("Ascend device plugin" in p for p in gpu) else N.BUNDLE_HINT
     return out
 
 
@@ -166,15 +170,23 @@ def release_problems(bundle_dir: Path, settings: Any) -> list[str]:
 
 
 def accelerator_problems(bundle_dir: Path, settings: Any) -> list[str]:
-    """Every image the GPU Operator (stage 50) will run must be in the bundle, marked for the nodes running it."""
-    if not settings.use_gpu_operator:
-        return []
+    """Every image the GPU Operator and the Network Operator (stage 50) will run must be in the bundle, marked for
+    the nodes running them."""
     from provision.bundle import load_manifest
     from provision.jupyterhub.chart import find_chart
     from stages import _gpu_operator as G
+    from stages import _network_operator as N
 
-    chart = G.open_operator_chart(find_chart(bundle_dir, "gpu-operator", settings.gpu_operator_version))
-    return G.bundle_problems(load_manifest(bundle_dir), chart, G.release_values())
+    out: list[str] = []
+    if settings.use_gpu_operator:
+        chart = G.open_operator_chart(find_chart(bundle_dir, "gpu-operator", settings.gpu_operator_version))
+        out += G.bundle_problems(load_manifest(bundle_dir), chart, G.release_values())
+    if settings.enable_ib:  # its own NFD only without the GPU Operator (stage 50 also skips it when one runs)
+        net = N.open_network_chart(find_chart(bundle_dir, "network-operator"))
+        out += N.bundle_problems(load_manifest(bundle_dir), net, nfd=not settings.use_gpu_operator)
+    if settings.enable_npu:
+        out += A.bundle_problems(load_manifest(bundle_dir))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,8 +387,16 @@ def _is_gpu_node(facts: Mapping[str, Any], node: Node) -> bool:
     return Role.GPU in node.roles or facts["nvidia_pci"] > 0 or bool(smi.get("ok") and smi.get("gpus"))
 
 
+def _is_ib_node(facts: Mapping[str, Any]) -> bool:
+    """An InfiniBand port (IPoIB netdev) or a Mellanox network/InfiniBand controller on the PCI bus."""
+    links = (facts.get("interfaces") or {}).get("links") or {}
+    return facts["mellanox_pci"] > 0 or any(v.get("link") == "infiniband" for v in links.values())
+
+
 def _is_npu_node(facts: Mapping[str, Any], node: Node) -> bool:
-    return Role.NPU in node.roles or facts["davinci_devices"] > 0
+    """As node_roles decides: npu-smi lists NPUs, else /dev/davinci* exist (or the node already has the role)."""
+    smi = facts.get("npu_smi") or {}
+    return Role.NPU in node.roles or facts["davinci_devices"] > 0 or bool(smi.get("ok") and smi.get("npus"))
 
 
 def check_gpu_driver(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
@@ -410,6 +430,16 @@ def check_npu_driver(facts: Mapping[str, Any], settings: Any, node: Node) -> lis
                       "install the Ascend driver and firmware (npu-smi is in /usr/local/bin) and reboot")]
     return [Check("npu driver", False, f"npu-smi info failed: {smi['error']}",
                   "check the Ascend driver install (/usr/local/Ascend/driver) and reboot")]
+
+
+def check_ascend_runtime(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
+    """Stage 10 makes the Ascend Docker Runtime containerd's default on NPU nodes: it must be installed."""
+    if not settings.enable_npu or not _is_npu_node(facts, node):
+        return []
+    if facts["ascend_runtime"]["kind"] in ("file", "link"):
+        return [Check("ascend runtime", True, f"{A.RUNTIME_BIN} present")]
+    return [Check("ascend runtime", False, f"the Ascend Docker Runtime is not installed ({A.RUNTIME_BIN} missing); "
+                  "the device plugin and NPU pods need it", A.INSTALL_HINT)]
 
 
 def check_nouveau(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
@@ -503,7 +533,7 @@ def check_dns(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check
 NODE_CHECKS: tuple[Callable[[Mapping[str, Any], Any, Node], Any], ...] = (
     check_os, check_arch, check_cpu, check_memory, check_disk, check_swap, check_route, check_hostname_valid,
     check_clock, check_ports, check_snapd, check_sudo, check_bundle, check_gpu_driver, check_nouveau,
-    check_secure_boot, check_npu_driver, check_kubelet_dir, check_interface, check_dns,
+    check_secure_boot, check_npu_driver, check_ascend_runtime, check_kubelet_dir, check_interface, check_dns,
 )
 
 
@@ -593,11 +623,11 @@ def cluster_checks(facts_by_node: Mapping[str, Mapping[str, Any]], settings: Any
             out[control.name].append(Check("gpu nodes", False, "USE_GPU_OPERATOR=true but no node has an NVIDIA "
                                            "GPU (no PCI device of vendor 10de)",
                                            "set USE_GPU_OPERATOR=false, or add the GPU nodes"))
-        for on, key, what in ((settings.enable_npu, "ENABLE_NPU", "the Ascend device plugin"),
-                              (settings.enable_ib, "ENABLE_IB", "the NVIDIA Network Operator (RDMA)")):
-            if on:  # stage 50 installs only the GPU Operator so far: never let the key silently do nothing
-                out[control.name].append(Check("accelerators", False, f"{key}=true: this version of provision does "
-                                               f"not install {what} yet", f"set {key}=false in jhub.env"))
+        if settings.enable_ib and not any(_is_ib_node(facts_by_node[n.name]) for n in present):
+            out[control.name].append(Check("ib nodes", False, "ENABLE_IB=true but no node has an InfiniBand "
+                                           "interface (no link/infiniband in `ip -o link`, no PCI device of vendor "
+                                           "15b3)", "set ENABLE_IB=false, or add the InfiniBand nodes (with the "
+                                           "MLNX_OFED/DOCA host driver loaded)"))
         if settings.enable_npu and not any(_is_npu_node(facts_by_node[n.name], n) for n in present):
             out[control.name].append(Check("npu nodes", False, "ENABLE_NPU=true but no node has an Ascend NPU "
                                            "(no /dev/davinci*)", "set ENABLE_NPU=false, or add the NPU nodes"))

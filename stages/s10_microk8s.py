@@ -21,7 +21,8 @@ from typing import Any
 from provision import facts as F
 from provision.config import REGISTRY_RE
 from provision.errors import ConfigError, ConflictError, PreflightError, VerifyFailed
-from provision.stage import Action, ApplyContext, Check, Node, Plan, PutFile, RunCommand, Scope
+from provision.stage import Action, ApplyContext, Check, Node, Plan, PutFile, Role, RunCommand, Scope
+from stages import _ascend as A
 from stages import _microk8s as M
 from stages import _snapd as S
 
@@ -54,9 +55,11 @@ snap_files = F.Probe("snap_files", F.quoted("ls -A -- {d} 2>/dev/null; true", d=
 
 
 def probes(settings: Any, snaps: tuple[str, ...] = ("core20", "microk8s")) -> list[F.Probe]:
+    npu = [F.path_kind(A.RUNTIME_BIN, "ascend_runtime"), F.path_kind(A.LOG_DIR, "ascend_log_dir")] \
+        if settings.enable_npu else []
     return [F.arch, M.snap_list, S.seeded_probe, S.changes_probe(snaps), M.status,
             M.file_probe("template", M.TEMPLATE), M.file_probe("containerd_toml", M.CONTAINERD_TOML),
-            mirrors_probe(settings), M.ctr_images, snap_files]
+            mirrors_probe(settings), M.ctr_images, snap_files, *npu]
 
 
 def watched_snaps(manifest: Any) -> tuple[str, ...]:
@@ -147,9 +150,24 @@ def set_sandbox_image(text: str, image: str) -> str:
     return _SANDBOX_RE.sub(lambda m: f'{m.group("indent")}sandbox_image = "{image}"', text, count=1)
 
 
+def desired_template(text: str, sandbox_image: str, ascend_runtime: str = "") -> str:
+    """The template with our edits: the sandbox image, and on an NPU node the Ascend runtime as default."""
+    new = set_sandbox_image(text, sandbox_image)
+    return A.set_ascend_runtime(new, ascend_runtime) if ascend_runtime else new
+
+
+def running_stale(template: str | None, running: str | None, ascend_runtime: str = "") -> bool:
+    """containerd.toml (rendered at the last start) lacks an edit the template has: restart needed."""
+    if running_sandbox_stale(template, running):
+        return True
+    return bool(ascend_runtime) and template is not None and running is not None \
+        and A.runtime_configured(template, ascend_runtime) and not A.runtime_configured(running, ascend_runtime)
+
+
 @dataclass(frozen=True)
 class ConfigureContainerd(Action):
-    """Set the sandbox image in containerd-template.toml and restart MicroK8s only if the file changed.
+    """Set the sandbox image (and on an NPU node the Ascend runtime) in containerd-template.toml and restart
+    MicroK8s only if the file changed.
 
     Read-modify-write at apply time, because on a fresh node the template only exists once the snap is in.
     Also restarts when the template is already right but containerd.toml is not (an earlier run was killed
@@ -157,17 +175,19 @@ class ConfigureContainerd(Action):
     """
 
     sandbox_image: str
+    ascend_runtime: str = ""  # the Ascend Docker Runtime's path on an NPU node with ENABLE_NPU=true
 
     def describe(self) -> str:
-        return (f"set sandbox_image = {self.sandbox_image} in {M.TEMPLATE}; restart MicroK8s "
+        npu = f" and the Ascend runtime {self.ascend_runtime} as default runtime" if self.ascend_runtime else ""
+        return (f"set sandbox_image = {self.sandbox_image}{npu} in {M.TEMPLATE}; restart MicroK8s "
                 "(microk8s stop; microk8s start) if it changed or containerd still runs the old one")
 
     def apply(self, host: Any, ctx: ApplyContext) -> None:
         text = host.run(["cat", "--", M.TEMPLATE], sudo=True).stdout
-        new = set_sandbox_image(text, self.sandbox_image)
+        new = desired_template(text, self.sandbox_image, self.ascend_runtime)
         if new == text:
             running = host.run(["cat", "--", M.CONTAINERD_TOML], sudo=True, check=False)
-            if not running_sandbox_stale(new, running.stdout if running.exit_status == 0 else None):
+            if not running_stale(new, running.stdout if running.exit_status == 0 else None, self.ascend_runtime):
                 return
         else:
             host.put_bytes(new.encode(), M.TEMPLATE, mode=0o644, sudo=True)
@@ -286,9 +306,13 @@ def plan(facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
                                   "hold MicroK8s refreshes (an auto-refresh restarts the cluster)"))
 
     template = facts.get("template")
-    if (template is None or set_sandbox_image(template, settings.sandbox_image) != template
-            or running_sandbox_stale(template, facts.get("containerd_toml"))):
-        actions.append(ConfigureContainerd(settings.sandbox_image))
+    ascend = ascend_runtime(facts, settings, node)
+    if (template is None or desired_template(template, settings.sandbox_image, ascend) != template
+            or running_stale(template, facts.get("containerd_toml"), ascend)):
+        actions.append(ConfigureContainerd(settings.sandbox_image, ascend))
+    if ascend and facts["ascend_log_dir"]["kind"] != "dir":
+        actions.append(RunCommand(("mkdir", "-p", "-m", "0750", "--", A.LOG_DIR),
+                                  "create the Ascend device plugin's log directory (its hostPath must exist)"))
 
     mirrors = facts.get("mirrors") or {}
     for reg, url in settings.registry_mirrors_csv:
@@ -318,6 +342,17 @@ def plan(facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
     if not actions:
         return Plan.noop("MicroK8s installed, held, configured and ready")
     return Plan(tuple(actions))
+
+
+def ascend_runtime(facts: Mapping[str, Any], settings: Any, node: Node) -> str:
+    """The Ascend runtime to wire into containerd: on an NPU node with ENABLE_NPU=true, '' elsewhere. Preflight
+    refuses an NPU node without it; a run with --skip 00 is refused here, before containerd points at nothing."""
+    if not settings.enable_npu or Role.NPU not in node.roles:
+        return ""
+    if facts["ascend_runtime"]["kind"] not in ("file", "link"):
+        raise PreflightError(f"{node.name}: the Ascend Docker Runtime ({A.RUNTIME_BIN}) is not installed on this "
+                             "NPU node (ENABLE_NPU=true)", A.INSTALL_HINT)
+    return A.RUNTIME_BIN
 
 
 @dataclass(frozen=True)
@@ -362,7 +397,11 @@ def verify(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
     if template is not None:
         have = template_sandbox(template)
         checks.append(Check("containerd sandbox image", have == settings.sandbox_image, f"{have}"))
-        stale = running_sandbox_stale(template, facts.get("containerd_toml"))
+        npu = settings.enable_npu and Role.NPU in node.roles
+        if npu:
+            checks.append(Check("containerd default runtime: ascend", A.runtime_configured(template),
+                                hint="provision install --only 10"))
+        stale = running_stale(template, facts.get("containerd_toml"), A.RUNTIME_BIN if npu else "")
         checks.append(Check("containerd runs with the template's settings", not stale,
                             "containerd.toml is older than containerd-template.toml" if stale else "",
                             "sudo microk8s stop; sudo microk8s start"))

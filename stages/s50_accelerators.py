@@ -5,7 +5,12 @@ the nodes (NFD/GFD labels, `nvidia.com/gpu` allocatable), the `nvidia` RuntimeCl
 plus the bundled chart, whose every image must be in the bundle (checked before anything changes).
 plan: nothing when chart version and values match and every GPU node has all its GPUs allocatable; else
 `helm upgrade --install` (never a repository), the RuntimeClass, and a bounded wait for the GPUs.
-ENABLE_NPU / ENABLE_IB are refused by preflight until this stage installs them.
+Each accelerator is its own part with its own facts, gathered in the same round trip: the GPU Operator's at
+the top level (`enabled`); Ascend (stages/_ascend.py, under `npu`): the `accelerator` label on the NPU nodes,
+the device plugin DaemonSet (image from the bundle, `imagePullPolicy: Never`) and a bounded wait for their
+NPUs; InfiniBand (stages/_network_operator.py, under `ib`): the `network-operator` release, the
+NicClusterPolicy `nic-cluster-policy` with the RDMA shared device plugin and a bounded wait for
+`IB_RESOURCE_NAME` on every node NFD labels as having a Mellanox NIC. A part that is off gathers nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from typing import Any
 
 from provision import facts as F
 from provision.stage import Check, Node, Plan, Scope, Stage
+from stages import _ascend as A
 from stages import _gpu_operator as G
+from stages import _network_operator as N
 
 
 class Accelerators(Stage):
@@ -45,24 +52,53 @@ class Accelerators(Stage):
         ]
 
     def gather(self, host: Any, settings: Any, node: Node) -> Mapping[str, Any]:
-        if not settings.use_gpu_operator:
-            return {"enabled": False}
-        chart, _ = G.check_bundle(getattr(getattr(self, "context", None), "bundle_dir", None), settings)
-        raw = F.gather(host, self.probes(), sudo=True)
-        return {"enabled": True, "chart": chart, "release": raw["release"],
-                "deployed_digest": raw["deployed_digest"], "gpus": G.gpu_nodes(raw["nodes"]),
-                "runtime_class": raw["runtime_class"], "nfd_elsewhere": G.nfd_elsewhere(raw["nfd_pods"])}
+        facts: dict[str, Any] = {"enabled": bool(settings.use_gpu_operator)}
+        bundle_dir = getattr(getattr(self, "context", None), "bundle_dir", None)
+        probes: list[F.Probe] = []
+        if settings.use_gpu_operator:
+            chart, _ = G.check_bundle(bundle_dir, settings)
+            probes += self.probes()
+        if settings.enable_ib:  # its own probes, plus `nodes` and `nfd_pods` when the GPU part does not ask for them
+            have = {p.name for p in probes}
+            probes += [p for p in self.probes() if p.name in ("nodes", "nfd_pods") and p.name not in have] + N.probes()
+        if settings.enable_npu:
+            npu_image = A.check_bundle(bundle_dir)
+            probes += [p for p in A.probes() if p.name not in {q.name for q in probes}]
+        raw = F.gather(host, probes, sudo=True) if probes else {}  # one round trip for every part
+        if settings.enable_npu:
+            facts["npu"] = A.gather(raw, settings, npu_image, getattr(getattr(self, "context", None), "nodes", ()))
+        if settings.enable_ib:
+            facts["ib"] = N.gather(raw, settings, bundle_dir)
+        if settings.use_gpu_operator:
+            facts.update({"chart": chart, "release": raw["release"],
+                          "deployed_digest": raw["deployed_digest"], "gpus": G.gpu_nodes(raw["nodes"]),
+                          "runtime_class": raw["runtime_class"], "nfd_elsewhere": G.nfd_elsewhere(raw["nfd_pods"])})
+        return facts
 
     def plan(self, facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
-        if not facts.get("enabled"):
-            return Plan.noop("GPU operator not enabled (USE_GPU_OPERATOR=false)")
         from stages._helm import HelmRelease
 
-        return G.plan(facts, settings, HelmRelease)
+        parts: list[Plan] = []
+        if facts.get("enabled"):
+            parts.append(G.plan(facts, settings, HelmRelease))
+        if settings.enable_ib:
+            parts.append(N.plan(facts["ib"], settings, HelmRelease))
+        if settings.enable_npu:
+            parts.append(A.plan(facts["npu"], settings))
+        actions = [a for p in parts for a in p.actions]
+        if actions:
+            return Plan.of(*actions)
+        if not parts:
+            return Plan.noop("no accelerator enabled (USE_GPU_OPERATOR, ENABLE_NPU and ENABLE_IB are false)")
+        return Plan.noop("; ".join(p.noop_reason for p in parts))
 
     def verify(self, facts: Mapping[str, Any], settings: Any, node: Node) -> Sequence[Check]:
-        if not facts.get("enabled"):
-            return []
+        checks = self._verify_gpus(facts) if facts.get("enabled") else []
+        checks += A.checks(facts["npu"]) if settings.enable_npu else []
+        return checks + (N.verify(facts["ib"], settings) if settings.enable_ib else [])
+
+    @staticmethod
+    def _verify_gpus(facts: Mapping[str, Any]) -> list[Check]:
         release = facts.get("release")
         ok = isinstance(release, dict) and release.get("status") == "deployed"
         checks = [Check("gpu operator", ok, f"{G.RELEASE}: " + (f"{release['status']}, chart {release['chart_version']}"

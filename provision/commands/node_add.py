@@ -470,7 +470,7 @@ class AddJob:
                 self.console.line(f"not checking stage(s) {', '.join(f'{c:02d}' for c in converged)} again yet: "
                                   "a node failed (the re-run checks them)")
             elif converged and joined:
-                self._cluster_stages(control, converged)
+                self._cluster_stages(control, converged, new)
         elif converged and todo:
             self.console.line(f"after the join: would check stage(s) {', '.join(f'{c:02d}' for c in converged)} "
                               "again with the new nodes")
@@ -512,14 +512,19 @@ class AddJob:
                 out.append((cls.number, why))
         return out
 
-    def _cluster_stages(self, control: Any, numbers: list[int]) -> None:
-        """Run the cluster stages that had converged again (on the control node, as `install` does)."""
+    def _cluster_stages(self, control: Any, numbers: list[int], records: Sequence[Any]) -> None:
+        """Run the cluster stages that had converged again (on the control node, as `install` does). They see every
+        recorded node with its roles (ApplyContext.nodes), so stage 50 labels a new NPU worker for its plugin."""
         from provision.errors import ProvisionError
         from provision.runner import Runner, RunOptions
-        from provision.stage import discover
+        from provision.stage import Node, discover
 
         stages = [cls() for cls in discover() if cls.number in numbers]
-        runner = Runner(stages, [self.control_node], {self.control_node.name: control}, self.settings,
+        me = self.control_node
+        mine = next((r for r in records if me.address in (r.address, r.name) or r.name == me.name), None)
+        nodes = [Node(me.name, me.address, frozenset(mine.roles) | me.roles if mine else me.roles)]
+        nodes += [Node(r.name, r.address, frozenset(r.roles)) for r in records if r is not mine]
+        runner = Runner(stages, nodes, {me.name: control}, self.settings,
                         RunOptions(yes=True, concurrency=1), self.console, bundle_dir=Path(self.bundle))
         self.summaries.append(runner.summary)
         try:

@@ -182,6 +182,9 @@ def check_combinations(s: Settings) -> list[str]:
                             s.ib_resource_name):
             out.append(f"IB_RESOURCE_NAME: {s.ib_resource_name!r} is not an extended resource name such as "
                        "rdma/rdma_shared_device_a")
+        if s.ib_resource_count > 63:  # stages/_network_operator.py RDMA_HCA_MAX: what one node offers in all
+            out.append(f"IB_RESOURCE_COUNT: {s.ib_resource_count} is more than the 63 {s.ib_resource_name} each node "
+                       "offers (the RDMA shared device plugin's rdmaHcaMax), so no IB server could start; use 1")
     url = s.hub_db_url.reveal()
     if url.startswith("sqlite"):
         out.append("HUB_DB_URL: sqlite inside the hub container is lost on every restart; leave HUB_DB_URL "

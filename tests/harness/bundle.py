@@ -1,8 +1,8 @@
 """The test bundle: `python -m tests.harness bundle --dir DIR` writes a complete offline bundle in the
 layout of offline-images/README.md: core20 + microk8s snaps with .assert files the snap stand-in
 accepts, genuine tiny image tarballs (OCI and docker-save, correct digests) for every image the stages
-and the charts need, the charts (the REAL packages of z2jh 4.4.0, the default, and 4.2.0 and of the GPU
-operator v25.10.0, copied from shared/reference/charts), and manifest.yaml written by
+and the charts need, the charts (the REAL packages of z2jh 4.4.0, the default, and 4.2.0, of the GPU operator v25.10.0 and of
+the Network Operator 25.7.0, copied from shared/reference/charts), and manifest.yaml written by
 provision.bundle.write_manifest.
 """
 
@@ -52,6 +52,11 @@ GPU_OPERANDS = [  # the validator's image is the operator's, already on every no
 ]
 GPU_OPERATOR = GPU_OPERATOR_CLUSTER + GPU_OPERANDS
 ASCEND = ["docker.io/library/ascend-k8sdeviceplugin:v3.0.0"]
+# network-operator.md §2-3 (chart 25.7.0): the operator (Deployment and hook Jobs), its NFD (only without the GPU
+# Operator) and the RDMA shared device plugin of the NicClusterPolicy. No InfiniBand role: every node.
+NETWORK_OPERATOR = ["nvcr.io/nvidia/cloud-native/network-operator:v25.7.0",
+                    "nvcr.io/nvidia/mellanox/node-feature-discovery:network-operator-v25.7.0",
+                    "nvcr.io/nvidia/mellanox/k8s-rdma-shared-dev-plugin:network-operator-v25.7.0"]
 
 TARBALLS = {  # file -> (refs, roles, format)
     "images/microk8s-core.tar": (MICROK8S_CORE, ["control-plane", "worker"], "oci"),
@@ -60,6 +65,7 @@ TARBALLS = {  # file -> (refs, roles, format)
     "images/gpu-operator-cluster.tar": (GPU_OPERATOR_CLUSTER, ["control-plane", "worker"], "oci"),
     "images/gpu-operator.tar": (GPU_OPERANDS, ["gpu"], "oci"),
     "images/ascend.tar": (ASCEND, ["npu"], "oci"),
+    "images/network-operator.tar": (NETWORK_OPERATOR, ["control-plane", "worker"], "oci"),
 }
 
 
@@ -107,7 +113,7 @@ def _tgz(path: Path, root: str, files: dict[str, bytes]) -> None:
     path.write_bytes(buf.getvalue())
 
 
-REAL_CHARTS = ("jupyterhub-4.4.0.tgz", "jupyterhub-4.2.0.tgz", "gpu-operator-v25.10.0.tgz")
+REAL_CHARTS = ("jupyterhub-4.4.0.tgz", "jupyterhub-4.2.0.tgz", "gpu-operator-v25.10.0.tgz", "network-operator-25.7.0.tgz")
 
 
 def reference_charts() -> Path | None:
@@ -147,7 +153,11 @@ def write_charts(out: Path) -> list[str]:
                  b"kubeVersion: '>= 1.16.0-0'\ndescription: NVIDIA GPU Operator\n")
     _tgz(out / "gpu-operator-v25.10.0.tgz", "gpu-operator", {
         "Chart.yaml": gpu_chart, "values.yaml": (gpu / "values.yaml").read_bytes()})
-    return [*written, "gpu-operator-v25.10.0.tgz"]
+    net_chart = (b"apiVersion: v2\nname: network-operator\nversion: 25.7.0\nappVersion: v25.7.0\n"
+                 b"kubeVersion: '>= 1.21.0'\ndescription: Nvidia network operator\n")
+    _tgz(out / "network-operator-25.7.0.tgz", "network-operator", {
+        "Chart.yaml": net_chart, "values.yaml": (data / "network-operator-25.7.0" / "values.yaml").read_bytes()})
+    return [*written, "gpu-operator-v25.10.0.tgz", "network-operator-25.7.0.tgz"]
 
 
 def write_snaps(out: Path) -> None:

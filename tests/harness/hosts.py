@@ -474,6 +474,7 @@ class Harness:
         """Remove the given hosts (default: all, and the bridge). Safe to call twice or after a crash."""
         targets = list(self.hosts) if hosts is None else list(hosts)
         for h in targets:
+            _keep_logs(h)
             self._kill(h)
         for h in targets:
             self._reap(h)
@@ -516,6 +517,19 @@ class Harness:
 
     def __exit__(self, *exc) -> None:
         self.down()
+
+
+def _keep_logs(h: TestHost) -> None:
+    """HARNESS_KEEP_LOGS=DIR: copy the host's boot log and sshd's VERBOSE log there before the host goes (why a
+    connection was closed is only in sshd's log)."""
+    keep = os.environ.get("HARNESS_KEEP_LOGS")
+    if not keep:
+        return
+    os.makedirs(keep, exist_ok=True)
+    stamp = time.strftime("%H%M%S")
+    for src in (h.dir + ".log", str(h.path("/var/log/sshd-harness.log"))):
+        with contextlib.suppress(OSError):
+            shutil.copyfile(src, os.path.join(keep, f"{stamp}-{os.getpid()}-{h.name}-{os.path.basename(src)}"))
 
 
 def collect_garbage() -> list[str]:

@@ -226,6 +226,7 @@ def test_ubilink_ships_the_authenticator():
     ({"NPU_SHARED": "true"}, "NPU_SHARED"),
     ({"ENABLE_IB": "true"}, "ENABLE_IB"),
     ({"ENABLE_IB": "true", "USE_GPU_OPERATOR": "true", "IB_RESOURCE_NAME": "rdma shared"}, "IB_RESOURCE_NAME"),
+    ({"ENABLE_IB": "true", "USE_GPU_OPERATOR": "true", "IB_RESOURCE_COUNT": 64}, "IB_RESOURCE_COUNT"),
     ({"HUB_DB_URL": "sqlite:///tmp/x.sqlite"}, "HUB_DB_URL"),
     ({"WORKSHOP_LESSONS_PATH": "/srv/w", "WORKSHOP_MODELS_PATH": "/srv/w/"}, "WORKSHOP_MODELS_PATH"),
     ({"SHARED_STORAGE_ENABLED": "true", "SHARED_STORAGE_PATH": "/mnt/s", "WORKSHOP_STUDENT_WORK_PATH": "/mnt/s"},

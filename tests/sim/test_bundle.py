@@ -58,7 +58,8 @@ def test_z2jh_chart_carries_the_real_values_and_schema(bundle):
 # ../shared/reference/charts/SOURCE.md
 REAL_SHA256 = {"jupyterhub-4.2.0.tgz": "a928711479a02c272c12dc89f113ce32d6c7580feec53ae7d570bdf77b883509",
                "jupyterhub-4.4.0.tgz": "80081db2d0c5abfe363ebb5063f2cb6b0ff80b471edc1842c7643613366acda6",
-               "gpu-operator-v25.10.0.tgz": "8d88c58b75b36e1cb4c113db06413b1c687f9f23d99ddf45ec0298c4b7344501"}
+               "gpu-operator-v25.10.0.tgz": "8d88c58b75b36e1cb4c113db06413b1c687f9f23d99ddf45ec0298c4b7344501",
+               "network-operator-25.7.0.tgz": "28f2442c230ca5b56401d7e3149510fceb30431d5d9a06f4d96a068ea2ad0b0b"}
 
 
 def test_bundle_carries_the_real_chart_packages(bundle):

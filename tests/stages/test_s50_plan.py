@@ -1,5 +1,5 @@
 """Pure tests for stage 50 (NVIDIA GPU Operator): MicroK8s values, the images the real chart uses, the plan and
-its idempotency, the wait's failure line; ENABLE_NPU/ENABLE_IB refused by preflight."""
+its idempotency, the wait's failure line. (InfiniBand: test_s50_ib_plan.py.)"""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_converged_is_noop_and_a_value_change_upgrades(chart):
 
 def test_disabled_is_noop_and_foreign_or_stuck_release_refused(chart):
     assert Accelerators().plan({"enabled": False}, Settings(), sf.CONTROL).noop_reason == \
-        "GPU operator not enabled (USE_GPU_OPERATOR=false)"
+        "no accelerator enabled (USE_GPU_OPERATOR, ENABLE_NPU and ENABLE_IB are false)"
     for rel, text in (({"status": "deployed", "chart_name": "other", "chart_version": "1", "revision": "1"},
                        "is chart other"),
                       ({"status": "pending-upgrade", "chart_name": "gpu-operator", "chart_version": "v25.10.0",
@@ -142,19 +142,6 @@ def test_gpu_nodes_and_the_failure_line_name_node_cause_and_fix():
                                   "(nvidia-container-toolkit-daemonset-abc toolkit: CrashLoopBackOff")
     assert err.message.endswith("; its log: level=error msg=read-only file system)")
     assert "could not add the nvidia runtime" in err.hint and G.CONTAINERD_TEMPLATE in err.hint
-
-
-@pytest.mark.parametrize("key,what", [("enable_npu", "the Ascend device plugin"),
-                                      ("enable_ib", "the NVIDIA Network Operator (RDMA)")])
-def test_npu_and_ib_are_refused_until_stage_50_installs_them(key, what):
-    from tests.unit.test_preflight import ubuntu2404
-
-    checks = P.Preflight().verify_all({"cp1": ubuntu2404()}, Settings(**{key: True}), [sf.CONTROL])["cp1"]
-    line = next(c for c in checks if c.name == "accelerators")
-    assert not line.ok and not line.warning
-    name = key.upper()
-    assert line.detail == f"{name}=true: this version of provision does not install {what} yet"
-    assert line.hint == f"set {name}=false in jhub.env"
 
 
 def test_preflight_names_a_gpu_image_missing_from_the_bundle_before_anything_changes(tmp_path):

@@ -63,11 +63,12 @@ def ubuntu2404(**changes) -> Facts:
         "microk8s": {"installed": False, "revision": ""},
         "user": {"uid": 1000, "name": "ubuntu"},
         "sudo": {"ok": True, "error": ""},
-        "nvidia_pci": 0,
+        "nvidia_pci": 0, "mellanox_pci": 0,
         "nvidia_smi": {"present": False, "ok": False, "gpus": [], "error": "nvidia-smi not found"},
         "davinci_devices": 0,
         "npu_smi": {"present": False, "ok": False, "npus": [], "version": "", "error": "npu-smi not found"},
         "kubelet_dir": {"kind": "absent", "target": ""}, "nouveau": False, "secure_boot": None,
+        "ascend_runtime": {"kind": "absent", "target": ""},
         "bundle": {"checked": False},
         "interfaces": F.parse_interfaces(F.Raw(IP_LINK + "---\n" + IP_ADDR, 0)),
         "resolv": F.parse_resolv(F.Raw(RESOLV_STUB + "---\n" + RESOLV_SITE, 0)),
@@ -247,13 +248,42 @@ def test_npu_driver():
     npu = Node("npu1", "10.0.0.12", frozenset({Role.WORKER, Role.NPU}))
     good = {"present": True, "ok": True, "version": "24.1.rc1", "error": "",
             "npus": [{"id": 0, "name": "910B3", "health": "OK"}, {"id": 1, "name": "910B3", "health": "OK"}]}
-    assert failures(ubuntu2404(davinci_devices=2, npu_smi=good), on, npu) == []
-    assert failures(ubuntu2404(davinci_devices=2), on, npu) == [
+    runtime = {"kind": "file", "target": ""}
+    assert failures(ubuntu2404(davinci_devices=2, npu_smi=good, ascend_runtime=runtime), on, npu) == []
+    assert failures(ubuntu2404(davinci_devices=2, ascend_runtime=runtime), on, npu) == [
         ("npu driver: npu-smi not found on an NPU node (ENABLE_NPU=true) — install the Ascend driver and firmware "
         "(npu-smi is in /usr/local/bin) and reboot")]
     sick = dict(good, npus=[{"id": 0, "name": "910B3", "health": "Alarm"}])
-    assert warnings(ubuntu2404(davinci_devices=1, npu_smi=sick), on, npu) == [
+    assert warnings(ubuntu2404(davinci_devices=1, npu_smi=sick, ascend_runtime=runtime), on, npu) == [
         "npu driver: npu-smi reports NPU 0 Alarm — check the NPUs with `npu-smi info` and the Ascend driver logs"]
+
+
+def test_ascend_runtime_is_required_on_npu_nodes_with_enable_npu():
+    """Stage 10 makes the Ascend Docker Runtime containerd's default on NPU nodes: without it, exit 3 up front."""
+    on = Settings(enable_npu=True)
+    npu = Node("npu1", "10.0.0.12", frozenset({Role.WORKER, Role.NPU}))
+    good = {"present": True, "ok": True, "version": "24.1.rc1", "error": "",
+            "npus": [{"id": 0, "name": "910B3", "health": "OK"}]}
+    assert failures(ubuntu2404(davinci_devices=1, npu_smi=good), on, npu) == [(
+        "ascend runtime: the Ascend Docker Runtime is not installed "
+        "(/usr/local/Ascend/Ascend-Docker-Runtime/ascend-docker-runtime missing); the device plugin and NPU pods "
+        "need it — install the Ascend Docker Runtime on this node: `./Ascend-docker-runtime_VERSION_linux-ARCH.run "
+        "--install --install-scene=containerd` (it installs /usr/local/Ascend/Ascend-Docker-Runtime/"
+        "ascend-docker-runtime; do not point it at /etc/containerd/config.toml: provision wires it into MicroK8s' "
+        "containerd template), then re-run")]
+    assert failures(ubuntu2404(davinci_devices=1, npu_smi=good), Settings(), npu) == []  # NPUs not enabled
+    # found by npu-smi alone (no /dev/davinci* visible) on a node without the role yet: the same line
+    assert [x.split(":")[0] for x in failures(ubuntu2404(npu_smi=good), on, NODE)] == ["ascend runtime"]
+    assert failures(ubuntu2404(), on, NODE) == []  # not an NPU node
+
+
+def test_enable_npu_is_accepted_with_an_npu_node():
+    """ENABLE_NPU=true is no longer refused: stage 50 installs the Ascend device plugin."""
+    npu = Node("npu1", "10.0.0.12", frozenset({Role.CONTROL, Role.NPU}))
+    out = cluster({"npu1": ubuntu2404(davinci_devices=4, hostname={"hostname": "npu1", "resolves_to": ["10.0.0.12"],
+                                                                   "addresses": ["10.0.0.12"]})},
+                  [npu], Settings(enable_npu=True))
+    assert [line for line in out["npu1"] if "npu" in line.lower() or "accelerators" in line] == []
 
 
 ON_GPU = Settings(use_gpu_operator=True)
@@ -287,7 +317,8 @@ def test_kubelet_dir_must_be_microk8s_link_on_accelerator_nodes():
         "through /var/lib/kubelet/device-plugins — restore MicroK8s' link: "
         "`sudo ln -s /var/snap/microk8s/common/var/lib/kubelet /var/lib/kubelet`")]
     npu = Node("npu1", "10.0.0.12", frozenset({Role.WORKER, Role.NPU}))
-    lines = failures(ubuntu2404(kubelet_dir=real, davinci_devices=2), Settings(enable_npu=True), npu)
+    lines = failures(ubuntu2404(kubelet_dir=real, davinci_devices=2, ascend_runtime={"kind": "file", "target": ""}),
+                     Settings(enable_npu=True), npu)
     assert len(lines) == 2 and "NPU device plugins register" in lines[1]  # lines[0]: npu-smi not found
     # not an accelerator node, or the accelerator not enabled: MicroK8s never looks at /var/lib/kubelet
     assert failures(ubuntu2404(kubelet_dir=real, **gpu), Settings(), GPU_NODE) == []
@@ -381,8 +412,33 @@ def test_gpu_setting_without_any_gpu_node():
     assert out["a"] == [("gpu nodes: USE_GPU_OPERATOR=true but no node has an NVIDIA GPU (no PCI device of vendor "
                         "10de) — set USE_GPU_OPERATOR=false, or add the GPU nodes")]
     out = cluster({"a": ubuntu2404()}, [a], Settings(enable_npu=True))
-    assert out["a"][1:] == [("npu nodes: ENABLE_NPU=true but no node has an Ascend NPU (no /dev/davinci*) — set "
+    assert out["a"] == [("npu nodes: ENABLE_NPU=true but no node has an Ascend NPU (no /dev/davinci*) — set "
                         "ENABLE_NPU=false, or add the NPU nodes")]
+
+
+def test_ib_setting_without_any_infiniband_node():
+    """ENABLE_IB needs an IPoIB port (link/infiniband) or a Mellanox network/IB controller (PCI vendor 15b3)."""
+    a, b = Node("a", "10.0.0.11", frozenset({Role.CONTROL})), Node("b", "10.0.0.12")
+    on = Settings(enable_npu=True, enable_ib=True)
+    no_ib = F.parse_interfaces(F.Raw(IP_LINK.replace("link/infiniband", "link/ether") + "---\n" + IP_ADDR, 0))
+    npu = {"davinci_devices": 8}
+    ether = ubuntu2404(interfaces=no_ib, **npu)
+    b_name = {"hostname": "b", "resolves_to": ["10.0.0.12"], "addresses": ["10.0.0.12"]}
+    other = ubuntu2404(interfaces=no_ib, hostname=b_name, **npu)
+    assert cluster({"a": ether, "b": other}, [a, b], on)["a"] == [(
+        "ib nodes: ENABLE_IB=true but no node has an InfiniBand interface (no link/infiniband in `ip -o link`, no PCI "
+        "device of vendor 15b3) — set ENABLE_IB=false, or add the InfiniBand nodes (with the MLNX_OFED/DOCA host "
+        "driver loaded)")]
+    assert cluster({"a": ether, "b": ubuntu2404(hostname=b_name)}, [a, b], on) == {"a": [], "b": []}   # b's ib0
+    mellanox = copy.deepcopy(other)
+    mellanox["mellanox_pci"] = 2
+    assert cluster({"a": ether, "b": mellanox}, [a, b], on) == {"a": [], "b": []}
+    assert cluster({"a": ether}, [a], Settings(enable_npu=True)) == {"a": []}
+
+
+def test_mellanox_pci_probe_counts_network_and_infiniband_controllers():
+    assert F.parse_pci_network(F.Raw("0x020700\n0x020000\n0x088000\n", 0)) == 2
+    assert F.parse_pci_network(F.Raw("", 0)) == 0
 
 
 # --- gather: one round trip, sudo fallback ------------------------------------------------------------
@@ -404,8 +460,8 @@ def raw_probes(os_release: str = "ID=ubuntu\nVERSION_ID=\"24.04\"\nPRETTY_NAME=\
         "listen_ports": "  sl  local_address rem_address   st\n   0: 00000000:0016 00000000:0000 0A 0\n",
         "port_holders": 'LISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:(("sshd",pid=801,fd=3))\n',
         "snapd": "snap    2.63+24.04\nsnapd   2.63+24.04\n", "microk8s": ("", 1), "user": "0\nroot\n",
-        "nvidia_pci": "", "nvidia_smi": ("", 127), "davinci_devices": "0", "npu_smi": ("", 127),
-        "kubelet_dir": "absent\n", "nouveau": "no\n", "secure_boot": "---\n",
+        "nvidia_pci": "", "mellanox_pci": "", "nvidia_smi": ("", 127), "davinci_devices": "0", "npu_smi": ("", 127),
+        "kubelet_dir": "absent\n", "nouveau": "no\n", "secure_boot": "---\n", "ascend_runtime": "absent\n",
         "interfaces": IP_LINK + "---\n" + IP_ADDR, "resolv": RESOLV_STUB + "---\n" + RESOLV_SITE,
     }
 
@@ -492,9 +548,9 @@ def test_bundle_fact_requires_every_image_the_hub_release_needs(tmp_path):
 
 def test_interfaces_parser_reads_captured_ip_output():
     links = ubuntu2404()["interfaces"]["links"]
-    assert links["bond0.100"] == {"up": True, "carrier": True, "ipv4": ["10.1.0.11/24"]}
-    assert links["enp3s0-mgmt"] == {"up": True, "carrier": False, "ipv4": []}
-    assert links["ib0"] == {"up": False, "carrier": False, "ipv4": []}
+    assert links["bond0.100"] == {"up": True, "carrier": True, "ipv4": ["10.1.0.11/24"], "link": "ether"}
+    assert links["enp3s0-mgmt"] == {"up": True, "carrier": False, "ipv4": [], "link": "ether"}
+    assert links["ib0"] == {"up": False, "carrier": False, "ipv4": [], "link": "infiniband"}
     assert F.parse_interfaces(F.Raw("", 127)) == {"ok": False, "links": {}}
 
 

@@ -460,3 +460,22 @@ def test_warnings_reach_the_table_the_closing_line_and_the_json():
     assert data["warnings"] == 1
     (check,) = data["stages"][1]["nodes"]["a"]["checks"]
     assert check["warning"] is True and "4.2.0" in check["detail"]
+
+
+def test_cluster_stages_see_every_node_with_preflights_roles():
+    """A cluster stage runs on the control node only; its context carries the run's nodes with the roles
+    preflight found (stage 50 labels the NPU nodes from them)."""
+    class Roles(StubPreflight):
+        def roles(self, facts, node):
+            return (node.roles | {Role.NPU} if node.name == "b" else node.roles), "roles"
+
+    seen = []
+
+    class Cluster(KeyStage):
+        def gather(self, host, settings, node):
+            seen.append(self.context.nodes)
+            return super().gather(host, settings, node)
+
+    runner, _, _ = make([Roles(), Cluster(50, scope=Scope.CLUSTER)])
+    runner.run()
+    assert seen and [(n.name, Role.NPU in n.roles) for n in seen[0]] == [("a", False), ("b", True)]

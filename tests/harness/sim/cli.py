@@ -1,4 +1,4 @@
-"""`python -m tests.harness up ... --sim [--gpu NODE=COUNTxMODEL] [--npu NODE=COUNTxMODEL] [--firewalld NODE]`."""
+"""`python -m tests.harness up ... --sim [--gpu NODE=COUNTxMODEL] [--npu NODE=COUNTxMODEL] [--ib NODE] [--firewalld NODE]`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ def _add(p: argparse.ArgumentParser) -> None:
                    help="GPUs on a node, e.g. node2=8xH100 (node = host name or nodeN, 1-based)")
     g.add_argument("--npu", action="append", default=[], metavar="NODE=COUNTxMODEL",
                    help="Ascend NPUs on a node, e.g. node3=8x910B3")
+    g.add_argument("--ib", action="append", default=[], metavar="NODE",
+                   help="give NODE an InfiniBand HCA (Mellanox PCI device, port ib0) for ENABLE_IB")
     g.add_argument("--firewalld", action="append", default=[], metavar="NODE",
                    help="give NODE firewall-cmd instead of ufw")
     g.add_argument("--sim-timing", default="fast", metavar="fast|real[:FACTOR]",
@@ -21,8 +23,8 @@ def _add(p: argparse.ArgumentParser) -> None:
 
 def _handle(args: argparse.Namespace, harness) -> None:
     if not args.sim:
-        if args.gpu or args.npu or args.firewalld or args.sim_timing != "fast":
-            raise SystemExit("error: --gpu/--npu/--firewalld/--sim-timing need --sim")
+        if args.gpu or args.npu or args.ib or args.firewalld or args.sim_timing != "fast":
+            raise SystemExit("error: --gpu/--npu/--ib/--firewalld/--sim-timing need --sim")
         return
     from .install import enable
     from .spec import SimSpec
@@ -34,6 +36,7 @@ def _handle(args: argparse.Namespace, harness) -> None:
         ref, count, model = SimSpec.parse_device(text)
         spec.npus[ref] = (count, model)
     spec.firewalld = set(args.firewalld)
+    spec.ib = set(args.ib)
     try:
         spec.timing = SimSpec.parse_timing(args.sim_timing)
     except ValueError as e:

@@ -18,6 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from . import smoke
 from .runtime import process_backed
 from .store import Store, now, selector_dict_match
 
@@ -26,6 +27,7 @@ TOOLKIT_IMAGE_HINT = "k8s/container-toolkit:"
 NODE_MONITOR_GRACE = 40.0   # kube-controller-manager --node-monitor-grace-period (1.30 default)
 DEVICE_PLUGINS = {"k8s-device-plugin:": "gpu", "ascend-k8sdeviceplugin": "npu",
                   "ascend-device-plugin": "npu", "k8s-rdma-shared-dev-plugin": "rdma"}
+RDMA_NODE_LABEL = "feature.node.kubernetes.io/pci-15b3.present"   # NFD: a Mellanox NIC; the RDMA plugin's nodeSelector
 NODE_ROLE_LABELS = {True: ("node.kubernetes.io/microk8s-worker", "microk8s-worker"),
                     False: ("node.kubernetes.io/microk8s-controlplane", "microk8s-controlplane")}
 
@@ -166,6 +168,7 @@ class Cluster:
             self._statefulsets()
             self._jobs()
             self._gpu_operator()
+            self._network_operator()
             self._pvcs()
             self._pods()
             self._workload_status()
@@ -217,9 +220,8 @@ class Cluster:
                     cap["nvidia.com/gpu"] = str(kl["gpus"])
                 if "npu" in plugins and kl.get("npus"):
                     cap[kl.get("npu_resource", "huawei.com/Ascend910")] = str(kl["npus"])
-                if "rdma" in plugins and kl.get("rdma"):
-                    for res_name, count in self._rdma_resources().items():
-                        cap[res_name] = str(count)
+                if "rdma" in plugins:
+                    cap.update(self._rdma_resources(name, kl))
                 s["capacity"] = cap
                 s["allocatable"] = dict(cap)
                 s["images"] = [{"names": [i["ref"]], "sizeBytes": i.get("size", 1024)} for i in kl.get("images", [])
@@ -244,6 +246,8 @@ class Cluster:
         """NFD (pci-10de), the GPU operator (gpu.present, deploy.*) and GFD (product, count) labels."""
         if any("node-feature-discovery:" in i for i in running) and kl.get("gpus"):
             labels["feature.node.kubernetes.io/pci-10de.present"] = "true"
+        if kl.get("rdma") and self._nfd_labels_mellanox(running):
+            labels[RDMA_NODE_LABEL] = "true"
         if labels.get("feature.node.kubernetes.io/pci-10de.present") == "true" and self._operator_running():
             labels["nvidia.com/gpu.present"] = "true"
             for operand in ("driver", "container-toolkit", "device-plugin", "dcgm-exporter",
@@ -253,16 +257,42 @@ class Cluster:
             labels["nvidia.com/gpu.product"] = kl.get("gpu_model", "").replace(" ", "-")
             labels["nvidia.com/gpu.count"] = str(kl["gpus"])
 
-    def _rdma_resources(self) -> dict[str, int]:
+    def _nfd_labels_mellanox(self, running: list[str]) -> bool:
+        """NFD on the node writes pci-15b3.present for a Mellanox NIC: the GPU Operator's NFD through its worker
+        config (PCI classes 02/0200/0207 with the vendor label), the Network Operator's only through its
+        NodeFeatureRule `nvidia-nics-rules` (its worker config whitelists just 0300/0302)."""
+        nfd = [i for i in running if "node-feature-discovery:" in i]
+        if any("/nfd/node-feature-discovery:" in i for i in nfd):
+            return True
+        rule_res = self.store.registry.by_kind("nfd.k8s-sigs.io/v1alpha1", "NodeFeatureRule")
+        rules = self.store.list(rule_res) if rule_res is not None else []
+        return bool(nfd) and any(RDMA_NODE_LABEL.split("/", 1)[1] in (r.get("labels") or {})
+                                 for rule in rules for r in (rule.get("spec") or {}).get("rules") or [])
+
+    def _rdma_resources(self, node: str, kl: dict) -> dict[str, str]:
+        """What the RDMA shared device plugin running on `node` advertises, per entry of ConfigMap rdma-devices (in
+        the plugin pod's namespace): rdmaHcaMax when one of the node's devices matches the entry's selectors (OR
+        within a list, AND between selectors, missing ones ignored; `devices` = ifNames), else 0. An entry without
+        resourceName or a positive rdmaHcaMax advertises nothing (the real plugin refuses such a config)."""
+        ns = next((p["metadata"]["namespace"] for p in self.pods() if p["spec"].get("nodeName") == node
+                   and p.get("status", {}).get("phase") == "Running"
+                   and any("k8s-rdma-shared-dev-plugin" in c.get("image", "") for c in p["spec"]["containers"])), None)
+        cm = self.store.find(self._r("ConfigMap"), ns, "rdma-devices") if ns else None
+        try:
+            cfg = json.loads(((cm or {}).get("data") or {}).get("config.json", "{}"))
+        except ValueError:
+            return {}
+        fields = {"vendors": "vendor", "deviceIDs": "deviceID", "drivers": "driver", "ifNames": "ifName",
+                  "linkTypes": "linkType"}
+        devices = [d for d in kl.get("rdma") or [] if isinstance(d, dict)]
         out = {}
-        for cm in self.store.list(self._r("ConfigMap")):
-            if cm["metadata"]["name"] == "rdma-devices":
-                try:
-                    cfg = json.loads((cm.get("data") or {}).get("config.json", "{}"))
-                except ValueError:
-                    continue
-                for entry in cfg.get("configList", []):
-                    out[f"{entry.get('resourcePrefix', 'rdma')}/{entry['resourceName']}"] = entry.get("rdmaHcaMax", 1)
+        for entry in cfg.get("configList") or []:
+            hca = entry.get("rdmaHcaMax")
+            if not entry.get("resourceName") or not isinstance(hca, int) or hca <= 0:
+                continue
+            sel = dict(entry.get("selectors") or {}, **({"ifNames": entry["devices"]} if entry.get("devices") else {}))
+            hit = any(all(not sel.get(k) or d.get(f) in sel[k] for k, f in fields.items()) for d in devices)
+            out[f"{entry.get('resourcePrefix') or 'rdma'}/{entry['resourceName']}"] = str(hca if hit else 0)
         return out
 
     # ---- workloads
@@ -419,6 +449,50 @@ class Cluster:
                                                                     "effect": "NoSchedule"}],
                                                    "containers": [{"name": key.lower(), "image": image,
                                                                    "env": list(comp.get("env") or [])}]}}}})
+
+    def _network_operator(self) -> None:
+        """The NicClusterPolicy controller (network-operator.md §1), once the operator pod runs: only the policy
+        named nic-cluster-policy is reconciled (any other gets state `ignore`); its rdmaSharedDevicePlugin becomes
+        ConfigMap rdma-devices (config.json verbatim) and DaemonSet rdma-shared-dp-ds on the Mellanox nodes."""
+        res = self.store.registry.by_kind("mellanox.com/v1alpha1", "NicClusterPolicy")
+        ns = next((p["metadata"]["namespace"] for p in self.pods() for c in p["spec"]["containers"]
+                   if "cloud-native/network-operator:" in c.get("image", "")
+                   and p.get("status", {}).get("phase") == "Running"), None)
+        if res is None or ns is None:
+            return
+        for ncp in self.store.list(res):
+            name = ncp["metadata"]["name"]
+            if name != "nic-cluster-policy":
+                self._set_status(ncp, {"state": "ignore", "reason": f"Unsupported NicClusterPolicy instance {name}. "
+                                       "Only instance with name nic-cluster-policy is supported"})
+                continue
+            plugin = (ncp.get("spec") or {}).get("rdmaSharedDevicePlugin")
+            if not plugin:
+                continue
+            cm = {"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {"name": "rdma-devices", "namespace": ns, "ownerReferences": [self._owner_ref(ncp)]},
+                  "data": {"config.json": plugin.get("config") or ""}}
+            old = self.store.find(self._r("ConfigMap"), ns, "rdma-devices")
+            if old is None or old.get("data") != cm["data"]:
+                if old is not None:
+                    old["data"] = cm["data"]
+                self.store.put_internal(old or cm)
+            image = f"{plugin['repository']}/{plugin['image']}:{plugin['version']}"
+            labels = {"app": "rdma-shared-dp"}
+            ds = {"apiVersion": "apps/v1", "kind": "DaemonSet",
+                  "metadata": {"name": "rdma-shared-dp-ds", "namespace": ns, "labels": labels,
+                               "ownerReferences": [self._owner_ref(ncp)]},
+                  "spec": {"selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": {
+                      "nodeSelector": {RDMA_NODE_LABEL: "true"}, "hostNetwork": True,
+                      "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                      "containers": [{"name": "rdma-shared-dp", "image": image,
+                                      "securityContext": {"privileged": True}}]}}}}
+            old = self.store.find(self._r("DaemonSet", "apps/v1"), ns, "rdma-shared-dp-ds")
+            if old is None or old["spec"]["template"] != ds["spec"]["template"]:
+                if old is not None:
+                    old["spec"] = ds["spec"]
+                self.store.put_internal(old or ds)
+            self._set_status(ncp, {"state": "ready" if old is not None else "notReady"})
 
     # ---- storage
     def _provisioner_running(self, provisioner: str) -> bool:
@@ -662,9 +736,31 @@ class Cluster:
                 pod["spec"]["nodeName"] = node
                 self._event(pod, "Normal", "Scheduled", f"Successfully assigned {pod['metadata']['namespace']}/"
                             f"{pod['metadata']['name']} to {node}", source="default-scheduler")
+            if not self._volumes_set_up(pod, node):
+                if pod != before:
+                    self.store.put_internal(pod)
+                continue
             self._run_on_node(pod, node)
             if pod != before:
                 self.store.put_internal(pod)
+
+    def _volumes_set_up(self, pod: dict, node: str) -> bool:
+        """The kubelet's hostPath type check: a `type: Directory` path the node reports missing (ascend.HOSTPATH_DIRS)
+        keeps the pod in ContainerCreating with a FailedMount event, as on a real node."""
+        dirs = (self.kubelets.get(node) or {}).get("host_dirs") or {}
+        for v in pod["spec"].get("volumes") or []:
+            hp = v.get("hostPath") or {}
+            if hp.get("type") == "Directory" and dirs.get(hp.get("path")) is False:
+                s = pod.setdefault("status", {})
+                s.update(phase="Pending", conditions=[{"type": "PodScheduled", "status": "True"}])
+                s["containerStatuses"] = [{"name": c["name"], "image": c["image"], "imageID": "", "ready": False,
+                                           "restartCount": 0, "started": False,
+                                           "state": {"waiting": {"reason": "ContainerCreating"}}}
+                                          for c in pod["spec"]["containers"]]
+                self._event(pod, "Warning", "FailedMount", f'MountVolume.SetUp failed for volume "{v["name"]}" : '
+                            f'hostPath type check failed: {hp["path"]} is not a directory', source="kubelet")
+                return False
+        return True
 
     def _run_on_node(self, pod: dict, node: str) -> None:
         kl = self.kubelets.get(node)
@@ -693,6 +789,17 @@ class Cluster:
                         f'"https://{sandbox.split("/")[0]}/v2/": dial tcp: lookup {sandbox.split("/")[0]}: '
                         "no such host")
             return
+        handler = self._runtime_handler(pod)
+        if handler and not (handler == "runc" or (handler == "nvidia" and kl.get("nvidia_runtime"))):
+            # containerd's CRI: a RuntimeClass whose handler is not in its config (the toolkit never wrote it)
+            s.update(phase="Pending", conditions=[scheduled])
+            s["containerStatuses"] = [{"name": c["name"], "image": c["image"], "imageID": "", "ready": False,
+                                       "restartCount": 0, "started": False,
+                                       "state": {"waiting": {"reason": "ContainerCreating"}}}
+                                      for c in pod["spec"]["containers"]]
+            self._event(pod, "Warning", "FailedCreatePodSandBox", "Failed to create pod sandbox: rpc error: code = "
+                        f'Unknown desc = failed to get sandbox runtime: no runtime for "{handler}" is configured')
+            return
         backoff = int(time.time() / 5) % 2 == 1
 
         def status_of(c: dict, init: bool) -> dict:
@@ -713,6 +820,14 @@ class Cluster:
                 self._event(pod, "Warning", "Failed", f'Failed to pull image "{c["image"]}": {pull_err}')
             elif not init and process_backed(c):
                 return self._process_status(pod, c, kl, s["startTime"])
+            elif not init and one_shot and (ran := smoke.run(pod, *self._with_devices(pod, c, node, kl))):
+                code, log = ran
+                pod["metadata"].setdefault("annotations", {})["sim.provision/log"] = log   # kubectl logs
+                image = normalize_image(c["image"])
+                return {"name": c["name"], "image": image, "imageID": image, "ready": False, "restartCount": 0,
+                        "started": False, "state": {"terminated": {
+                            "exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                            "startedAt": s["startTime"], "finishedAt": now()}}}
             elif not init and TOOLKIT_IMAGE_HINT in c["image"] and (error := self._toolkit_error(node)):
                 pod["metadata"].setdefault("annotations", {})["sim.provision/log"] = error + "\n"   # kubectl logs
                 return {"name": c["name"], "image": normalize_image(c["image"]), "imageID": "", "ready": False,
@@ -746,7 +861,9 @@ class Cluster:
         running = all("running" in c["state"] or c.get("lastState") for c in cs)   # crash-looping = started
         done = all("terminated" in c["state"] for c in cs)
         ready = running and kl.get("ready", True) and all(c.get("ready") for c in cs)
-        s["phase"] = "Succeeded" if done else "Running" if running else "Pending"
+        failed = done and pod["spec"].get("restartPolicy") == "Never" and any(
+            c["state"]["terminated"].get("exitCode") for c in cs)
+        s["phase"] = "Failed" if failed else "Succeeded" if done else "Running" if running else "Pending"
         if s["phase"] != "Pending":
             s["podIP"] = s.get("podIP") or self._free_pod_ip(node, pod["metadata"]["name"])
             s["podIPs"] = [{"ip": s["podIP"]}]
@@ -758,6 +875,39 @@ class Cluster:
             scheduled]
         if running and not was_running:
             self._event(pod, "Normal", "Started", "Started container " + pod["spec"]["containers"][0]["name"])
+
+    def _runtime_handler(self, pod: dict) -> str:
+        name = pod["spec"].get("runtimeClassName")
+        if not name:
+            return ""
+        rc = self.store.find(self._r("RuntimeClass", "node.k8s.io/v1"), "", name)
+        return (rc or {}).get("handler") or name
+
+    def _with_devices(self, pod: dict, c: dict, node: str, kl: dict) -> tuple[dict, dict]:
+        """The kubelet's view of a container for the smoke images: the GPUs the device plugin gave it
+        (`allocated_gpus`), and ASCEND_VISIBLE_DEVICES for its NPUs as the Ascend plugin sets it when the Ascend
+        Docker Runtime is there (ascend.md §3). Devices go in creation order among the node's live pods."""
+        npu_res = kl.get("npu_resource", "huawei.com/Ascend910")
+        taken = {"nvidia.com/gpu": 0, npu_res: 0}
+        mine: dict[str, list[int]] = {}
+        pods = sorted((p for p in self.pods() if p["spec"].get("nodeName") == node
+                       and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")),
+                      key=lambda p: (p["metadata"].get("creationTimestamp", ""), p["metadata"]["name"]))
+        for p in pods:
+            for pc in p["spec"]["containers"]:
+                limits = (pc.get("resources") or {}).get("limits") or {}
+                for res, total in (("nvidia.com/gpu", kl.get("gpus") or 0), (npu_res, kl.get("npus") or 0)):
+                    n = int(quantity(limits.get(res, 0)))
+                    same = p is pod or p["metadata"].get("uid") == pod["metadata"].get("uid")
+                    if same and pc["name"] == c["name"]:
+                        mine[res] = [(taken[res] + i) % max(total, 1) for i in range(n)]
+                    taken[res] += n
+        view = dict(kl, allocated_gpus=mine.get("nvidia.com/gpu", []))
+        c = copy.deepcopy(c)
+        if mine.get(npu_res) and kl.get("ascend_runtime"):
+            c.setdefault("env", []).append({"name": "ASCEND_VISIBLE_DEVICES",
+                                           "value": ",".join(map(str, mine[npu_res]))})
+        return c, view
 
     def _free_pod_ip(self, node: str, name: str) -> str:
         """An address of the node's block in 10.1.0.0/16 (Calico IPAM) that no pod holds (pod IPs are routed

@@ -23,7 +23,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from . import paths, toolkit
+from . import ascend, paths, toolkit
 from .state import host_config, read_json, updating
 
 META_DB = paths.CONTAINERD_ROOT + "/io.containerd.metadata.v1.bolt/meta.db"
@@ -103,7 +103,8 @@ def kubelet_status(master: str) -> dict:
             "images": ctr_images(), "sandbox_image": sandbox_image(), "cpu": cfg.get("cpu") or os.cpu_count(),
             "memory_kib": mem_kib, "gpus": cfg.get("gpus", 0), "gpu_model": cfg.get("gpu_model", ""),
             "npus": cfg.get("npus", 0), "npu_resource": cfg.get("npu_resource", "huawei.com/Ascend910"),
-            "rdma": cfg.get("rdma", False), "node_info": node_info(), "nvidia_runtime": toolkit.configured()}
+            "rdma": cfg.get("rdma", False), "node_info": node_info(), "nvidia_runtime": toolkit.configured(),
+            "ascend_runtime": ascend.configured(), "host_dirs": ascend.host_dirs()}
 
 
 def _meminfo_kib() -> int:

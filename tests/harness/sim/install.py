@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import paths
+from . import ascend, paths
 from .spec import SimSpec, host_config
 
 PROGRAMS = {"snap": "/usr/bin/snap", "systemctl": "/usr/bin/systemctl"}
@@ -49,6 +49,7 @@ def install_into_seed(seed: Path, cfg: dict) -> None:
         driver.mkdir(parents=True, exist_ok=True)
         (driver / "version.info").write_text("Version=24.1.rc1\n")
         (seed / "usr/local/dcmi").mkdir(parents=True, exist_ok=True)
+        ascend.place_runtime(seed)  # the Ascend Docker Runtime (ascend.remove_runtime leaves a node without it)
     for name, target in programs.items():
         module, func = ENTRY[name]
         dest = seed / target.lstrip("/")
@@ -69,7 +70,28 @@ def pre_boot_hook(spec: SimSpec, python: str | None = None):
     return hook
 
 
+# sysfs cannot be written and the seed is copied before /sys is mounted: an IB host gets a copy of its PCI device
+# list (links to the real devices) plus the HCA's vendor/device/class files, bound over /sys/bus/pci/devices.
+PCI_SCRIPT = r"""set -eu
+t=/run/sim-pci
+mkdir -p "$t"
+for l in /sys/bus/pci/devices/*; do [ -e "$l" ] || continue; ln -sfn "$(readlink -f "$l")" "$t/${l##*/}"; done
+mkdir -p "$t/$1"
+echo "$2" > "$t/$1/vendor"; echo "$3" > "$t/$1/device"; echo "$4" > "$t/$1/class"
+mountpoint -q /sys/bus/pci/devices || mount --bind "$t" /sys/bus/pci/devices
+"""
+
+
+def expose_pci_devices(harness, hosts) -> None:
+    """A Harness.post_up_hooks entry: the IB hosts' HCA appears where preflight's PCI probe looks."""
+    for host in hosts:
+        for dev in (host.extra.get("sim") or {}).get("rdma") or []:
+            host.exec(["sh", "-c", PCI_SCRIPT, "sh", dev["pci"], "0x" + dev["vendor"], "0x" + dev["deviceID"],
+                       dev["class"]])
+
+
 def enable(harness, spec: SimSpec | None = None) -> None:
     """Make every host this harness starts from now on a simulated node."""
     harness.pre_boot_hooks.append(pre_boot_hook(spec or SimSpec()))
+    harness.post_up_hooks.append(expose_pci_devices)
     harness.options["sim"] = True

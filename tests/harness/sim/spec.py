@@ -1,4 +1,5 @@
-"""What a simulated host has: accelerators per node from `--gpu NODE=COUNTxMODEL` / `--npu NODE=...`."""
+"""What a simulated host has: accelerators per node from `--gpu NODE=COUNTxMODEL` / `--npu NODE=...`, an
+InfiniBand HCA from `--ib NODE`."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import functools
 import re
 from dataclasses import dataclass, field
 
+# One ConnectX-6 (PCI 15b3:101b, class 0x0207 InfiniBand controller) with its IPoIB port ib0, as the RDMA shared
+# device plugin's selectors see it (vendor, deviceID, driver, ifName, linkType).
+IB_DEVICE = {"pci": "0000:81:00.0", "vendor": "15b3", "deviceID": "101b", "class": "0x020700", "driver": "mlx5_core",
+             "ifName": "ib0", "linkType": "infiniband"}
 NPU_RESOURCES = (("310P", "huawei.com/Ascend310P"), ("310", "huawei.com/Ascend310"), ("910", "huawei.com/Ascend910"))
 
 
@@ -14,6 +19,7 @@ class SimSpec:
     gpus: dict[str, tuple[int, str]] = field(default_factory=dict)   # node ref -> (count, model)
     npus: dict[str, tuple[int, str]] = field(default_factory=dict)
     firewalld: set[str] = field(default_factory=set)                  # node refs with firewalld instead of ufw
+    ib: set[str] = field(default_factory=set)                         # node refs with an InfiniBand HCA (IB_DEVICE)
     timing: float = 0.0   # real delays (services.REAL_SECONDS) x this factor; 0 = fast (--sim-timing real:F)
 
     @staticmethod
@@ -62,6 +68,7 @@ def host_config(spec: SimSpec, name: str, index: int, ip: str, python: str) -> d
         if matches(ref, name, index):
             resource = next(r for k, r in NPU_RESOURCES if k in model or k == "910")
             cfg.update(npus=count, npu_model=model, npu_resource=resource)
+    cfg["rdma"] = [dict(IB_DEVICE)] if any(matches(r, name, index) for r in spec.ib) else []
     cfg["timing"] = spec.timing
     cfg["tools"] = real_tools_dir()
     cfg["firewall"] = "firewalld" if any(matches(r, name, index) for r in spec.firewalld) else "ufw"

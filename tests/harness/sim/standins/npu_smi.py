@@ -12,34 +12,33 @@ def main(argv: list[str]) -> int:
     from ..state import host_config
     faults.apply_command_fault(["npu-smi"] + argv)
     cfg = host_config()
-    n, model = int(cfg.get("npus", 0)), cfg.get("npu_model", "910B3")
+    code, text = render(list(range(int(cfg.get("npus", 0)))), cfg.get("npu_model", "910B3"), argv)
+    print(text, end="")
+    return code
+
+
+def render(ids: list[int], model: str, argv: list[str]) -> tuple[int, str]:
+    """What npu-smi prints for these NPUs (a container that was given some of them sees only those)."""
+    n = len(ids)
     if not argv or argv[0] != "info":
-        print("Usage: npu-smi info [-l] | npu-smi info watch")
-        return 1
+        return 1, "Usage: npu-smi info [-l] | npu-smi info watch\n"
     if "-l" in argv:
-        print(f"\tTotal Count                    : {n}\n")
-        for i in range(n):
-            print(f"\tNPU ID                         : {i}\n\tChip Count                     : 1\n")
-        return 0
+        return 0, f"\tTotal Count                    : {n}\n\n" + "".join(
+            f"\tNPU ID                         : {i}\n\tChip Count                     : 1\n\n" for i in ids)
     bar = "+---------------------------+---------------+----------------------------------------------------+"
     dbl = "+===========================+===============+====================================================+"
-    print("+--------------------------------------------------------------------------------------------------------+")
-    print(f"| npu-smi {VERSION:<26}Version: {VERSION:<58}|")
-    print(bar)
-    print("| NPU   Name                | Health        | Power(W)    Temp(C)           Hugepages-Usage(page)|")
-    print("| Chip                      | Bus-Id        | AICore(%)   Memory-Usage(MB)  HBM-Usage(MB)        |")
-    print(dbl)
-    for i in range(n):
-        print(f"| {i:<5} {model:<19} | OK            | 101.8       43                0    / 0             |")
-        print(f"| 0                         | 0000:{0xC1 + i:02X}:00.0  | 0           0    / 0          3318 / 65536         |")
-        print(dbl)
-    print("+---------------------------+---------------+----------------------------------------------------+")
-    print("| NPU     Chip              | Process id    | Process name             | Process memory(MB)      |")
-    print(dbl)
-    for i in range(n):
-        print(f"| No running processes found in NPU {i:<65}|")
-        print(dbl)
-    return 0
+    out = ["+--------------------------------------------------------------------------------------------------------+",
+           f"| npu-smi {VERSION:<26}Version: {VERSION:<58}|", bar,
+           "| NPU   Name                | Health        | Power(W)    Temp(C)           Hugepages-Usage(page)|",
+           "| Chip                      | Bus-Id        | AICore(%)   Memory-Usage(MB)  HBM-Usage(MB)        |", dbl]
+    for i in ids:
+        out += [f"| {i:<5} {model:<19} | OK            | 101.8       43                0    / 0             |",
+                f"| 0                         | 0000:{0xC1 + i:02X}:00.0  | 0           0    / 0          3318 / 65536         |",
+                dbl]
+    out += [bar, "| NPU     Chip              | Process id    | Process name             | Process memory(MB)      |", dbl]
+    for i in ids:
+        out += [f"| No running processes found in NPU {i:<65}|", dbl]
+    return 0, "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

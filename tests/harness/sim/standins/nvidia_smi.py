@@ -30,37 +30,36 @@ def main(argv: list[str]) -> int:
     from .. import faults
     from ..state import host_config
     faults.apply_command_fault(["nvidia-smi"] + argv)
-    cfg = host_config()
-    devs = gpus(cfg)
+    code, text = render(gpus(host_config()), argv)
+    print(text, end="")
+    return code
+
+
+def render(devs: list[dict], argv: list[str]) -> tuple[int, str]:
+    """What nvidia-smi prints for these GPUs (also what a container shown only some of them prints)."""
     if not devs:
-        print("No devices were found")
-        return 6
+        return 6, "No devices were found\n"
     query = next((a.split("=", 1)[1] for a in argv if a.startswith("--query-gpu=")), None)
     fmt = next((a.split("=", 1)[1] for a in argv if a.startswith("--format=")), "")
     if "-L" in argv or "--list-gpus" in argv:
-        for d in devs:
-            print(f"GPU {d['index']}: {d['name']} (UUID: {d['uuid']})")
-        return 0
+        return 0, "".join(f"GPU {d['index']}: {d['name']} (UUID: {d['uuid']})\n" for d in devs)
     if query:
         fields = [f.strip() for f in query.split(",")]
         bad = [f for f in fields if f not in devs[0]]
         if bad:
-            print(f'Field "{bad[0]}" is not a valid field to query.\n')
-            return 2
+            return 2, f'Field "{bad[0]}" is not a valid field to query.\n\n'
         if "csv" not in fmt:
-            print('Option "--format" is required when using "--query-gpu"')
-            return 2
+            return 2, 'Option "--format" is required when using "--query-gpu"\n'
         opts = fmt.split(",")
-        if "noheader" not in opts:
-            print(", ".join(f"{f} [{UNITS[f]}]" if UNITS.get(f) else f for f in fields))
+        out = [] if "noheader" in opts else [", ".join(f"{f} [{UNITS[f]}]" if UNITS.get(f) else f for f in fields)]
         for d in devs:
-            vals = [d[f] + (f" {UNITS[f]}" if UNITS.get(f) and "nounits" not in opts else "") for f in fields]
-            print(", ".join(vals))
-        return 0
-    print(f"+{'-' * 89}+\n| NVIDIA-SMI {DRIVER}              Driver Version: {DRIVER}      CUDA Version: 12.4     |")
-    for d in devs:
-        print(f"|   {d['index']}  {d['name']:<30} | {d['pci.bus_id']} | {d['memory.used']}MiB / {d['memory.total']}MiB |")
-    return 0
+            out.append(", ".join(d[f] + (f" {UNITS[f]}" if UNITS.get(f) and "nounits" not in opts else "")
+                                 for f in fields))
+        return 0, "\n".join(out) + "\n"
+    out = [f"+{'-' * 89}+", f"| NVIDIA-SMI {DRIVER}              Driver Version: {DRIVER}      CUDA Version: 12.4     |"]
+    out += [f"|   {d['index']}  {d['name']:<30} | {d['pci.bus_id']} | {d['memory.used']}MiB / {d['memory.total']}MiB |"
+            for d in devs]
+    return 0, "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
