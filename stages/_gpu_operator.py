@@ -20,6 +20,9 @@ from provision.stage import Action, ApplyContext, Plan
 from stages._microk8s import KubectlApply, kube_get, pause_between_polls, pod_problem, pod_ready, to_yaml
 
 RELEASE = NAMESPACE = "gpu-operator"
+# The driver branches each chart release ships and supports (gpu-operator.md §2: 25.10.0 with 580.95.05, 570.195.03,
+# 535.274.02). A host driver older than the oldest of them is outside what NVIDIA tested with that release.
+DRIVER_BRANCHES = {"v25.10.0": (535, 570, 580)}
 RUNTIME_CLASS = "nvidia"  # operator.runtimeClass default: the containerd handler the toolkit adds
 GPU = "nvidia.com/gpu"
 NFD_GPU_LABEL = "feature.node.kubernetes.io/pci-10de.present"  # NFD: a PCI device of vendor NVIDIA

@@ -405,13 +405,28 @@ def check_gpu_driver(facts: Mapping[str, Any], settings: Any, node: Node) -> lis
     smi = facts["nvidia_smi"]
     if smi["ok"]:
         g = smi["gpus"]
-        return [Check("gpu driver", True, f"NVIDIA driver {g[0]['driver_version']}, {len(g)} × {g[0]['name']}")]
+        return [Check("gpu driver", True, f"NVIDIA driver {g[0]['driver_version']}, {len(g)} × {g[0]['name']}"),
+                *check_driver_branch(g[0]["driver_version"], settings)]
     hint = ("install the NVIDIA driver from your offline packages and reboot; the GPU Operator runs with "
             "driver.enabled=false and uses the host driver")
     if not smi["present"]:
         return [Check("gpu driver", False, "nvidia-smi not found on a GPU node (USE_GPU_OPERATOR=true)", hint)]
     return [Check("gpu driver", False, f"nvidia-smi failed: {smi['error']}",
                   "load the driver (reboot after installing it; blacklist nouveau), then check `nvidia-smi`")]
+
+
+def check_driver_branch(version: str, settings: Any) -> list[Check]:
+    """A warning when the host driver is older than every driver branch the GPU Operator release supports."""
+    from stages._gpu_operator import DRIVER_BRANCHES
+
+    branches = DRIVER_BRANCHES.get(settings.gpu_operator_version)
+    major = version.split(".")[0]
+    if not branches or not major.isdigit() or int(major) >= min(branches):
+        return []
+    return [Check("gpu driver branch", False, f"NVIDIA driver {version} is older than every driver branch GPU "
+                  f"Operator {settings.gpu_operator_version} supports ({', '.join(map(str, branches))})",
+                  f"install a {max(branches)} (or {min(branches)}) branch driver from your offline packages and "
+                  "reboot", warning=True)]
 
 
 def check_npu_driver(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:

@@ -90,7 +90,7 @@ def test_add_two_workers_one_fails_halfway_then_rerun_converges(sim):
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert dry.stderr.count("would join") >= 2 and "Dry run finished" in dry.stderr
     # calico (and stage 50, with nothing enabled) had nothing to change before: checked again after the join
-    assert "would check stage(s) 30, 50 again with the new nodes" in dry.stderr
+    assert "would check stage(s) 30, 50, 60 again with the new nodes" in dry.stderr
     assert not w1.path("/snap/bin/microk8s").exists() and "add-node" not in (base / "dry.log").read_text()
     faults.join_fails_halfway(w2.path("/"))
     r1 = _add(sim, "add1.log")
@@ -98,7 +98,7 @@ def test_add_two_workers_one_fails_halfway_then_rerun_converges(sim):
     failed = [ln for ln in r1.stderr.splitlines() if ln.startswith(f"  {w2.address}: ")]
     assert len(failed) == 1 and "Failed to sign proxy certificate" in failed[0] and "re-run" in failed[0], r1.stderr
     assert f"  {w1.address}: " not in r1.stderr.split("error: ")[-1]
-    assert "not checking stage(s) 30, 50 again yet: a node failed" in r1.stderr   # w2 NotReady: the re-run does it
+    assert "not checking stage(s) 30, 50, 60 again yet: a node failed" in r1.stderr   # w2 NotReady: the re-run does it
     # the half-joined node: `leave` refuses it (sim-fidelity.md row 10); the re-run joins it with a new token
     assert w2.path("/var/snap/microk8s/current/var/lock/join-in-progress").exists()
 

@@ -238,6 +238,11 @@ def test_gpu_driver():
     assert failures(ubuntu2404(nvidia_pci=1, nvidia_smi=broken), on) == [
         ("gpu driver: nvidia-smi failed: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA "
         "driver. — load the driver (reboot after installing it; blacklist nouveau), then check `nvidia-smi`")]
+    old = {**GPU, "gpus": [dict(GPU["gpus"][0], driver_version="525.147.05")]}
+    assert warnings(ubuntu2404(nvidia_pci=1, nvidia_smi=old), on, GPU_NODE) == [
+        "gpu driver branch: NVIDIA driver 525.147.05 is older than every driver branch GPU Operator v25.10.0 "
+        "supports (535, 570, 580) — install a 580 (or 535) branch driver from your offline packages and reboot"]
+    assert warnings(ubuntu2404(nvidia_pci=1, nvidia_smi=GPU), on, GPU_NODE) == []
     # without USE_GPU_OPERATOR, or on a node with no GPU, nvidia-smi is not required
     assert failures(ubuntu2404(nvidia_pci=2)) == []
     assert failures(ubuntu2404(), on) == []

@@ -820,7 +820,8 @@ class Cluster:
                 self._event(pod, "Warning", "Failed", f'Failed to pull image "{c["image"]}": {pull_err}')
             elif not init and process_backed(c):
                 return self._process_status(pod, c, kl, s["startTime"])
-            elif not init and one_shot and (ran := smoke.run(pod, *self._with_devices(pod, c, node, kl))):
+            elif not init and one_shot and smoke.is_smoke(c) and (ran := smoke.run(pod, *self._with_devices(
+                    pod, c, node, kl))):
                 code, log = ran
                 pod["metadata"].setdefault("annotations", {})["sim.provision/log"] = log   # kubectl logs
                 image = normalize_image(c["image"])

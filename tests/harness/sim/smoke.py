@@ -63,17 +63,23 @@ def visible_npus(container: dict, ascend_runtime: bool, npus: int) -> list[int]:
     return sorted(i for i in out if i < npus)
 
 
+def _script(container: dict) -> str:
+    argv = list(container.get("command") or []) + list(container.get("args") or [])
+    return argv[2] if argv[:2] == ["sh", "-c"] and len(argv) > 2 else shlex.join(argv)
+
+
+def is_smoke(container: dict) -> bool:
+    """A container that runs one of the tools this module knows (cheap: checked before devices are worked out)."""
+    return bool(set(re.findall(r"[\w-]+", _script(container))) & {"nvidia-smi", "vectorAdd", "npu-smi"})
+
+
 def run(pod: dict, container: dict, node: dict) -> tuple[int, str] | None:
     """(exit code, log) of a smoke container on `node` (the kubelet's status: gpus, gpu_model, npus, npu_model,
     nvidia_runtime, ascend_runtime; `allocated_gpus`/`allocated_npus` for this container), or None when this is
     not a smoke-test container (the caller keeps its generic behaviour)."""
-    argv = list(container.get("command") or []) + list(container.get("args") or [])
-    if not argv:
+    if not is_smoke(container):
         return None
-    script = argv[2] if argv[:2] == ["sh", "-c"] and len(argv) > 2 else shlex.join(argv)
-    words = set(re.findall(r"[\w-]+", script))
-    if not words & {"nvidia-smi", "vectorAdd", "npu-smi"}:
-        return None
+    script = _script(container)
     env = env_of(container)
     caps = env.get("NVIDIA_DRIVER_CAPABILITIES", "compute,utility")
     gpus = visible_gpus(pod, container, node.get("allocated_gpus") or [], int(node.get("gpus") or 0),
