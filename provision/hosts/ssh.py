@@ -262,8 +262,14 @@ class SSHHost(HostBase):
                 if status == -1 and not transport.is_active():
                     raise self._lost_error(display)
                 return status, bytes(out), bytes(err)
-            if not transport.is_active() or chan.closed:
+            if not transport.is_active():
                 raise self._lost_error(display)
+            if chan.closed:
+                # sshd sends exit-status, EOF and CLOSE together: paramiko's thread may handle all three between
+                # the exit-status check above and here. Closing sets the status event, so the next pass returns
+                # the status (-1 when none came, e.g. a command killed by a signal): a finished command is never
+                # a lost connection.
+                continue
             if deadline is not None and time.monotonic() > deadline:
                 self._end_sessions([running])  # nothing keeps running on the node after we gave up on it
                 raise CommandTimeout(f"{self.name}: `{display}` did not finish within {timeout:g} s",
