@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bundle": ("bundle", "bundle", "Check the offline bundle: files, checksums, images."),
     "render": ("render", "render", "Print what would be deployed (Helm values), without a cluster."),
     "node": ("node", "node", "Add, list and remove the cluster's nodes (over SSH, in parallel)."),
+    "port-forward": ("port_forward", "port_forward",
+                     "Keep a port-forward to the hub running on the control node (a systemd unit)."),
 }
 
 

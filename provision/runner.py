@@ -28,7 +28,7 @@ from provision.errors import (
     ProvisionError,
     VerifyFailed,
 )
-from provision.stage import ApplyContext, Check, Node, Plan, Role, Scope, Stage
+from provision.stage import ApplyContext, Check, Node, Notes, Plan, Role, Scope, Stage
 
 PREFLIGHT = 0
 STOP_GRACE = 1.5  # seconds Ctrl-C waits for the nodes to end their commands (the promise is 2 s to exit)
@@ -160,6 +160,7 @@ class RunSummary:
     exit_code: int = 0
     log_file: str = ""
     roles: dict[str, list[str]] = field(default_factory=dict)  # per node, once preflight has seen it
+    notes: list[Notes] = field(default_factory=list)  # stages' closing notes (stage.notes), in stage order
 
     @property
     def actions_applied(self) -> int:
@@ -178,6 +179,7 @@ class RunSummary:
                 "actions_planned": self.actions_planned, "seconds": round(self.seconds, 3),
                 "exit_code": self.exit_code, "error": self.error or None, "log_file": self.log_file or None,
                 "warnings": self.warnings, "nodes": self.nodes, "roles": self.roles,
+                "notes": {n.key: dict(n.data) for n in self.notes},
                 "stages": [s.to_dict() for s in self.stages]}
 
 
@@ -328,6 +330,7 @@ class Runner:
         with self.console.status(f"[{stage.number:02d}] gathering facts on {len(targets)} node(s)"):
             planned = self._parallel(targets, lambda n: self._gather_plan(stage, n))
         facts = {name: r[0] for name, r in planned.items() if not isinstance(r, _Failure)}
+        latest = dict(facts)
         self._update_roles(stage, facts)
         plans: dict[str, Plan] = {name: r[1] for name, r in planned.items() if not isinstance(r, _Failure)}
         cross = self._cross_checks(stage, facts, targets)
@@ -356,6 +359,7 @@ class Runner:
                 again = self._parallel(done, lambda n: self._gather_plan(stage, n))
             fresh = dict(facts)
             fresh.update({k: v[0] for k, v in again.items() if not isinstance(v, _Failure)})
+            latest = fresh
             cross = self._cross_checks(stage, fresh, targets)
             for n in done:
                 r = again[n.name]
@@ -374,6 +378,11 @@ class Runner:
                             error=VerifyFailed, status="changed")
         out.settle()
         self._raise_if_failed(stage, out)
+        notes = getattr(stage, "notes", None)
+        if notes is not None and not self.opts.dry_run:
+            found = notes(latest, self.settings, tuple(self.nodes))
+            if found is not None:
+                self.summary.notes.append(found)
 
     # --- per-node steps (run in worker threads) ------------------------------------------------------
 

@@ -132,6 +132,16 @@ class Plan:
 Facts = Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class Notes:
+    """What a stage tells the user once the whole run has succeeded (where to reach what it installed):
+    lines for the screen, data for `--json` (under notes.KEY). Never a secret."""
+
+    key: str
+    lines: tuple[str, ...]
+    data: Mapping[str, Any]
+
+
 class Stage:
     """Base class. Subclasses live in stages/sNN_<intent>.py; `number` equals NN."""
 
@@ -165,6 +175,8 @@ class Stage:
     # the cluster has node_count nodes (`node add` asks the installed ones before anything changes).
     # Optional: `roles(facts, node) -> (frozenset[Role], line)`: roles found from facts (preflight: GPUs,
     # NPUs). The runner replaces the node with one carrying them, for every later stage, and shows the line.
+    # Optional: `notes(facts_by_node, settings, nodes) -> Notes | None`: called in a real run (not --dry-run)
+    # once the stage succeeded, with each target's latest facts; shown after the run when it succeeded.
 
 
 _STAGE_FILE = re.compile(r"^s(\d\d)_[a-z0-9_]+$")

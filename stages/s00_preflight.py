@@ -24,6 +24,7 @@ from provision.errors import CommandFailed, PreflightError, ProvisionError, Tran
 from provision.stage import Check, Node, Plan, Role, Scope, Stage
 from stages import _ascend as A
 from stages import _dns as D
+from stages import _tls as T
 
 SNAP_DATA_ROOT = "/var/snap"
 # microk8s snapcraft.yaml assumes snapd2.52, but stage 10 runs `snap refresh --hold microk8s`, which
@@ -48,7 +49,8 @@ def probes() -> list[F.Probe]:
             F.default_route, F.hostname, F.listen_ports, F.port_holders, F.snapd, F.microk8s, F.user,
             F.nvidia_pci, F.mellanox_pci, F.nvidia_smi, F.davinci_devices, F.npu_smi, F.interfaces, F.resolv,
             F.path_kind(KUBELET_LINK, "kubelet_dir"), F.kernel_module("nouveau", "nouveau"), F.secure_boot,
-            F.path_kind(A.RUNTIME_BIN, "ascend_runtime")]
+            F.path_kind(A.RUNTIME_BIN, "ascend_runtime"),
+            F.Probe("nginx", "command -v nginx", lambda raw: raw.ok)]
 
 
 class Preflight(Stage):
@@ -78,6 +80,8 @@ class Preflight(Stage):
         facts["sudo"] = {"ok": not sudo_error, "error": sudo_error}
         facts["local_clock"] = {"before": before, "after": after}
         facts["bundle"] = self._bundle_fact(settings) if node.is_control else {"checked": False}
+        if node.is_control and settings.enable_nginx_proxy:  # the files are on this machine
+            facts["tls"] = T.tls_fact(settings.nginx_proxy_cert_file, settings.nginx_proxy_key_file)
         return facts
 
     def plan(self, facts: Mapping[str, Any], settings: Any, node: Node) -> Plan:
@@ -309,6 +313,7 @@ def wanted_ports(settings: Any) -> dict[int, str]:
     ports = dict(MICROK8S_PORTS)
     ports[settings.nodeport] = "JupyterHub NodePort (NODEPORT)"
     if settings.enable_nginx_proxy:
+        ports[80] = "Nginx HTTP redirect (ENABLE_NGINX_PROXY)"
         ports[443] = "Nginx HTTPS (ENABLE_NGINX_PROXY)"
     return ports
 
@@ -326,8 +331,9 @@ def check_ports(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Che
         if port not in listening:
             continue
         who = holders.get(port, [])
-        ours_mk8s = port != 443 and (all(_is_microk8s(h) for h in who) if who else installed)
-        ours_nginx = port == 443 and who and all(h.startswith("nginx") for h in who)
+        web = port in (80, 443)
+        ours_mk8s = not web and (all(_is_microk8s(h) for h in who) if who else installed)
+        ours_nginx = web and who and all(h.startswith("nginx") for h in who)
         if ours_mk8s or ours_nginx:
             continue  # a re-run: MicroK8s (or our Nginx) already holds it
         by = f" by {', '.join(who)}" if who else ""
@@ -545,10 +551,29 @@ def check_dns(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check
     return [Check("dns", True, f"CoreDNS will forward to {', '.join(servers)}")]
 
 
+def check_nginx(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
+    """Stage 80 writes an Nginx site on the control node; the bundle does not carry nginx."""
+    if not settings.enable_nginx_proxy or not node.is_control:
+        return []
+    if not facts["nginx"]:
+        return [Check("nginx", False, "nginx is not installed on the control node (ENABLE_NGINX_PROXY=true)",
+                      "install it from your offline Ubuntu mirror or ISO (`apt install nginx`; the bundle does "
+                      "not carry it), or set ENABLE_NGINX_PROXY=false")]
+    return [Check("nginx", True, "installed")]
+
+
+def check_tls(facts: Mapping[str, Any], settings: Any, node: Node) -> list[Check]:
+    """The certificate and key Nginx will serve: readable, matching, for NGINX_PROXY_SERVER_NAME, not expired."""
+    if "tls" not in facts:
+        return []
+    return T.tls_checks(facts["tls"], settings.nginx_proxy_server_name, facts["local_clock"]["after"])
+
+
 NODE_CHECKS: tuple[Callable[[Mapping[str, Any], Any, Node], Any], ...] = (
     check_os, check_arch, check_cpu, check_memory, check_disk, check_swap, check_route, check_hostname_valid,
     check_clock, check_ports, check_snapd, check_sudo, check_bundle, check_gpu_driver, check_nouveau,
     check_secure_boot, check_npu_driver, check_ascend_runtime, check_kubelet_dir, check_interface, check_dns,
+    check_nginx, check_tls,
 )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from provision import facts as F
 from provision.errors import ConflictError, ProvisionError, VerifyFailed
 from provision.jupyterhub import RELEASE
-from provision.stage import Action, ApplyContext, Check, Facts, Node, Plan, Scope, Stage
+from provision.stage import Action, ApplyContext, Check, Facts, Node, Notes, Plan, Scope, Stage
 from stages import _helm as H
 from stages._helm import DIGEST_PY, HelmRelease, parse_digest, parse_json
 from stages._microk8s import kube_get, mk, pause_between_polls, pod_problem, pod_ready
@@ -78,6 +78,17 @@ def max_gpus(nodes: Any) -> int | None:
     counts = [int(str(((n.get("status") or {}).get("capacity") or {}).get("nvidia.com/gpu", 0)) or 0)
               for n in items]
     return max(counts, default=0)
+
+
+def node_addresses(nodes: Any) -> list[str]:
+    """Each node's InternalIP from `kubectl get nodes -o json`: where the NodePort answers."""
+    out = []
+    for n in (nodes or {}).get("items") or []:
+        for a in (n.get("status") or {}).get("addresses") or []:
+            if a.get("type") == "InternalIP" and a.get("address"):
+                out.append(str(a["address"]))
+                break
+    return out
 
 
 def parse_admin(raw: F.Raw) -> dict[str, bool] | None:
@@ -260,6 +271,7 @@ class JupyterHubStage(Stage):
         facts = {k: raw[k] for k in ("release", "deployed_digest")}
         facts["hub"] = readiness(raw["deployments"], raw["pods"])
         facts["max_gpus"] = max_gpus(raw["nodes"])
+        facts["node_addresses"] = node_addresses(raw["nodes"])
         facts["admin"] = raw.get("admin")
         facts["chart"] = chart
         facts["branding"] = load_branding(default_templates_dir())
@@ -326,6 +338,24 @@ class JupyterHubStage(Stage):
                                 f"{settings.admin_users_csv[0]}: " + ("ready" if admin.get("exists") else "missing"),
                                 "re-run provision install --only 70"))
         return checks + [Check(name, False, w, warning=True) for name, w in release_warnings(facts, settings)]
+
+
+    def notes(self, facts_by_node: Mapping[str, Facts], settings: Any, nodes: Sequence[Node]) -> Notes:
+        """Where users reach the hub (printed at the end of the run): every node's InternalIP as Kubernetes
+        lists it, else the inventory's addresses."""
+        from provision.jupyterhub.access import access_notes
+
+        listed = [a for f in facts_by_node.values() for a in f.get("node_addresses") or ()]
+        return access_notes(settings, listed or [n.address for n in nodes if not _loopback(n.address)])
+
+
+def _loopback(address: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 
 def release_warnings(facts: Facts, settings: Any) -> list[tuple[str, str]]:

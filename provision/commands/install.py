@@ -156,6 +156,11 @@ def _finish(console, summary, as_json: bool) -> None:
         headers, rows = summary_rows(summary)
         console.table(headers, rows)
     console.line(closing_line(summary), "ok" if summary.ok else "error")
+    if summary.ok:  # the stages' notes (stage 70: where users reach the hub); a dry run has none
+        for note in summary.notes:
+            console.line("")
+            for text in note.lines:
+                console.line(text)
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
 

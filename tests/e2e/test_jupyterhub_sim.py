@@ -155,6 +155,16 @@ def test_install_through_70_brings_the_hub_up(cluster):
     assert not admin_login(c, password + "x")["login"]
     c.state["password"] = password
     assert hub_get(c, "logo").startswith("<svg")  # provision's built-in logo, from the installed package
+    # the run ends by saying how to reach the hub: the NodePort on the node's InternalIP, the port-forward,
+    # the first admin by name (its password only in the one line above); the same in --json
+    url = f"http://{c.h.address}:30080/"
+    assert f"  {url}  NodePort 30080 on node {c.h.address}" in r.stderr, r.stderr[-2000:]
+    assert "`sudo provision port-forward start`, then http://127.0.0.1:8080/" in r.stderr
+    assert "First admin: admin (password: NATIVE_ADMIN_PASSWORD, or the one shown once" in r.stderr
+    assert r.stderr.index("First admin: admin (") > r.stderr.index("Finished in")
+    assert s["notes"]["access"] == {"nodeport_urls": [url], "https_url": None, "admin": "admin",
+                                    "port_forward": {"command": "provision port-forward start",
+                                                     "url": "http://127.0.0.1:8080/"}}
     print(f"\nstage 70 on 1 simulated node: full install (00-70) {seconds:.1f}s, stage 70 "
           f"{stage(s, 70)['seconds']:.1f}s")
 

@@ -243,6 +243,34 @@ def test_deployment_rollout_status_and_watch(api):
     assert seen.count("ADDED") == 2
 
 
+def test_a_new_pod_is_pending_at_once(api):
+    """The API server answers a pod's create with status.phase Pending (KubeSpawner's reflector reads
+    pod["status"]["phase"] of the pod it has just created, before any scheduler pass)."""
+    from kubernetes import client
+    pod = client.CoreV1Api(api).create_namespaced_pod("default", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "fresh"},
+        "spec": {"containers": [{"name": "c", "image": "coredns/coredns:1.10.1"}]}})
+    assert (pod.status.phase, pod.status.qos_class) == ("Pending", "BestEffort")
+
+
+def test_watch_query_is_parsed_as_go_parses_a_bool(api):
+    """kubernetes_asyncio (KubeSpawner's reflectors) sends `watch=True`; the real server (strconv.ParseBool)
+    streams watch events for it, not a list."""
+    import json
+    import ssl
+    import urllib.request
+
+    reconcile(api)
+    cfg = api.configuration
+    ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+    ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    for value in ("True", "true", "1"):
+        url = f"{cfg.host}/api/v1/namespaces/kube-system/pods?watch={value}&timeoutSeconds=1"
+        with urllib.request.urlopen(url, context=ctx, timeout=10) as r:
+            first = json.loads(r.readline())
+        assert first["type"] == "ADDED" and first["object"]["kind"] == "Pod", (value, first)
+
+
 def test_pv_and_pvc_update_rules_are_the_real_ones(tmp_path):
     """Kubernetes 1.30: a PV's capacity may change, its source not; a bound claim's request may grow only
     through a StorageClass with allowVolumeExpansion, never shrink; the rest of a claim's spec is immutable."""

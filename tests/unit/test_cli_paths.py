@@ -30,7 +30,7 @@ EXPECTED = {"env": {2}, "output": {2}, "log_file": {2}, "identity": {2}, "known_
 BASE = {("install",): ["--dry-run", "--env", str(EXAMPLE)], ("render", "values"): ["--env", "{good_env}"],
         ("bundle", "verify"): ["--bundle", "{bundle}"],
         ("node", "add"): ["192.0.2.1", "--dry-run", "--env", str(EXAMPLE), "--bundle", "{bundle}"],
-        ("node", "del"): ["gpu-1", "--dry-run"]}
+        ("node", "del"): ["gpu-1", "--dry-run"], ("port-forward", "start"): ["--env", str(EXAMPLE)]}
 
 
 def leaf_commands() -> list[tuple[tuple[str, ...], click.Command]]:

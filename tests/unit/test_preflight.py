@@ -69,6 +69,7 @@ def ubuntu2404(**changes) -> Facts:
         "npu_smi": {"present": False, "ok": False, "npus": [], "version": "", "error": "npu-smi not found"},
         "kubelet_dir": {"kind": "absent", "target": ""}, "nouveau": False, "secure_boot": None,
         "ascend_runtime": {"kind": "absent", "target": ""},
+        "nginx": True,
         "bundle": {"checked": False},
         "interfaces": F.parse_interfaces(F.Raw(IP_LINK + "---\n" + IP_ADDR, 0)),
         "resolv": F.parse_resolv(F.Raw(RESOLV_STUB + "---\n" + RESOLV_SITE, 0)),
@@ -240,8 +241,8 @@ def test_gpu_driver():
         "driver. — load the driver (reboot after installing it; blacklist nouveau), then check `nvidia-smi`")]
     old = {**GPU, "gpus": [dict(GPU["gpus"][0], driver_version="525.147.05")]}
     assert warnings(ubuntu2404(nvidia_pci=1, nvidia_smi=old), on, GPU_NODE) == [
-        "gpu driver branch: NVIDIA driver 525.147.05 is older than every driver branch GPU Operator v25.10.0 "
-        "supports (535, 570, 580) — install a 580 (or 535) branch driver from your offline packages and reboot"]
+        ("gpu driver branch: NVIDIA driver 525.147.05 is older than every driver branch GPU Operator v25.10.0 "
+        "supports (535, 570, 580) — install a 580 (or 535) branch driver from your offline packages and reboot")]
     assert warnings(ubuntu2404(nvidia_pci=1, nvidia_smi=GPU), on, GPU_NODE) == []
     # without USE_GPU_OPERATOR, or on a node with no GPU, nvidia-smi is not required
     assert failures(ubuntu2404(nvidia_pci=2)) == []
@@ -467,7 +468,7 @@ def raw_probes(os_release: str = "ID=ubuntu\nVERSION_ID=\"24.04\"\nPRETTY_NAME=\
         "snapd": "snap    2.63+24.04\nsnapd   2.63+24.04\n", "microk8s": ("", 1), "user": "0\nroot\n",
         "nvidia_pci": "", "mellanox_pci": "", "nvidia_smi": ("", 127), "davinci_devices": "0", "npu_smi": ("", 127),
         "kubelet_dir": "absent\n", "nouveau": "no\n", "secure_boot": "---\n", "ascend_runtime": "absent\n",
-        "interfaces": IP_LINK + "---\n" + IP_ADDR, "resolv": RESOLV_STUB + "---\n" + RESOLV_SITE,
+        "nginx": ("", 1), "interfaces": IP_LINK + "---\n" + IP_ADDR, "resolv": RESOLV_STUB + "---\n" + RESOLV_SITE,
     }
 
 

@@ -142,7 +142,8 @@ class Handler(BaseHTTPRequestHandler):
         dry = q.get("dryRun") == "All"
         fv = {"field_validation": q.get("fieldValidation", "Warn")}   # the server's default: openapi.py
         if method == "GET" and not name:
-            if q.get("watch") in ("true", "1"):
+            if q.get("watch") in ("1", "t", "T", "TRUE", "true", "True"):   # Go's strconv.ParseBool, as the
+                # real server parses it (kubernetes_asyncio, KubeSpawner's reflectors, sends watch=True)
                 return self._watch(res, ns, q)
             return self._list(res, ns, q)
         if sub == "exec" and res.kind == "Pod" and method in ("GET", "POST"):   # real kubectl: execstream.py

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import smoke
 from .runtime import process_backed
-from .store import Store, now, selector_dict_match
+from .store import Store, now, pod_qos, selector_dict_match
 
 CNI_IMAGE_HINT = "calico/node:"
 TOOLKIT_IMAGE_HINT = "k8s/container-toolkit:"
@@ -695,12 +695,7 @@ class Cluster:
 
     @staticmethod
     def _qos(pod: dict) -> str:
-        cs = pod["spec"]["containers"]
-        if all((c.get("resources") or {}).get("limits") for c in cs):
-            return "Guaranteed"
-        if any((c.get("resources") or {}) for c in cs):
-            return "Burstable"
-        return "BestEffort"
+        return pod_qos(pod)
 
     def _event(self, obj: dict, etype: str, reason: str, message: str, source: str = "kubelet") -> None:
         ns = obj["metadata"].get("namespace", "default")
@@ -818,8 +813,6 @@ class Cluster:
                             f'lookup {registry}: no such host')
                 msg = f'Back-off pulling image "{c["image"]}"' if backoff else pull_err
                 self._event(pod, "Warning", "Failed", f'Failed to pull image "{c["image"]}": {pull_err}')
-            elif not init and process_backed(c):
-                return self._process_status(pod, c, kl, s["startTime"])
             elif not init and one_shot and smoke.is_smoke(c) and (ran := smoke.run(pod, *self._with_devices(
                     pod, c, node, kl))):
                 code, log = ran
@@ -829,6 +822,8 @@ class Cluster:
                         "started": False, "state": {"terminated": {
                             "exitCode": code, "reason": "Completed" if code == 0 else "Error",
                             "startedAt": s["startTime"], "finishedAt": now()}}}
+            elif not init and process_backed(c):
+                return self._process_status(pod, c, kl, s["startTime"])
             elif not init and TOOLKIT_IMAGE_HINT in c["image"] and (error := self._toolkit_error(node)):
                 pod["metadata"].setdefault("annotations", {})["sim.provision/log"] = error + "\n"   # kubectl logs
                 return {"name": c["name"], "image": normalize_image(c["image"]), "imageID": "", "ready": False,
@@ -1001,7 +996,7 @@ class Cluster:
         n = self.store.find(self._r("Node"), "", name) or {}
         return next((a["address"] for a in n.get("status", {}).get("addresses", []) if a["type"] == "InternalIP"), "")
 
-    def _runtime_spec(self, pod: dict, c: dict) -> dict:
+    def _runtime_spec(self, pod: dict, c: dict, init: bool = False) -> dict:
         import base64
         ns = pod["metadata"]["namespace"]
         vols = {v["name"]: v for v in pod["spec"].get("volumes") or []}
@@ -1020,10 +1015,10 @@ class Cluster:
                 pv = self.store.find(self._r("PersistentVolume"), "", ((pvc or {}).get("spec") or {}).get("volumeName", ""))
                 host = ((pv or {}).get("spec") or {}).get("hostPath", {}).get("path")
                 if host:
-                    mounts.append({"path": m["mountPath"], "kind": "dir", "host": host})
+                    mounts.append(_dir_mount(m, host))
                 continue
             elif "hostPath" in v:
-                mounts.append({"path": m["mountPath"], "kind": "dir", "host": v["hostPath"]["path"]})
+                mounts.append(_dir_mount(m, v["hostPath"]["path"]))
                 continue
             else:
                 continue
@@ -1068,8 +1063,17 @@ class Cluster:
             if ip not in (None, "", "None"):
                 fq = f"{m['name']}.{m['namespace']}"
                 hosts.append((ip, [f"{fq}.svc.cluster.local", f"{fq}.svc", fq] + [m["name"]] * (m["namespace"] == ns)))
-        return {"name": c["name"], "image": c["image"], "env": env, "mounts": mounts, "argv": argv, "probe": probe,
-                "ip": st.get("podIP", ""), "hostname": pod["metadata"]["name"], "hosts": sorted(hosts)}
+        psc, csc = pod["spec"].get("securityContext") or {}, c.get("securityContext") or {}
+        security = {k: v for k, v in (("uid", csc.get("runAsUser", psc.get("runAsUser"))),
+                                      ("gid", csc.get("runAsGroup", psc.get("runAsGroup")))) if v is not None}
+        security["groups"] = [g for g in [psc.get("fsGroup"), *(psc.get("supplementalGroups") or [])] if g is not None]
+        out = {"name": c["name"], "image": c["image"], "env": env, "mounts": mounts, "argv": argv, "probe": probe,
+               "ip": st.get("podIP", ""), "hostname": pod["metadata"]["name"], "hosts": sorted(hosts),
+               "security": security}
+        if not init:   # the pod's init containers the node really runs, in order, before this one
+            out["init"] = [self._runtime_spec(pod, ic, init=True) for ic in pod["spec"].get("initContainers") or []
+                           if process_backed(ic)]
+        return out
 
     def _service_rules(self) -> list[dict]:
         """What kube-proxy programs on every node: each Service port's ClusterIP -> a ready endpoint that
@@ -1098,6 +1102,9 @@ class Cluster:
                     if target:
                         rules.append({"ip": spec["clusterIP"], "port": port["port"], "target":
                                       f"{p['status']['podIP']}:{target}", "protocol": port.get("protocol", "TCP")})
+                        if spec.get("type") in ("NodePort", "LoadBalancer") and port.get("nodePort"):
+                            rules.append({"node_port": port["nodePort"], "target": f"{p['status']['podIP']}:{target}",
+                                          "protocol": port.get("protocol", "TCP")})
         return rules
 
     def _workload_status(self) -> None:
@@ -1152,6 +1159,14 @@ class Cluster:
         if obj.get("status") != status:
             obj["status"] = status
             self.store.put_internal(obj)
+
+
+def _dir_mount(m: dict, host: str) -> dict:
+    """A volume backed by a node directory (hostPath, a hostPath PersistentVolume): its subPath below it,
+    read-only where the volumeMount says so."""
+    if m.get("subPath"):
+        host = str(Path(host) / m["subPath"])
+    return {"path": m["mountPath"], "kind": "dir", "host": host, "read_only": bool(m.get("readOnly"))}
 
 
 def expand(text: str, env: dict[str, str]) -> str:

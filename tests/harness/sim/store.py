@@ -113,6 +113,15 @@ def selector_dict_match(selector: dict | None, labels: dict) -> bool:
     return True
 
 
+def pod_qos(pod: dict) -> str:
+    cs = (pod.get("spec") or {}).get("containers") or []
+    if cs and all((c.get("resources") or {}).get("limits") for c in cs):
+        return "Guaranteed"
+    if any((c.get("resources") or {}) for c in cs):
+        return "Burstable"
+    return "BestEffort"
+
+
 def _field(obj: dict, path: str):
     cur = obj
     for p in path.split("."):
@@ -395,6 +404,9 @@ class Store:
             meta.setdefault("generation", 1)
             if res.kind == "Service" and res.group == "":
                 self._allocate_service(obj, None)
+            if res.kind == "Pod" and res.group == "":   # the pod strategy's PrepareForCreate: a new pod is Pending
+                obj.setdefault("status", {}).setdefault("phase", "Pending")
+                obj["status"].setdefault("qosClass", pod_qos(obj))
             _string_data(res, obj)
             if check:
                 validate(obj, self, res, field_validation, apply)

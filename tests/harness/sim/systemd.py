@@ -1,11 +1,16 @@
 """The `systemctl` stand-in: unit states in a JSON file. snap.microk8s.* units really start/stop the
-host's containerd and sim daemon; `nginx` really runs the host's nginx; other units (those the tool
-writes to /etc/systemd/system) are tracked as state only, after `daemon-reload` as on a real host."""
+host's containerd and sim daemon; `nginx` really runs the host's nginx; a unit the tool writes to
+/etc/systemd/system with an ExecStart really runs it under a supervisor that restarts it as systemd would
+(sim/unitrun.py), from the definition loaded at the last `daemon-reload` (a file changed since then gets
+systemd's "changed on disk" warning and the old definition); other units are tracked as state only."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from . import paths
@@ -37,12 +42,78 @@ def forget_units(prefix: str) -> None:
             del units[n]
 
 
+def _service_text(name: str, units: dict) -> str | None:
+    """The loaded definition of a service unit the tool wrote (with an ExecStart), loading it on first
+    use as systemd does; None for every other unit."""
+    f = Path("/etc/systemd/system", name)
+    if name.startswith("snap.") or name == "nginx.service":
+        return None
+    text = (units.get(name) or {}).get("text")
+    if text is None:
+        if not f.is_file():
+            return None
+        text = f.read_text()
+        with updating(paths.SIM_SYSTEMD, {}) as u:
+            u.setdefault(name, {"enabled": "disabled", "active": "inactive", "loaded": True})["text"] = text
+    elif f.is_file() and f.read_text() != text:
+        sys.stderr.write(f"Warning: The unit file, source configuration file or drop-ins of {name} changed on "
+                         "disk. Run 'systemctl daemon-reload' to reload units.\n")
+    return text if "ExecStart=" in text else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _supervised(name: str, action: str, text: str) -> int:
+    """start/stop/restart of a service unit: its supervisor (sim/unitrun.py) runs and restarts ExecStart."""
+    sup = int((_load().get(name) or {}).get("supervisor") or 0)
+    if action == "reload":  # no ExecReload= in the units the tool writes
+        sys.stderr.write(f"Failed to reload {name}: Job type reload is not applicable for unit {name}.\n")
+        return 1
+    if action in ("stop", "restart") and sup and _alive(sup):
+        os.kill(sup, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _alive(sup) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(sup):
+            os.kill(sup, signal.SIGKILL)
+        with updating(paths.SIM_SYSTEMD, {}) as u:
+            u[name].update(active="inactive", main_pid=0, supervisor=0)
+        sup = 0
+    if action not in ("start", "restart") or (sup and _alive(sup)):
+        return 0
+    with updating(paths.SIM_SYSTEMD, {}) as u:
+        u.setdefault(name, {"enabled": "disabled", "loaded": True}).update(active="active", main_pid=-1)
+    code = f"import sys; sys.path.insert(0, {paths.SIM_LIB!r}); from provision_sim.unitrun import main; " \
+           "sys.exit(main(sys.argv[1:]))"
+    Path(paths.SIM_RUN).mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", code, name], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=open(Path(paths.SIM_RUN) / f"unit-{name}.log", "ab"),  # noqa: SIM115
+                            start_new_session=True, close_fds=True, cwd="/")
+    proc.stdin.write(text.encode())
+    proc.stdin.close()
+    with updating(paths.SIM_SYSTEMD, {}) as u:
+        u[name]["supervisor"] = proc.pid
+    deadline = time.monotonic() + 5  # Type=simple: start returns once the process is forked
+    while (_load().get(name) or {}).get("main_pid") == -1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return 0
+
+
 def _known(name: str, units: dict) -> bool:
     return name in units or name in ALWAYS or (name == "nginx.service" and Path("/usr/sbin/nginx").exists())
 
 
 def _real_action(name: str, action: str) -> int:
     from . import services
+    text = _service_text(name, _load())
+    if text is not None:
+        return _supervised(name, action, text)
     if name.startswith("snap.microk8s.daemon-"):
         if action in ("start", "restart"):
             services.start_all() if action == "start" else (services.stop_all(), services.start_all())
@@ -73,7 +144,13 @@ def main(argv: list[str]) -> int:
         with updating(paths.SIM_SYSTEMD, {}) as units:
             for d in UNIT_DIRS:
                 for f in Path(d).glob("*.service") if Path(d).is_dir() else []:
-                    units.setdefault(f.name, {"enabled": "disabled", "active": "inactive", "loaded": True})
+                    u = units.setdefault(f.name, {"enabled": "disabled", "active": "inactive", "loaded": True})
+                    if d == "/etc/systemd/system":
+                        u["text"] = f.read_text()
+            for n in [n for n, u in units.items() if "text" in u and not Path("/etc/systemd/system", n).exists()]:
+                if units[n].get("active") not in ("active", "activating"):
+                    del units[n]  # file gone and not running: unloaded (is-enabled: not-found); a running
+                    # one stays loaded (with its old definition) until it stops
         return 0
     units = _load()
     if cmd in ("is-active", "is-enabled", "is-failed"):
@@ -115,9 +192,11 @@ def main(argv: list[str]) -> int:
                     return rc
             with updating(paths.SIM_SYSTEMD, {}) as u:
                 unit = u.setdefault(n, {"enabled": "disabled", "active": "inactive", "loaded": True})
-                if action in ("start", "restart", "reload") or (action == "enable" and now):
+                supervised = "ExecStart=" in (unit.get("text") or "") and n != "nginx.service" \
+                    and not n.startswith("snap.")
+                if not supervised and (action in ("start", "restart", "reload") or (action == "enable" and now)):
                     unit["active"] = "active"
-                if action == "stop" or (action == "disable" and now):
+                if not supervised and (action == "stop" or (action == "disable" and now)):
                     unit["active"] = "inactive"
                 if action == "enable":
                     if unit["enabled"] != "enabled":
