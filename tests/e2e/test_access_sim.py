@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.simcluster import sim_cluster
+from tests.e2e.webtools import self_signed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.hosts, pytest.mark.timeout(900)]
 
@@ -69,16 +70,6 @@ class Cluster:
                                "--resolve", f"{NAME}:80:{self.h.address}", "--cacert", str(self.cert),
                                "-o", "-", "-D", "-", *more, url], capture_output=True, text=True, timeout=60,
                               check=False)
-
-
-def self_signed(base: Path, tag: str, name: str) -> tuple[Path, Path]:
-    d = base / tag
-    d.mkdir()
-    cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-keyout", str(key), "-out", str(cert), "-days", "90", "-subj", f"/CN={name}",
-                    "-addext", f"subjectAltName=DNS:{name}"], check=True, capture_output=True)
-    return cert, key
 
 
 def summary(r: subprocess.CompletedProcess) -> dict:

@@ -1,15 +1,17 @@
-"""The user's journey on a simulated 1-node cluster (tests/harness/sim), through the NodePort, with real parts:
-`provision install --to 70` (real helm, the real z2jh chart), the hub pod's real JupyterHub + KubeSpawner +
-NativeAuthenticator, the proxy pod's real configurable-http-proxy, and for each user pod KubeSpawner creates a
-real `jupyterhub-singleuser` (jupyter_server + ipykernel) as uid 1000 in the pod's own namespaces, with the
+"""The user's journey on a simulated 1-node cluster (tests/harness/sim), through the real path a user takes:
+HTTPS by name → the REAL nginx on the node with the site stage 80 wrote (test certificate; the name resolves to
+the node inside this test process, webtools.resolving) → the NodePort → the proxy pod's real
+configurable-http-proxy → the hub pod's real JupyterHub + KubeSpawner + NativeAuthenticator, or a user's server.
+`provision install --to 80` uses real helm and the real z2jh chart; for each user pod KubeSpawner creates, a
+real `jupyterhub-singleuser` (jupyter_server + ipykernel) runs as uid 1000 in the pod's own namespaces, with the
 home, workshop and student-work volumes the values ask for (tests/harness/sim/runtime.py).
 
 The node has one (simulated) H100 and USE_GPU_OPERATOR=true, so the values offer the profiles `cpu` and
-`gpu-1`. The tests share one cluster and run in order: admin login and sign-up approval, lockout, a spawn whose
-kernel runs `1+1` over its websocket, the workshop folders, GPU profiles (the pod spec as KubeSpawner builds it,
-and a spawn that cannot be scheduled shows the scheduler's reason), and the idle culler (IDLE_TIMEOUT=60, the
-lowest the settings accept). The journey helpers (Browser, Api) take a base URL and an SSL context, so the same
-steps run against an https:// front (stage 80's Nginx).
+`gpu-1`. The tests share one cluster and run in order: the hub over HTTPS (and the NodePort on its own), admin
+login and sign-up approval, lockout, a spawn whose kernel runs `1+1` over its websocket, the workshop folders,
+GPU profiles (the pod spec as KubeSpawner builds it, and a spawn that cannot be scheduled shows the scheduler's
+reason), and the idle culler (IDLE_TIMEOUT=60, the lowest the settings accept) while a quiet kernel websocket
+stays open through Nginx.
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.simcluster import sim_cluster
+from tests.e2e.webtools import resolving, self_signed, trusting
 
 pytestmark = [pytest.mark.e2e, pytest.mark.hosts, pytest.mark.timeout(600)]
 
@@ -38,6 +43,7 @@ REPO = Path(__file__).resolve().parents[2]
 ADMIN_PW = "Adm1n-journey-pw"
 STUDENT_PW = "Stud3nt-journey-pw"
 NODEPORT = 30080
+NAME = "jupyter.journey.example"   # resolves to the node inside this test process (webtools.resolving)
 SHARE = "/data/share"   # on the node: homes (shared storage), lessons, student work
 FAILED_LOGINS = 2
 
@@ -147,8 +153,13 @@ class Api:
         return messages
 
     def run_code(self, user: str, code: str, timeout: float = 60) -> str:
-        """Start a kernel on the user's server, run `code` over the kernel's websocket (Jupyter messaging
-        execute_request on the shell channel), return its execute_result's text/plain (or the error)."""
+        """Start a kernel on the user's server, run `code` over the kernel's websocket, return its result."""
+        with self.kernel(user, timeout) as ws:
+            return self.execute(ws, user, code, timeout)
+
+    @contextmanager
+    def kernel(self, user: str, timeout: float = 60) -> Iterator:
+        """A new kernel on the user's server and its websocket (closed and the kernel deleted on exit)."""
         import websocket
 
         status, out = self.call("POST", f"/user/{user}/api/kernels", {"name": "python3"}, timeout=timeout)
@@ -159,33 +170,45 @@ class Api:
         ws = websocket.create_connection(ws_url, header=[f"Authorization: token {self.token}"], timeout=timeout,
                                          sslopt=sslopt)
         try:
-            msg_id = uuid.uuid4().hex
-            ws.send(json.dumps({
-                "header": {"msg_id": msg_id, "username": user, "session": uuid.uuid4().hex, "msg_type":
-                           "execute_request", "version": "5.3", "date": ""},
-                "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-                "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                            "allow_stdin": False, "stop_on_error": True}}))
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                msg = json.loads(ws.recv())
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                if msg["msg_type"] == "execute_result":
-                    return msg["content"]["data"]["text/plain"]
-                if msg["msg_type"] == "error":
-                    return f"{msg['content']['ename']}: {msg['content']['evalue']}"
-            raise AssertionError(f"no execute_result for {code!r} in {timeout}s")
+            yield ws
         finally:
             ws.close()
             self.call("DELETE", f"/user/{user}/api/kernels/{kernel}")
+
+    @staticmethod
+    def execute(ws, user: str, code: str, timeout: float = 60) -> str:
+        """Run `code` over an open kernel websocket (Jupyter messaging execute_request on the shell channel);
+        its execute_result's text/plain, or the error."""
+        msg_id = uuid.uuid4().hex
+        ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "username": user, "session": uuid.uuid4().hex, "msg_type":
+                       "execute_request", "version": "5.3", "date": ""},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                        "allow_stdin": False, "stop_on_error": True}}))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "execute_result":
+                return msg["content"]["data"]["text/plain"]
+            if msg["msg_type"] == "error":
+                return f"{msg['content']['ename']}: {msg['content']['evalue']}"
+        raise AssertionError(f"no execute_result for {code!r} in {timeout}s")
 
 
 class Journey:
     def __init__(self, host, bundle: Path, base: Path):
         self.h, self.bundle, self.base = host, bundle, base
-        self.url = f"http://{host.address}:{NODEPORT}"
+        self.url = f"https://{NAME}"   # the real path: Nginx (stage 80) -> NodePort -> proxy -> hub/server
+        self.nodeport_url = f"http://{host.address}:{NODEPORT}"
+        self.cert, self.key = self_signed(base, "tls", NAME)
+        self.context = trusting(self.cert)
         self.state: dict = {}
+
+    def browser(self) -> Browser:
+        return Browser(self.url, self.context)
 
     def install(self, **extra: str) -> subprocess.CompletedProcess:
         h = self.h
@@ -195,12 +218,14 @@ class Journey:
                 "NATIVE_ALLOWED_FAILED_LOGINS": str(FAILED_LOGINS), "NATIVE_SECONDS_BEFORE_NEXT_TRY": "600",
                 "SHARED_STORAGE_ENABLED": "true", "SHARED_STORAGE_PATH": f"{SHARE}/homes",
                 "WORKSHOP_LESSONS_PATH": f"{SHARE}/lessons", "WORKSHOP_STUDENT_WORK_PATH": f"{SHARE}/work",
-                "IDLE_TIMEOUT": "60", "SPAWNER_START_TIMEOUT": "60", "USE_GPU_OPERATOR": "true", **extra}
+                "IDLE_TIMEOUT": "60", "SPAWNER_START_TIMEOUT": "60", "USE_GPU_OPERATOR": "true",
+                "ENABLE_NGINX_PROXY": "true", "NGINX_PROXY_SERVER_NAME": NAME,
+                "NGINX_PROXY_CERT_FILE": str(self.cert), "NGINX_PROXY_KEY_FILE": str(self.key), **extra}
         env = self.base / "journey.env"
         env.write_text("".join(f"{k}={v}\n" for k, v in keys.items()))
         argv = [sys.executable, "-m", "provision", "install", "--env", str(env), "--bundle", str(self.bundle),
                 "--host", f"{h.ssh_user}@{h.address}", "--identity", h.ssh_key, "--known-hosts", h.known_hosts,
-                "--to", "70", "--yes", "--json", "--log-file", str(self.base / "install.log")]
+                "--to", "80", "--yes", "--json", "--log-file", str(self.base / "install.log")]
         environ = dict(os.environ, PROVISION_LOCK_FILE=str(self.base / "provision.lock"))
         return subprocess.run(argv, cwd=REPO, env=environ, capture_output=True, text=True, timeout=500, check=False)
 
@@ -235,16 +260,16 @@ class Journey:
 
     def new_user(self, user: str) -> Api:
         """A student signed up, approved by the admin, logged in: their API client."""
-        Browser(self.url).signup(user, STUDENT_PW)
-        admin = Browser(self.url)
+        self.browser().signup(user, STUDENT_PW)
+        admin = self.browser()
         assert admin.login("admin", ADMIN_PW)
         assert admin.req(f"/hub/authorize/{user}")[0] == 302
         return self.api(user, STUDENT_PW)
 
     def api(self, user: str, password: str) -> Api:
-        b = Browser(self.url)
+        b = self.browser()
         assert b.login(user, password), f"{user} cannot log in"
-        return Api(self.url, b.token(user))
+        return Api(self.url, b.token(user), self.context)
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +277,8 @@ def journey(tmp_path_factory):
     base = tmp_path_factory.mktemp("journey")
     from tests.harness.sim.spec import SimSpec
 
-    with sim_cluster(base, spec=SimSpec(gpus={"node1": (1, "H100")}), gpu_bundle=True) as (_harness, (h,), bundle):
+    with (sim_cluster(base, spec=SimSpec(gpus={"node1": (1, "H100")}), gpu_bundle=True) as (_harness, (h,), bundle),
+          resolving(NAME, h.address)):
         for d in ("homes", "lessons", "work"):
             assert h.exec(["mkdir", "-p", f"{SHARE}/{d}"]).returncode == 0
         h.path(f"{SHARE}/lessons/01-intro.md").write_text("# Lesson 1\n")
@@ -269,40 +295,43 @@ def need(j: Journey, *keys: str) -> None:
             pytest.skip(f"an earlier step failed ({k})")
 
 
-def test_install_then_the_hub_answers_on_the_nodeport(journey):
+def test_install_then_the_hub_answers_over_https_and_on_the_nodeport(journey):
     j = journey
     r, seconds = j.state["install"]
     assert r.returncode == 0, r.stderr[-3000:]
-    status, _, body = Browser(j.url).req("/hub/api/")
+    status, headers, body = j.browser().req("/hub/api/")
+    assert status == 200 and "version" in json.loads(body), (status, body)
+    assert headers.get("Server", "").startswith("nginx"), headers   # through stage 80's Nginx
+    status, _, body = Browser(j.nodeport_url).req("/hub/api/")   # the NodePort still answers on its own
     assert status == 200 and "version" in json.loads(body), (status, body)
     j.state["up"] = True
-    print(f"\ninstall 00-70 (native auth, shared storage, workshop folders): {seconds:.1f}s")
+    print(f"\ninstall 00-80 (native auth, shared storage, workshop folders, Nginx HTTPS): {seconds:.1f}s")
 
 
 def test_admin_logs_in_and_a_new_student_waits_for_approval(journey):
     j = journey
     need(j, "up")
-    admin = Browser(j.url)
+    admin = j.browser()
     assert admin.login("admin", ADMIN_PW)
-    assert not Browser(j.url).login("admin", ADMIN_PW + "x")
-    student = Browser(j.url)
+    assert not j.browser().login("admin", ADMIN_PW + "x")
+    student = j.browser()
     assert "sent to the admin" in student.signup("alice", STUDENT_PW)
     assert not student.login("alice", STUDENT_PW)   # not approved yet
     status, _, page = admin.req("/hub/authorize")
     assert status == 200 and "alice" in page
     assert admin.req("/hub/authorize/alice")[0] == 302
-    assert Browser(j.url).login("alice", STUDENT_PW)
+    assert j.browser().login("alice", STUDENT_PW)
     j.state["alice"] = True
 
 
 def test_failed_logins_lock_the_account(journey):
     j = journey
     need(j, "up")
-    admin = Browser(j.url)
+    admin = j.browser()
     assert admin.login("admin", ADMIN_PW)
-    Browser(j.url).signup("mallory", STUDENT_PW)
+    j.browser().signup("mallory", STUDENT_PW)
     assert admin.req("/hub/authorize/mallory")[0] == 302
-    b = Browser(j.url)
+    b = j.browser()
     for _ in range(FAILED_LOGINS):
         assert not b.login("mallory", "wrong-password")
     assert not b.login("mallory", STUDENT_PW)   # locked for NATIVE_SECONDS_BEFORE_NEXT_TRY, right password or not
@@ -379,15 +408,24 @@ def test_gpu_profile_pod_then_a_spawn_that_cannot_be_scheduled_shows_why(journey
     assert j.user_pod("carol")["status"]["phase"] == "Pending"
 
 
-def test_idle_culler_stops_an_idle_server(journey):
+def test_idle_culler_stops_an_idle_server_while_a_quiet_websocket_stays_open(journey):
+    """alice's idle server is culled (IDLE_TIMEOUT=60, checked every 60 s). Over the same minute and more, the
+    client sends nothing on a kernel websocket of the admin's through Nginx and the proxy: it stays open and
+    still runs `1+1` (the site's proxy_read_timeout). An HTTP call every 5 s on another connection keeps the
+    admin's server active, so the culler leaves that one be. One wait for both saves a minute of suite time."""
     j = journey
-    need(j, "alice_api")
-    api = j.state["alice_api"]
-    deadline = time.monotonic() + 200   # IDLE_TIMEOUT=60s, checked every 60s
-    while time.monotonic() < deadline:
-        status, out = api.call("GET", "/hub/api/users/alice")
-        if status == 200 and not json.loads(out)["servers"]:
-            break
-        time.sleep(3)
-    else:
-        raise AssertionError("alice's idle server was not culled")
+    need(j, "alice_api", "admin_api")
+    alice, admin = j.state["alice_api"], j.state["admin_api"]
+    with admin.kernel("admin") as ws:
+        assert admin.execute(ws, "admin", "1+1") == "2"
+        quiet, culled = time.monotonic(), False
+        while time.monotonic() - quiet < 200 and not (culled and time.monotonic() - quiet > 65):
+            assert admin.call("GET", "/user/admin/api/contents")[0] == 200
+            status, out = alice.call("GET", "/hub/api/users/alice")
+            culled = culled or (status == 200 and not json.loads(out)["servers"])
+            time.sleep(5)
+        idle = time.monotonic() - quiet
+        assert culled, "alice's idle server was not culled"
+        assert ws.connected
+        assert admin.execute(ws, "admin", "1+1") == "2"
+    print(f"\nkernel websocket through Nginx: 1+1 after {idle:.0f}s with nothing sent on it")
