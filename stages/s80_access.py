@@ -223,16 +223,16 @@ class AccessStage(Stage):
                     "echo ---; timeout 30 firewall-cmd --list-ports; echo ---\n"
                     "timeout 30 firewall-cmd --permanent --list-ports", parse_firewalld),
         ]
-        if settings.enable_nginx_proxy:
-            files = " ".join(shlex.quote(p) for p in (SITE, CERT, KEY))
-            probes.append(F.Probe("nginx", "command -v nginx >/dev/null 2>&1 || exit 127\n"
-                                  f"for f in {files}; do\n"
-                                  "  if [ -f \"$f\" ]; then s=$(sha256sum < \"$f\"); "
-                                  "printf 'file %s %s %s\\n' \"${s%% *}\" \"$(stat -c '%a %U' -- \"$f\")\" \"$f\"\n"
-                                  "  else printf 'absent %s\\n' \"$f\"; fi\ndone\n"
-                                  + q("printf 'link %s\\n' \"$(readlink {link})\"\n", link=SITE_LINK)
-                                  + "printf 'active %s\\n' \"$(timeout 30 systemctl is-active nginx 2>/dev/null)\"",
-                                  parse_nginx))
+        # with ENABLE_NGINX_PROXY=false too: a site provision installed earlier is then removed
+        files = " ".join(shlex.quote(p) for p in (SITE, CERT, KEY))
+        probes.append(F.Probe("nginx", "command -v nginx >/dev/null 2>&1 || exit 127\n"
+                              f"for f in {files}; do\n"
+                              "  if [ -f \"$f\" ]; then s=$(sha256sum < \"$f\"); "
+                              "printf 'file %s %s %s\\n' \"${s%% *}\" \"$(stat -c '%a %U' -- \"$f\")\" \"$f\"\n"
+                              "  else printf 'absent %s\\n' \"$f\"; fi\ndone\n"
+                              + q("printf 'link %s\\n' \"$(readlink {link})\"\n", link=SITE_LINK)
+                              + "printf 'active %s\\n' \"$(timeout 30 systemctl is-active nginx 2>/dev/null)\"",
+                              parse_nginx))
         return probes
 
     def gather(self, host: Any, settings: Any, node: Node) -> Facts:
@@ -249,6 +249,8 @@ class AccessStage(Stage):
         done: list[str] = []
         if settings.enable_nginx_proxy:
             actions += nginx_actions(facts, settings, done)
+        else:
+            actions += nginx_removal(facts["nginx"])
         actions += firewall_actions(facts, settings, done)
         if not actions:
             return Plan.noop("; ".join(done))
@@ -320,6 +322,38 @@ def nginx_actions(facts: Facts, settings: Any, done: list[str]) -> list[Action]:
         return [RunCommand(("systemctl", "start", "nginx"), f"start nginx (it is {ng['active'] or 'not running'})")]
     done.append(f"Nginx serves https://{settings.nginx_proxy_server_name} with this site, certificate and key")
     return []
+
+
+def nginx_removal(ng: Mapping[str, Any]) -> list[Action]:
+    """ENABLE_NGINX_PROXY=false after it was true: our site, its link, certificate and key go, nginx reloads.
+    Only what provision installed (the fixed paths below); the firewall rules stay (never removed)."""
+    ours = [p for p in (SITE, CERT, KEY) if (ng.get("files") or {}).get(p)]
+    if not ng.get("present") or (not ours and ng.get("link") != SITE):
+        return []
+    return [RemoveNginxSite()]
+
+
+@dataclass(frozen=True)
+class RemoveNginxSite(Action):
+    """Unlink and delete the site provision installed, with its certificate and key; reload nginx when it runs
+    and its remaining config is valid (else say so: the other sites are the admin's)."""
+
+    def describe(self) -> str:
+        return f"remove the Nginx site provision installed ({SITE_LINK}, {SITE}, {CERT}, {KEY}; " \
+               "ENABLE_NGINX_PROXY=false) and reload nginx"
+
+    def apply(self, host: Any, ctx: ApplyContext) -> None:
+        q = shlex.quote
+        script = (f"rm -f -- {q(SITE_LINK)} {q(SITE)} {q(CERT)} {q(KEY)}\n"
+                  "[ \"$(systemctl is-active nginx 2>/dev/null)\" = active ] || exit 0\n"
+                  "if ! out=$(nginx -t 2>&1); then printf '%s\\n' \"$out\" >&2; exit 11; fi\n"
+                  "systemctl reload nginx\n")
+        r = host.run(["sh", "-c", script], sudo=True, timeout=120, check=False)
+        if r.exit_status:
+            said = " / ".join(ln.strip() for ln in r.stderr.splitlines()
+                              if ln.strip() and not ln.startswith("provision-sid:"))[-600:] or f"exit {r.exit_status}"
+            raise ProvisionError(f"removed the JupyterHub site, but nginx's remaining config is invalid: {said}",
+                                 "fix the other site nginx names (`sudo nginx -t`), then `sudo systemctl reload nginx`")
 
 
 def firewall_actions(facts: Facts, settings: Any, done: list[str]) -> list[Action]:

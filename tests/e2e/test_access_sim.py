@@ -196,3 +196,24 @@ def test_broken_certificate_settings_fail_before_anything_changes(cluster):
     r, _ = c.install(c.env(NGINX_PROXY_KEY_FILE=str(c.base / "missing.key")))
     assert r.returncode == 2, r.stderr[-3000:]   # config validation: the path is not a file
     assert "NGINX_PROXY_KEY_FILE" in r.stderr and "missing.key" in r.stderr
+
+
+def test_nginx_turned_off_removes_our_site_and_keeps_the_nodeport(cluster):
+    """ENABLE_NGINX_PROXY=false after it was on: the site, its link, certificate and key go, nginx reloads and
+    no longer serves the hub; the NodePort still does; the firewall rules stay; a second run changes nothing."""
+    c = cluster
+    if not c.state.get("installed"):
+        pytest.skip("the install did not complete")
+    off = c.env(ENABLE_NGINX_PROXY="false")
+    r, _ = c.install(off, "--only", "80")
+    s = summary(r)
+    assert r.returncode == 0 and stage(s, 80)["status"] == "changed", r.stderr[-3000:]
+    left = c.ssh("sudo ls /etc/nginx/sites-enabled/jupyterhub /etc/nginx/sites-available/jupyterhub "
+                 "/etc/nginx/ssl/jupyterhub.crt /etc/nginx/ssl/jupyterhub.key 2>&1")
+    assert left.stdout.count("No such file") == 4, left.stdout
+    assert c.curl(f"https://{NAME}/hub/login").returncode != 0            # nginx no longer serves it
+    node = c.ssh("curl -sS -o /dev/null -w '%{http_code}' --max-time 20 http://127.0.0.1:30080/hub/login")
+    assert node.stdout.strip() == "200", node.stdout + node.stderr
+    assert ufw_rules(c) == ["22/tcp", "30080/tcp", "80/tcp", "443/tcp"]   # never removed
+    r, _ = c.install(off, "--only", "80")
+    assert r.returncode == 0 and summary(r)["actions_applied"] == 0, r.stderr[-3000:]

@@ -40,8 +40,11 @@ def installed(settings: Settings = NGINX, cert: bytes = CERT, key: str = KEY_TEX
                       S.KEY: {"sha": sha(key.encode()), "mode": "600", "owner": "root"}}}
 
 
+NO_NGINX = {"present": False, "files": {}, "link": "", "active": ""}
+
+
 def facts(nginx: dict | None = None, ufw: dict = UFW_OFF, firewalld: dict = FWD_NONE, **more) -> sf.StrictFacts:
-    f = {"ufw": ufw, "firewalld": firewalld, "service": service(), "reach": [], **more}
+    f = {"ufw": ufw, "firewalld": firewalld, "service": service(), "reach": [], "nginx": NO_NGINX, **more}
     if nginx is not None:
         f.update(nginx=nginx, tls=more.get("tls", tls()))
     return sf.StrictFacts(f)
@@ -122,6 +125,14 @@ def test_without_the_hub_service_the_stage_refuses_to_plan():
 def test_without_nginx_the_stage_needs_no_certificate():
     p = plan(facts(), Settings())
     assert p.empty and "firewall: ufw inactive; no rule changed" in p.noop_reason
+
+
+def test_nginx_turned_off_removes_only_the_site_provision_installed():
+    p = plan(facts(installed()), Settings())
+    assert [type(a) for a in p.actions] == [S.RemoveNginxSite]
+    assert "ENABLE_NGINX_PROXY=false" in p.actions[0].describe()
+    # nothing of ours there (never installed, or already removed), or no nginx at all: nothing to do
+    assert plan(facts(FRESH), Settings()).empty and plan(facts(), Settings()).empty
 
 
 def test_active_ufw_gets_exactly_the_missing_ports_and_is_never_enabled():
@@ -214,4 +225,3 @@ def test_the_probes_quote_values_and_read_no_key_bytes():
     probes = {p.name: p.script for p in AccessStage().probes(NGINX)}
     assert set(probes) == {"service", "reach", "ufw", "firewalld", "nginx"}
     assert "sha256sum" in probes["nginx"] and "cat " not in probes["nginx"]
-    assert "nginx" not in {p.name for p in AccessStage().probes(Settings())}
