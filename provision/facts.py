@@ -494,25 +494,25 @@ nvidia_smi = Probe("nvidia_smi",
                    parse_nvidia_smi)
 
 
-def parse_pci_display(raw: Raw) -> int:
-    """Count of NVIDIA display/3D controllers (PCI class 0x03xxxx, vendor 0x10de)."""
-    return sum(1 for ln in lines(raw) if ln.strip().startswith("0x03"))
+def _pci_class_count(prefix: str) -> Callable[[Raw], int]:
+    def parse(raw: Raw) -> int:
+        return sum(1 for ln in lines(raw) if ln.strip().startswith(prefix))
+    return parse
 
 
-nvidia_pci = Probe("nvidia_pci",
-                   "for d in /sys/bus/pci/devices/*; do\n"
-                   "  [ \"$(cat \"$d/vendor\" 2>/dev/null)\" = 0x10de ] && cat \"$d/class\"\ndone\ntrue",
-                   parse_pci_display)
-
-def parse_pci_network(raw: Raw) -> int:
-    """Count of network/InfiniBand controllers (PCI class 0x02xxxx) among the devices listed."""
-    return sum(1 for ln in lines(raw) if ln.strip().startswith("0x02"))
+# Count of NVIDIA display/3D controllers (PCI class 0x03xxxx) / of network and InfiniBand controllers (0x02xxxx).
+parse_pci_display = _pci_class_count("0x03")
+parse_pci_network = _pci_class_count("0x02")
 
 
-mellanox_pci = Probe("mellanox_pci",
-                     "for d in /sys/bus/pci/devices/*; do\n"
-                     "  [ \"$(cat \"$d/vendor\" 2>/dev/null)\" = 0x15b3 ] && cat \"$d/class\"\ndone\ntrue",
-                     parse_pci_network)
+def pci_vendor_probe(name: str, vendor: str, parse: Callable[[Raw], int]) -> Probe:
+    """The PCI class of every device of `vendor` (sysfs), counted by `parse`."""
+    return Probe(name, "for d in /sys/bus/pci/devices/*; do\n"
+                       f"  [ \"$(cat \"$d/vendor\" 2>/dev/null)\" = {vendor} ] && cat \"$d/class\"\ndone\ntrue", parse)
+
+
+nvidia_pci = pci_vendor_probe("nvidia_pci", "0x10de", parse_pci_display)
+mellanox_pci = pci_vendor_probe("mellanox_pci", "0x15b3", parse_pci_network)
 
 _NPU_ROW = re.compile(r"^\|\s*(\d+)\s+(\S+)\s*\|\s*(OK|Warning|Alarm|Critical|UNKNOWN)\s*\|", re.IGNORECASE)
 
