@@ -27,7 +27,7 @@ UID, GID = 1000, 100  # jovyan:users in the docker-stacks images; z2jh defaults 
 HOME = "/home/jovyan"
 HUB_CODE_DIR = "/usr/local/etc/jupyterhub/provision_hub"  # z2jh puts /usr/local/etc/jupyterhub on sys.path
 HUB_TEMPLATES_DIR = "/usr/local/etc/jupyterhub/provision_templates"
-HUB_MODULES = ("__init__.py", "wiring.py", "pods.py", "usage.py", "ubilink.py")
+HUB_MODULES = ("__init__.py", "wiring.py", "pods.py", "usage.py", "ubilink.py", "events.py")
 GPU_COUNTS = (1, 2, 4, 8)
 GPU_RESOURCE = "nvidia.com/gpu"
 # Native usernames: the KubeSpawner 7 safe slug equals the name, so {username} sub-paths are findable (P10).

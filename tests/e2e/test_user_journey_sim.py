@@ -406,6 +406,16 @@ def test_gpu_profile_pod_then_a_spawn_that_cannot_be_scheduled_shows_why(journey
     assert any("[Warning] 0/1 nodes are available: " in m and "Insufficient nvidia.com/gpu" in m
                for m in messages), messages
     assert j.user_pod("carol")["status"]["phase"] == "Pending"
+    # Giving up on the spawn stops it; the post-stop hook keeps its events on the hub's volume, where they
+    # outlive Kubernetes' 1 h event TTL for `provision diag spawn carol`.
+    assert carol.call("DELETE", "/hub/api/users/carol/server")[0] in (202, 204)
+    deadline, kept = time.monotonic() + 30, None
+    while time.monotonic() < deadline and kept is None:
+        r = j.ssh("sudo microk8s kubectl exec -n jhub deploy/hub -c hub -- cat /srv/jupyterhub/spawn-events/carol.json")
+        kept = json.loads(r.stdout) if r.returncode == 0 else time.sleep(1)
+    assert kept and kept["user"] == "carol", r.stderr
+    assert any(e["reason"] == "FailedScheduling" and "Insufficient nvidia.com/gpu" in e["message"]
+               for e in kept["events"]), kept
 
 
 def test_idle_culler_stops_an_idle_server_while_a_quiet_websocket_stays_open(journey):

@@ -81,7 +81,7 @@ def test_real_hub_deployment_and_secret_carry_the_chart_labels_and_our_hub_code(
     mounts = {m["mountPath"]: m.get("subPath") for m in hub["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
     secret = by_kind(docs, "Secret", "hub")
     pkg = resources.files("provision.jupyterhub.hub")
-    for name in ("wiring.py", "pods.py", "ubilink.py", "usage.py"):
+    for name in ("wiring.py", "pods.py", "ubilink.py", "usage.py", "events.py"):
         key = mounts[f"/usr/local/etc/jupyterhub/provision_hub/{name}"]
         assert secret["stringData"][key] == pkg.joinpath(name).read_text("utf-8"), name
     assert "provision-logo" in secret["data"]  # the built-in logo, as binaryData

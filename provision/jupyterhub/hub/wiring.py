@@ -18,9 +18,11 @@ def native_templates_dir() -> str:
 def configure(c, environ=None) -> None:
     """Called as configure(c) at the end of the chart's jupyterhub_config.py."""
     env = os.environ if environ is None else environ
+    from .events import keep_spawn_events
     from .pods import modify_pod_hook
 
     c.KubeSpawner.modify_pod_hook = modify_pod_hook
+    c.KubeSpawner.post_stop_hook = keep_spawn_events  # events outlive their 1 h TTL for `provision diag spawn`
     if env.get("PROVISION_NATIVE_TEMPLATES") == "1":
         # NativeAuthenticator's page.html adds "Authorize users" / "Change password" to the menu (P19).
         paths = list(c.JupyterHub.template_paths) if "template_paths" in c.JupyterHub else []
