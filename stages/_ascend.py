@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -391,17 +390,18 @@ class WaitNpus(Action):
         return out
 
     def apply(self, host: Any, ctx: ApplyContext) -> None:
-        deadline = time.monotonic() + self.timeout
         have: dict[str, dict[str, int]] = {}
-        while True:
+
+        def ready() -> bool:
+            nonlocal have
             nodes = kube_get(host, "nodes")
-            if nodes is not None:
-                have = self.state(nodes)
-                if len(have) == len(self.nodes) and npus_ready(have):
-                    return
-            if time.monotonic() >= deadline:
-                break
-            M.pause_between_polls(ctx, min(self.interval, max(0.0, deadline - time.monotonic())), "the NPUs")
+            if nodes is None:
+                return False
+            have = self.state(nodes)
+            return len(have) == len(self.nodes) and npus_ready(have)
+
+        if M.poll_until(ctx, self.timeout, self.interval, "the NPUs", ready):
+            return
         pods = kube_get(host, "pods", "-n", NAMESPACE, "-l", f"name={POD_LABEL}")
         events = kube_get(host, "events", "-n", NAMESPACE)
         raise self.failure(have, pods, events, lambda pod: _last_log_line(host, pod))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import tarfile
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from provision.errors import BundleError, ConflictError, ProvisionError, VerifyFailed
 from provision.stage import Action, ApplyContext, Plan
-from stages._microk8s import KubectlApply, kube_get, pause_between_polls, pod_problem, pod_ready, to_yaml
+from stages._microk8s import KubectlApply, kube_get, pod_problem, pod_ready, poll_until, to_yaml
 
 RELEASE = NAMESPACE = "gpu-operator"
 # The driver branches each chart release ships and supports (gpu-operator.md §2: 25.10.0 with 580.95.05, 570.195.03,
@@ -315,17 +314,18 @@ class WaitGpus(Action):
         return f"wait up to {self.timeout:.0f}s until every GPU node has all its GPUs allocatable (nvidia.com/gpu)"
 
     def apply(self, host: Any, ctx: ApplyContext) -> None:
-        deadline = time.monotonic() + self.timeout
         gpus: dict[str, dict[str, Any]] = {}
-        while True:
+
+        def ready() -> bool:
+            nonlocal gpus
             nodes = kube_get(host, "nodes")
-            if nodes is not None:
-                gpus = gpu_nodes(nodes)
-                if gpus_ready(gpus) and self._nfd_done(host):
-                    return
-            if time.monotonic() >= deadline:
-                break
-            pause_between_polls(ctx, min(self.interval, max(0.0, deadline - time.monotonic())), "the GPUs")
+            if nodes is None:
+                return False
+            gpus = gpu_nodes(nodes)
+            return gpus_ready(gpus) and self._nfd_done(host)
+
+        if poll_until(ctx, self.timeout, self.interval, "the GPUs", ready):
+            return
         raise failure(gpus, kube_get(host, "pods", "-n", NAMESPACE), self.timeout, lambda pod: last_log_line(host, pod))
 
     @staticmethod

@@ -12,7 +12,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -359,6 +359,19 @@ def pause_between_polls(ctx: ApplyContext, seconds: float, what: str) -> None:
                           "re-run the same command to continue; the wait starts again")
 
 
+def poll_until(ctx: ApplyContext, timeout: float, interval: float, what: str, done: Callable[[], bool]) -> bool:
+    """Call done() until it is true (→ True) or `timeout` seconds have passed (→ False), pausing `interval`
+    between polls (never past the deadline). Ctrl-C ends the wait at once (pause_between_polls)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pause_between_polls(ctx, 0, what)
+        if done():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        pause_between_polls(ctx, min(interval, max(0.0, deadline - time.monotonic())), what)
+
+
 def pod_problem(pod: dict[str, Any]) -> str:
     """One line on why a pod is not ready: waiting reason (ImagePullBackOff, ...), phase, or conditions."""
     st = pod.get("status") or {}
@@ -469,25 +482,24 @@ class WaitPods(Action):
         return f"wait up to {self.timeout:.0f}s for {self.what}{where}"
 
     def apply(self, host: Any, ctx: ApplyContext) -> None:
-        deadline = time.monotonic() + self.timeout
         problems: list[str] = ["not checked yet"]
-        while True:
-            pause_between_polls(ctx, 0, self.what)
+
+        def ready() -> bool:
+            nonlocal problems
             pods = kube_get(host, "pods", "-n", self.namespace)
             nodes = kube_get(host, "nodes") if self.per_node else None
-            if pods is not None and (nodes is not None or not self.per_node):
-                problems = not_ready_pods(pods, nodes, self.prefix, self.per_node)
-                if not problems and self.daemonset:
-                    ds = kube_get(host, "daemonset", self.daemonset, "-n", self.namespace)
-                    if not daemonset_rolled_out(ds):
-                        problems = [f"daemonset {self.daemonset} rollout not finished: {rollout_text(ds)}"]
-                if not problems:
-                    return
-            else:
+            if pods is None or (nodes is None and self.per_node):
                 problems = ["the API server does not answer"]
-            if time.monotonic() >= deadline:
-                break
-            pause_between_polls(ctx, min(self.interval, max(0.0, deadline - time.monotonic())), self.what)
+                return False
+            problems = not_ready_pods(pods, nodes, self.prefix, self.per_node)
+            if not problems and self.daemonset:
+                ds = kube_get(host, "daemonset", self.daemonset, "-n", self.namespace)
+                if not daemonset_rolled_out(ds):
+                    problems = [f"daemonset {self.daemonset} rollout not finished: {rollout_text(ds)}"]
+            return not problems
+
+        if poll_until(ctx, self.timeout, self.interval, self.what, ready):
+            return
         raise VerifyFailed(f"{self.what} not ready after {self.timeout:.0f}s: " + "; ".join(problems),
                            f"see `microk8s kubectl -n {self.namespace} describe pod <name>`; an image missing "
                            "from the bundle shows as ErrImagePull/ImagePullBackOff (run `provision bundle "

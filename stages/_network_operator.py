@@ -9,7 +9,6 @@ every InfiniBand node. The stage (s50_accelerators.py) wires them; facts live un
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from provision import facts as F
 from provision.errors import BundleError, ConflictError, ProvisionError, VerifyFailed
 from provision.stage import Action, ApplyContext, Check, Plan
-from stages._microk8s import KubectlApply, kube_get, pause_between_polls, pod_problem, pod_ready, to_yaml
+from stages._microk8s import KubectlApply, kube_get, pod_problem, pod_ready, poll_until, to_yaml
 
 RELEASE = "network-operator"
 NAMESPACE = "nvidia-network-operator"  # the MicroK8s nvidia addon's namespace for this chart
@@ -320,16 +319,17 @@ class WaitRdma(Action):
     def apply(self, host: Any, ctx: ApplyContext) -> None:
         from stages._gpu_operator import WaitGpus, last_log_line
 
-        deadline = time.monotonic() + self.timeout
         nodes: dict[str, int] = {}
-        while True:
+
+        def ready() -> bool:
+            nonlocal nodes
             raw = kube_get(host, "nodes")
-            if raw is not None:
-                nodes = ib_nodes(raw, self.resource)
-                if rdma_ready(nodes) and WaitGpus._nfd_done(host):
-                    return
-            if time.monotonic() >= deadline:
-                break
-            pause_between_polls(ctx, min(self.interval, max(0.0, deadline - time.monotonic())), self.resource)
+            if raw is None:
+                return False
+            nodes = ib_nodes(raw, self.resource)
+            return rdma_ready(nodes) and WaitGpus._nfd_done(host)
+
+        if poll_until(ctx, self.timeout, self.interval, self.resource, ready):
+            return
         raise failure(nodes, kube_get(host, "pods", "-n", NAMESPACE), self.resource, self.timeout,
                       lambda pod: last_log_line(host, pod, NAMESPACE))
