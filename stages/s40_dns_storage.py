@@ -5,10 +5,10 @@ non-loopback resolvers, never a public one); preflight already refused a node wi
 change, and this stage applies the same rule.
 
 Storage: a single node gets the hostpath-storage addon (the hub database needs a default
-StorageClass). User homes on several nodes must be shared, or a user's files vanish when their server
-lands elsewhere: with SHARED_STORAGE_ENABLED a static ReadWriteMany PV + PVC (hostPath mounted on every
-node, or NFS) is created, and a multi-node cluster without it, or with a hostPath on a local disk, is
-refused. Manifests are built as data and validated with kubernetes-validate --strict in the tests.
+StorageClass), with reclaim policy Retain so that user and hub volumes outlive their claims. User homes on
+several nodes must be shared, or a user's files vanish when their server lands elsewhere: with
+SHARED_STORAGE_ENABLED a static ReadWriteMany PV + PVC (hostPath mounted on every node, or NFS) is created,
+and a multi-node cluster without it, or with a hostPath on a local disk, is refused. Manifests are built as data and validated with kubernetes-validate --strict in the tests.
 """
 
 from __future__ import annotations
@@ -241,8 +241,10 @@ def storage_actions(facts: Mapping[str, Any], settings: Any, node: Node) -> list
     actions: list[Action] = []
     addons = M.addons_from_pods(facts.get("pods"))
     if n == 1 and addons["hostpath-storage"] != "enabled":
-        actions.append(RunCommand(M.mk("enable", "hostpath-storage"),
-                                  "enable hostpath-storage (default StorageClass for a single node)", timeout=300))
+        # Retain: a deleted claim (helm uninstall, namespace deletion) never takes the hub database or a home with it
+        actions.append(RunCommand(M.mk("enable", "hostpath-storage", "--reclaim-policy=Retain"),
+                                  "enable hostpath-storage (default StorageClass for a single node; reclaim "
+                                  "policy Retain)", timeout=300))
     if not settings.shared_storage_enabled:
         problem = nodes_problem(settings, n)
         if problem:

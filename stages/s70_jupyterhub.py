@@ -2,7 +2,9 @@
 
 gather: the bundled chart (defaults + schema), the release (`helm3 list`), a digest of its deployed values
 (computed on the node, so no secret ever enters facts or logs), hub/proxy readiness, the nodes' GPU
-capacity and, for native accounts, whether the first admin exists. plan: nothing when chart version and
+capacity, for native accounts whether the first admin exists, and the volumes an earlier `provision uninstall`
+kept (stages/_data.py: they become static PVs bound to their old claims before the release, so the hub finds
+its database and users their homes). plan: nothing when chart version and
 values match and the hub is up; else upgrade --install (values file 0600, removed after), wait for hub
 and proxy with the failing pod named, and sign the first admin up.
 """
@@ -22,9 +24,11 @@ from provision import facts as F
 from provision.errors import ConflictError, ProvisionError, VerifyFailed
 from provision.jupyterhub import RELEASE
 from provision.stage import Action, ApplyContext, Check, Facts, Node, Notes, Plan, Scope, Stage
+from stages import _data as D
 from stages import _helm as H
 from stages._helm import DIGEST_PY, HelmRelease, parse_digest, parse_json
-from stages._microk8s import kube_get, mk, pause_between_polls, pod_problem, pod_ready
+from stages._microk8s import KubectlApply, kube_get, mk, pause_between_polls, pod_problem, pod_ready
+from stages._microk8s import to_yaml as to_yaml_docs
 
 COMPONENTS = ("hub", "proxy")
 
@@ -250,6 +254,9 @@ class JupyterHubStage(Stage):
                     parse_json),
             F.Probe("pods", pre + q("timeout 60 microk8s kubectl get pods -n {ns} -o json", ns=ns), parse_json),
             F.Probe("nodes", pre + "timeout 60 microk8s kubectl get nodes -o json", parse_json),
+            # volumes an earlier `provision uninstall` kept (stages/_data.py): static PVs for them first
+            F.Probe("kept", pre + q("[ -f {f} ] || exit 0\ncat {f}; echo; echo ---\n"
+                                    "timeout 60 microk8s kubectl get pv -o json", f=D.KEPT_RECORD), D.parse_kept),
         ]
         if settings.auth_mode == "native" and settings.admin_users_csv:
             probes.append(F.Probe("admin", pre + q(
@@ -273,6 +280,7 @@ class JupyterHubStage(Stage):
         facts["max_gpus"] = max_gpus(raw["nodes"])
         facts["node_addresses"] = node_addresses(raw["nodes"])
         facts["admin"] = raw.get("admin")
+        facts["kept_pvs"] = D.missing_kept_pvs(raw.get("kept"), settings.hub_namespace)
         facts["chart"] = chart
         facts["branding"] = load_branding(default_templates_dir())
         return facts
@@ -289,6 +297,10 @@ class JupyterHubStage(Stage):
             raise ProvisionError("`microk8s helm3 list` failed on the control node",
                                  "check `microk8s status` and that stages 10-40 completed, then re-run")
         actions: list[Action] = []
+        if facts.get("kept_pvs"):  # before the release creates hub-db-dir: it binds to the old database
+            n = len(facts["kept_pvs"])
+            actions.append(KubectlApply(to_yaml_docs(*facts["kept_pvs"]), f"{n} PersistentVolume(s) for the hub "
+                                        f"database and homes `provision uninstall` kept in {D.KEPT_DIR}"))
         why = ""
         if release is not None:
             if release["chart_name"] and release["chart_name"] != "jupyterhub":

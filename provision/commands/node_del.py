@@ -52,7 +52,7 @@ def delete(node_key: str, force: bool, dry_run: bool, yes: bool, drain_timeout: 
     6 refused: user servers or data would be lost (use --force), it is the last control-plane node,
     or the confirmation was answered no.
     """
-    from provision.cli import report_error
+    from provision.cli import exit_with
     from provision.errors import ProvisionError
 
     console = None
@@ -67,11 +67,7 @@ def delete(node_key: str, force: bool, dry_run: bool, yes: bool, drain_timeout: 
         console = _console(None, log_file, verbose, (host_kwargs.get("password") or "",))
         _delete(console, key, force, dry_run, yes, drain_timeout, host_kwargs)
     except ProvisionError as e:
-        report_error(e)
-        if console is not None and console.log:
-            console.log.write(f"error: {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""))
-            click.echo(f"log: {console.log_path}", err=True)
-        sys.exit(e.exit_code)
+        exit_with(e, console)
 
 
 def _valid_key(key: str) -> str:

@@ -359,7 +359,7 @@ def test_single_node_without_hostpath_storage_enables_it():
     done = COREFILE.replace("8.8.8.8 8.8.4.4", "10.0.0.2 10.0.0.3")
     plan = s40.plan(facts40(corefile=done, pods=("coredns-7d9f-x",)), Settings(), sf.CONTROL)
     assert [a.argv if isinstance(a, RunCommand) else type(a).__name__ for a in plan.actions] == [
-        ("microk8s", "enable", "hostpath-storage"), "WaitPods"]
+        ("microk8s", "enable", "hostpath-storage", "--reclaim-policy=Retain"), "WaitPods"]
 
 
 def test_multi_node_without_shared_storage_is_refused():

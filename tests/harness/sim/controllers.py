@@ -523,6 +523,10 @@ class Cluster:
                     continue
                 if spec.get("volumeName") and spec["volumeName"] != cand["metadata"]["name"]:
                     continue
+                ref = cs.get("claimRef") or {}  # a PV pre-bound to a claim binds only to that claim (PV controller)
+                if ref and (ref.get("namespace"), ref.get("name")) != (pvc["metadata"]["namespace"],
+                                                                       pvc["metadata"]["name"]):
+                    continue
                 if (cs.get("storageClassName") or "") != (sc_name or "") and not spec.get("volumeName"):
                     continue
                 if quantity(cs.get("capacity", {}).get("storage", "0")) < quantity(
