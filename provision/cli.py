@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "node": ("node", "node", "Add, list and remove the cluster's nodes (over SSH, in parallel)."),
     "port-forward": ("port_forward", "port_forward",
                      "Keep a port-forward to the hub running on the control node (a systemd unit)."),
+    "diag": ("diag", "diag", "Check every layer's health (read-only); explain a failed spawn; a support bundle."),
+    "uninstall": ("uninstall", "uninstall", "Remove what provision installed; keep user data unless asked."),
+    "backup": ("backup", "backup", "Back up the hub database, the settings and (optionally) user files."),
+    "restore": ("backup", "restore", "Restore a backup into an installed hub."),
 }
 
 
@@ -58,6 +62,8 @@ def cli() -> None:
       sudo provision install                    # run every stage; safe to re-run
       sudo provision node add 10.0.0.21 10.0.0.22 --user ubuntu   # join workers over SSH
       sudo provision node list                  # every node and its status
+      sudo provision diag                       # what is wrong, one line each, with the fix
+      sudo provision backup --to /backup        # hub database + settings, dated, with checksums
 
     Run `provision COMMAND --help` for each command's options.
     """
@@ -103,6 +109,16 @@ def main() -> None:
         sys.exit(130)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+
+
+def exit_with(e: ProvisionError, console: object = None) -> NoReturn:
+    """A command's end on error: the message and hint on screen and in its log, where the log is, the exit code."""
+    report_error(e)
+    log = getattr(console, "log", None)
+    if log:
+        log.write(f"error: {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""))
+        click.echo(f"log: {console.log_path}", err=True)
+    sys.exit(e.exit_code)
 
 
 def report_error(e: ProvisionError) -> None:

@@ -30,7 +30,11 @@ EXPECTED = {"env": {2}, "output": {2}, "log_file": {2}, "identity": {2}, "known_
 BASE = {("install",): ["--dry-run", "--env", str(EXAMPLE)], ("render", "values"): ["--env", "{good_env}"],
         ("bundle", "verify"): ["--bundle", "{bundle}"],
         ("node", "add"): ["192.0.2.1", "--dry-run", "--env", str(EXAMPLE), "--bundle", "{bundle}"],
-        ("node", "del"): ["gpu-1", "--dry-run"], ("port-forward", "start"): ["--env", str(EXAMPLE)]}
+        ("node", "del"): ["gpu-1", "--dry-run"],
+        ("diag", "spawn"): ["alice", "--env", "{good_env}"], ("port-forward", "start"): ["--env", str(EXAMPLE)],
+        ("uninstall",): ["--dry-run", "--env", str(EXAMPLE)],
+        ("backup",): ["--dry-run", "--env", "{good_env}"],
+        ("restore",): [str(ROOT / "no-such-backup.tar.gz"), "--dry-run", "--env", "{good_env}"]}
 
 
 def leaf_commands() -> list[tuple[tuple[str, ...], click.Command]]:
