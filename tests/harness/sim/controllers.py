@@ -1019,7 +1019,13 @@ class Cluster:
                 pv = self.store.find(self._r("PersistentVolume"), "", ((pvc or {}).get("spec") or {}).get("volumeName", ""))
                 host = ((pv or {}).get("spec") or {}).get("hostPath", {}).get("path")
                 if host:
-                    mounts.append(_dir_mount(m, host))
+                    mount = _dir_mount(m, host)
+                    if ((pv or {}).get("metadata", {}).get("annotations") or {}).get(
+                            "pv.kubernetes.io/provisioned-by") == "microk8s.io/hostpath" and not m.get("subPath"):
+                        # MicroK8s' hostpath-provisioner makes the volume's directory `mkdir -m 0777 -p`
+                        # (umask 0) before the pod starts (canonical/hostpath-provisioner, Provision)
+                        mount["create_mode"] = 0o777
+                    mounts.append(mount)
                 continue
             elif "hostPath" in v:
                 mounts.append(_dir_mount(m, v["hostPath"]["path"]))

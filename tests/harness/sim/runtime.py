@@ -6,7 +6,8 @@ securityContext's runAsUser/runAsGroup, with fsGroup as a supplementary group, H
 /home/jovyan). Init containers of those images run for real first, each to completion in a mount namespace
 of its own, as root (the ownership fix that hands the kubelet-made subPath folders to uid 1000). Volumes
 backed by a node directory (hostPath, hostPath PersistentVolumes) are bind-mounted with their subPath (made
-by the kubelet, root 0755, when missing), read-only where the volumeMount says readOnly. Every other
+by the kubelet, root 0755, when missing; a hostpath-storage volume's own directory 0777, as MicroK8s'
+provisioner makes it), read-only where the volumeMount says readOnly. Every other
 container stays a status in the API; a custom SINGLEUSER_IMAGE is not recognised (a status only).
 
 A container is a real process -- the pod spec's command/args ($(VAR) expanded from its env, as the kubelet
@@ -404,7 +405,11 @@ class Container:
                 problems.append(f"sim runtime: volume mount {p} is outside {', '.join(ANCHORS)} (not simulated)")
                 continue
             if m["kind"] == "dir":
-                Path(m["host"]).mkdir(parents=True, exist_ok=True)   # a subPath: the kubelet makes it, root 0755
+                host = Path(m["host"])
+                if m.get("create_mode") and not host.exists():   # a dynamic PV: made by its provisioner
+                    host.mkdir(parents=True)
+                    host.chmod(m["create_mode"])
+                host.mkdir(parents=True, exist_ok=True)   # a subPath: the kubelet makes it, root 0755
                 binds.append({"path": p, "host": m["host"], "read_only": bool(m.get("read_only"))})
                 continue
             files = {"": m["data"]} if m["kind"] == "file" else m["files"]
