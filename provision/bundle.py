@@ -3,8 +3,10 @@
 An air-gapped install is only as good as the USB stick it came from. The manifest names every file
 with its sha256 and size, every image reference with the tarball holding it, its digest (as
 `ctr images ls` shows it after import) and the node roles that need it, the snaps with their
-assertions, and the Helm charts. `verify_bundle` checks all of it against the real files and reports
-every problem at once; stages read the parsed `Manifest` to decide what to install and import.
+assertions, and the Helm charts; manifest.yaml.sha256 beside it makes one checksum of the whole bundle.
+`verify_bundle` checks all of it against the real files (and that nothing unlisted is there) and reports
+every problem at once; stages read the parsed `Manifest` to decide what to install and import. Split files
+(provision/bundle_split.py) and update bundles (provision/bundle_diff.py) are checked here too.
 The format is documented in offline-images/README.md.
 """
 
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from provision.config import Settings
 
 MANIFEST_NAME = "manifest.yaml"
+CHECKSUM_NAME = "manifest.yaml.sha256"  # `sha256sum -c` format: the aggregate checksum of the whole bundle
+UPDATE_NAME = "update.yaml"  # only in an update bundle (provision/bundle_diff.py)
 FORMAT = 1
 ROLES = ("control-plane", "worker", "gpu", "npu")
 EVERY_NODE = ("control-plane", "worker")  # every node has one of these, so an image listed so is on all nodes
@@ -60,10 +64,20 @@ def track_of(channel_or_version: str) -> str:
 
 
 @dataclass(frozen=True)
+class Part:
+    """One fixed-size piece of a split file (NAME.part000, ...), for sticks that cannot hold big files."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class BundleFile:
     path: str  # relative to the bundle directory, POSIX separators
     sha256: str
     size: int
+    parts: tuple[Part, ...] = ()  # when split: the whole file OR all of these parts is present
 
 
 @dataclass(frozen=True)
@@ -183,7 +197,9 @@ def parse_manifest(data: Any, where: str = MANIFEST_NAME) -> tuple[Manifest | No
         if not re.fullmatch(r"[0-9a-f]{64}", sha) or not isinstance(size, int) or size < 0:
             problems.append(f"{where}: files[{n}] {path}: needs sha256 (64 hex) and size (bytes)")
             continue
-        files[path] = BundleFile(path, sha, size)
+        parts = _parse_parts(f.get("parts"), path, size, f"{where}: files[{n}] {path}", problems)
+        if parts is not None:
+            files[path] = BundleFile(path, sha, size, parts)
 
     def listed(path: Any, what: str) -> str | None:
         p = _safe_relpath(path)
@@ -242,6 +258,33 @@ def parse_manifest(data: Any, where: str = MANIFEST_NAME) -> tuple[Manifest | No
     return manifest, problems
 
 
+def _parse_parts(data: Any, whole: str, size: int, what: str, problems: list[str]) -> tuple[Part, ...] | None:
+    """A file entry's `parts` (split for FAT32 sticks): safe paths, sha256 each, sizes adding up."""
+    if data is None:
+        return ()
+    if not isinstance(data, list) or not data:
+        problems.append(f"{what}: parts must be a list of {{path, size, sha256}}")
+        return None
+    out = []
+    for k, p in enumerate(data):
+        path = _safe_relpath(p.get("path") if isinstance(p, dict) else None)
+        psize, sha = (p.get("size"), str(p.get("sha256", ""))) if isinstance(p, dict) else (None, "")
+        if path is None or path == whole or not isinstance(psize, int) or psize < 0 \
+                or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            problems.append(f"{what}: parts[{k}]: needs a plain path (not the file's own), size and sha256")
+            return None
+        out.append(Part(path, psize, sha))
+    if sum(p.size for p in out) != size:
+        problems.append(f"{what}: its parts add up to {sum(p.size for p in out)} bytes, not {size}")
+        return None
+    return tuple(out)
+
+
+def listed_paths(manifest: Manifest) -> set[str]:
+    """Every path the manifest accounts for: each file and each of its parts."""
+    return {p for f in manifest.files.values() for p in (f.path, *(x.path for x in f.parts))}
+
+
 def load_manifest(bundle_dir: str | os.PathLike) -> Manifest:
     """Parse manifest.yaml. Raises BundleError (every problem listed) when it is missing or malformed."""
     import yaml
@@ -293,8 +336,6 @@ def write_manifest(bundle_dir: str | os.PathLike, *, microk8s_channel: str = "1.
       None: every charts/NAME-VERSION.tgz.
     Roles are control-plane, worker, gpu, npu (or "all").
     """
-    import yaml
-
     from provision.images import normalize_ref, scan_archive, sha256_file
 
     bundle = Path(bundle_dir)
@@ -354,16 +395,55 @@ def write_manifest(bundle_dir: str | os.PathLike, *, microk8s_channel: str = "1.
         mk["core_images"] = [normalize_ref(r) for r in core_images]
     doc = {"format": FORMAT, "microk8s": mk, "snaps": snap_out, "images": image_out, "charts": chart_out,
            "files": sorted(files.values(), key=lambda f: f["path"])}
-    text = ("# Offline bundle manifest for `provision` (format documented in offline-images/README.md).\n"
-            "# Re-create it with `provision bundle manifest` after changing any file here.\n"
-            + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=200))
-    tmp = manifest_path(bundle).with_suffix(".yaml.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(manifest_path(bundle))
+    write_manifest_text(bundle, dump_manifest(doc))
     manifest, problems = parse_manifest(doc)
     if problems or manifest is None:
         raise BundleError("; ".join(problems))
     return manifest
+
+
+def dump_manifest(doc: Mapping[str, Any]) -> str:
+    """The manifest's text, always written the same way (so equal documents give equal checksums)."""
+    import yaml
+
+    return ("# Offline bundle manifest for `provision` (format documented in offline-images/README.md).\n"
+            "# Re-create it with `provision bundle manifest` after changing any file here.\n"
+            + yaml.safe_dump(dict(doc), sort_keys=False, default_flow_style=False, width=200))
+
+
+def write_manifest_text(bundle_dir: str | os.PathLike, text: str) -> None:
+    """manifest.yaml and manifest.yaml.sha256 beside it, each by temp file + rename (manifest first: a crash
+    between the two leaves a mismatch that verify names, never a checksum vouching for an older manifest)."""
+    bundle = Path(bundle_dir)
+    data = text.encode("utf-8")
+    tmp = manifest_path(bundle).with_suffix(".yaml.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(manifest_path(bundle))
+    tmp = bundle / (CHECKSUM_NAME + ".tmp")
+    tmp.write_text(f"{hashlib.sha256(data).hexdigest()}  {MANIFEST_NAME}\n", encoding="ascii")
+    tmp.replace(bundle / CHECKSUM_NAME)
+
+
+def manifest_sha256(bundle_dir: str | os.PathLike) -> str:
+    """sha256 of manifest.yaml's bytes: the one number that stands for the whole bundle."""
+    return hashlib.sha256(manifest_path(bundle_dir).read_bytes()).hexdigest()
+
+
+def checksum_status(bundle_dir: str | os.PathLike) -> tuple[str | None, str | None]:
+    """(problem, warning) for manifest.yaml.sha256: a mismatch is a problem; a bundle written before the
+    aggregate existed gets a warning, so it keeps working."""
+    bundle = Path(bundle_dir)
+    side = bundle / CHECKSUM_NAME
+    if not side.is_file():
+        return None, (f"{CHECKSUM_NAME}: missing (a bundle written before aggregate checksums); add it with "
+                      "`provision bundle manifest`")
+    m = re.fullmatch(rf"([0-9a-f]{{64}}) [ *]{re.escape(MANIFEST_NAME)}\n?", side.read_text(errors="replace"))
+    if not m:
+        return f"{CHECKSUM_NAME}: not a `sha256sum` line for {MANIFEST_NAME}", None
+    if m.group(1) != manifest_sha256(bundle):
+        return (f"{MANIFEST_NAME}: sha256 does not match {CHECKSUM_NAME}: the manifest was changed after it "
+                "was written"), None
+    return None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,49 +547,194 @@ def default_cache_file() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "provision" / "bundle-verify-cache.json"
 
 
+@dataclass
+class Report:
+    """What inspect_bundle found: problems (exit 3), warnings (shown, not fatal), the files present only
+    as parts (join before installing), and update.yaml's reuse list when this is an update bundle."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    split: list[str] = field(default_factory=list)
+    update: dict[str, str] | None = None  # new path -> the old bundle's path it comes from
+
+
+def split_line(bundle_dir: str | os.PathLike) -> str:
+    return f"{bundle_dir}: split: run `provision bundle join --bundle {bundle_dir}` before installing"
+
+
+def update_line(bundle_dir: str | os.PathLike) -> str:
+    return (f"{bundle_dir}: an update bundle (only what changed): apply it to a copy of the old bundle with "
+            f"`provision bundle join --bundle COPY --update {bundle_dir}` before installing")
+
+
+def read_update(bundle_dir: str | os.PathLike) -> tuple[dict[str, Any] | None, list[str]]:
+    """update.yaml of an update bundle: {since, new, reuse: {path: from}}; (None, []) in a whole bundle."""
+    import yaml
+
+    path = Path(bundle_dir) / UPDATE_NAME
+    if not path.is_file():
+        return None, []
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        return None, [f"{UPDATE_NAME}: cannot read: {e}"]
+    ok = isinstance(data, dict) and data.get("format") == FORMAT \
+        and all(re.fullmatch(r"[0-9a-f]{64}", str(data.get(k, ""))) for k in ("since", "new"))
+    reuse: dict[str, str] = {}
+    for r in (data.get("reuse") or []) if ok else ():
+        new, old = (_safe_relpath(r.get("path")), _safe_relpath(r.get("from"))) if isinstance(r, dict) else (None, None)
+        if new is None or old is None:
+            ok = False
+            break
+        reuse[new] = old
+    if not ok:
+        return None, [(f"{UPDATE_NAME}: expected format: 1, since and new (sha256 of the old and new "
+                       f"{MANIFEST_NAME}) and reuse: [{{path, from}}]")]
+    return {"since": data["since"], "new": data["new"], "reuse": reuse}, []
+
+
+def _inside(root: Path, path: Path) -> bool:
+    """Whether path, every symlink followed, stays in the (resolved) bundle root."""
+    return Path(os.path.realpath(path)).is_relative_to(root)
+
+
+def _stray_files(bundle: Path, listed: set[str], allowed: set[str]) -> list[str]:
+    """Every file, link or other entry the manifest does not account for, and every link leading out."""
+    root, out = bundle.resolve(), []
+    for dirpath, dirnames, filenames in os.walk(bundle):
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            rel = p.relative_to(bundle).as_posix()
+            if rel in listed:
+                continue  # checked with its manifest entry
+            if p.is_symlink() and not _inside(root, p):
+                out.append(f"{rel}: a symlink leaving the bundle (→ {os.readlink(p)}): replace it with the file itself")
+            elif name in dirnames and not p.is_symlink():
+                continue  # a real directory: walked
+            elif rel not in allowed:
+                out.append(f"{rel}: not listed in {MANIFEST_NAME}: remove it, or re-create the manifest with "
+                           "`provision bundle manifest`")
+    return out
+
+
+def _check_parts(bundle: Path, entry: BundleFile, tick: Callable[[int], None]) -> list[str]:
+    """A file present only as parts: each part's size and sha256, and the whole sha256 streamed across them."""
+    problems = []
+    for n, part in enumerate(entry.parts):
+        f = bundle / part.path
+        if not f.is_file():
+            problems.append(f"{part.path}: missing (part {n + 1} of {len(entry.parts)} of {entry.path})")
+        elif f.stat().st_size != part.size:
+            problems.append(f"{part.path}: size {f.stat().st_size} bytes, manifest says {part.size}: truncated or "
+                            "replaced")
+    if problems:
+        return problems
+    whole = hashlib.sha256()
+    for part in entry.parts:
+        h = hashlib.sha256()
+        with open(bundle / part.path, "rb") as f:
+            while chunk := f.read(1024 * 1024):
+                h.update(chunk)
+                whole.update(chunk)
+                tick(len(chunk))
+        if h.hexdigest() != part.sha256:
+            problems.append(f"{part.path}: sha256 {h.hexdigest()[:12]}… does not match the manifest "
+                            f"({part.sha256[:12]}…): corrupted; copy this part again")
+    if not problems and whole.hexdigest() != entry.sha256:
+        problems.append(f"{entry.path}: its parts join to sha256 {whole.hexdigest()[:12]}…, manifest says "
+                        f"{entry.sha256[:12]}…")
+    return problems
+
+
 def verify_bundle(bundle_dir: str | os.PathLike, settings: Settings | None = None, *, needs: Needs = Needs(),
                   progress: Callable[[str, int, int], None] | None = None,
                   cache_file: str | os.PathLike | None = None) -> list[str]:
-    """Every problem with the bundle, each naming its file or image; [] when it is complete and intact.
+    """Every problem that stops an install from this bundle; [] when it is complete and intact.
 
-    Checks: manifest well-formed; every listed file present with its size and sha256; every image ref
-    really inside its tarball with the recorded digest (read from the archive, not the file name);
-    snap assertions matching their snaps; and, with settings, the MicroK8s track, base snap and core
-    images, the sandbox image, and what the workload `needs` (its images and charts). progress(path, done, total) is
-    called while big files are read. cache_file skips re-hashing files whose size and mtime are unchanged.
+    As inspect_bundle, except that a split bundle or an update bundle is one line saying to join it first
+    (found from the manifest alone, before hashing gigabytes)."""
+    bundle = Path(bundle_dir)
+    if bundle.is_dir() and (bundle / UPDATE_NAME).exists():
+        return [update_line(bundle)]
+    try:
+        manifest = load_manifest(bundle) if bundle.is_dir() else None
+    except BundleError:
+        manifest = None  # inspect_bundle names every problem
+    if manifest and any(f.parts and not (bundle / f.path).exists() and (bundle / f.parts[0].path).exists()
+                        for f in manifest.files.values()):
+        return [split_line(bundle)]
+    return inspect_bundle(bundle, settings, needs=needs, progress=progress, cache_file=cache_file).problems
+
+
+def inspect_bundle(bundle_dir: str | os.PathLike, settings: Settings | None = None, *, needs: Needs = Needs(),
+                   progress: Callable[[str, int, int], None] | None = None,
+                   cache_file: str | os.PathLike | None = None) -> Report:
+    """Every problem with the bundle, each naming its file or image, plus warnings and the split state.
+
+    Checks: the aggregate checksum (manifest.yaml.sha256; a warning when absent); manifest well-formed;
+    every listed file present (whole, or as all its parts) with its size and sha256; no file the manifest
+    does not list and no path leaving the bundle; every image ref really inside its tarball with the recorded
+    digest (read from the archive, not the file name; a split tarball is covered by its whole sha256);
+    snap assertions matching their snaps; and, with settings, the MicroK8s track, base snap and core images,
+    the sandbox image, and what the workload `needs`. progress(path, done, total) is called while big files
+    are read. cache_file skips re-hashing files whose size and mtime are unchanged.
     """
     from provision.images import scan_archive
 
     bundle = Path(bundle_dir)
+    report = Report()
+    problems = report.problems
     if not bundle.is_dir():
-        return [f"{bundle}: the bundle directory does not exist"]
+        return Report([f"{bundle}: the bundle directory does not exist"])
     try:
         manifest = load_manifest(bundle)
     except BundleError as e:
-        return [p for p in e.message.split("; ")]
-    problems: list[str] = []
+        return Report([p for p in e.message.split("; ")])
+    bad_sum, warn = checksum_status(bundle)
+    problems += [bad_sum] if bad_sum else []
+    report.warnings += [warn] if warn else []
+    update, update_problems = read_update(bundle)
+    problems += update_problems
+    reuse = update["reuse"] if update else {}
+    report.update = reuse if update else None
+    root = bundle.resolve()
     cache = _Cache.load(cache_file)
     image_files = {i.file for i in manifest.images}
     scanned: dict[str, dict[str, str]] = {}
+    readable: set[str] = set()
 
     for rel, entry in manifest.files.items():
         f = bundle / rel
-        if not f.is_file():
-            problems.append(f"{rel}: missing (listed in {MANIFEST_NAME})")
-            continue
-        size = f.stat().st_size
-        if size != entry.size:
-            problems.append(f"{rel}: size {size} bytes, manifest says {entry.size}: truncated or replaced")
-            continue
-        cached = cache.get(f)
         done = 0
 
-        def tick(n: int, rel: str = rel, total: int = size) -> None:
+        def tick(n: int, rel: str = rel, total: int = entry.size) -> None:
             nonlocal done
             done += n
             if progress:
                 progress(rel, done, total)
 
+        escaping = [p for p in (rel, *(x.path for x in entry.parts))
+                    if os.path.lexists(bundle / p) and not _inside(root, bundle / p)]
+        if escaping:
+            problems += [f"{p}: leaves the bundle (resolves to {os.path.realpath(bundle / p)}): bring the file "
+                         "itself into the bundle" for p in escaping]
+            continue
+        if not f.is_file():
+            if entry.parts and any((bundle / p.path).exists() for p in entry.parts):
+                found = _check_parts(bundle, entry, tick)
+                problems += found
+                report.split += [] if found else [rel]
+            elif rel not in reuse:
+                problems.append(f"{rel}: missing (listed in {MANIFEST_NAME})")
+            continue
+        if any((bundle / p.path).exists() for p in entry.parts):
+            report.warnings.append(f"{rel}: joined, but its parts are still here: `provision bundle join` "
+                                   "removes them")
+        size = f.stat().st_size
+        if size != entry.size:
+            problems.append(f"{rel}: size {size} bytes, manifest says {entry.size}: truncated or replaced")
+            continue
+        cached = cache.get(f)
         try:
             if cached and (rel not in image_files or cached.get("images") is not None):
                 sha, imgs = cached["sha256"], cached.get("images")
@@ -527,15 +752,18 @@ def verify_bundle(bundle_dir: str | os.PathLike, settings: Settings | None = Non
             problems.append(f"{rel}: sha256 {sha[:12]}… does not match the manifest ({entry.sha256[:12]}…): "
                             "corrupted or replaced")
             continue
+        readable.add(rel)
         cache.put(f, sha, imgs)
         if imgs is not None:
             scanned[rel] = {r: d for r, d in imgs}
     cache.save()
+    allowed = {MANIFEST_NAME, CHECKSUM_NAME} | ({UPDATE_NAME} if update or update_problems else set())
+    problems += _stray_files(bundle, listed_paths(manifest), allowed)
 
     for img in manifest.images:
         inside = scanned.get(img.file)
         if inside is None:
-            continue  # the file itself is already reported
+            continue  # the file itself is already reported, or split (covered by its whole sha256)
         if img.ref not in inside:
             have = ", ".join(sorted(inside)) or "no named image"
             problems.append(f"{img.file}: does not contain {img.ref} (it holds: {have})")
@@ -545,8 +773,8 @@ def verify_bundle(bundle_dir: str | os.PathLike, settings: Settings | None = Non
 
     for s in manifest.snaps:
         a, f = bundle / s.assert_file, bundle / s.file
-        if not (a.is_file() and f.is_file()):
-            continue
+        if not {s.assert_file, s.file} <= readable:
+            continue  # reported above, split, or from the old bundle
         want, want_size = _assert_sha3(a.read_text(errors="replace"))
         if want_size is not None and want_size != f.stat().st_size:
             problems.append(f"{s.file}: size differs from its assertion {s.assert_file}: they are not a pair")
@@ -556,7 +784,7 @@ def verify_bundle(bundle_dir: str | os.PathLike, settings: Settings | None = Non
 
     if settings is not None:
         problems += _settings_problems(manifest, settings, needs)
-    return problems
+    return report
 
 
 def _settings_problems(manifest: Manifest, settings: Settings, needs: Needs) -> list[str]:

@@ -220,3 +220,20 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         self._log.close()
         subprocess.run(["umount", "-R", str(self.dir / "root")], check=False, capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """Every file under root → its sha256 (what a test compares before and after)."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def bundle_cli(*args: str):
+    """`provision bundle ARGS` in a subprocess, without the caller's PROVISION_ENV / PROVISION_BUNDLE."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PROVISION_ENV", "PROVISION_BUNDLE")}
+    return subprocess.run([sys.executable, "-m", "provision", "bundle", *args], check=False, capture_output=True,
+                          text=True, timeout=60, env=env, cwd=Path(__file__).resolve().parents[2])

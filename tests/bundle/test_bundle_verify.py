@@ -13,11 +13,14 @@ import yaml
 
 from provision.bundle import (
     check_bundle,
+    dump_manifest,
     images_for_roles,
+    inspect_bundle,
     load_manifest,
     parse_manifest,
     verify_bundle,
     write_manifest,
+    write_manifest_text,
 )
 from provision.config import Settings
 from provision.errors import BundleError
@@ -98,7 +101,7 @@ def test_manifest_ref_not_inside_tarball_is_caught(bundle: Path):
 def test_wrong_digest_is_caught(bundle: Path):
     doc = yaml.safe_load((bundle / "manifest.yaml").read_text())
     doc["images"][1]["digest"] = "sha256:" + "0" * 64
-    (bundle / "manifest.yaml").write_text(yaml.safe_dump(doc))
+    write_manifest_text(bundle, dump_manifest(doc))  # re-sealed: only the digest is wrong
     problems = verify_bundle(bundle)
     assert len(problems) == 1 and "manifest says sha256:0000" in problems[0]
 
@@ -270,3 +273,75 @@ def test_verify_with_a_missing_env_file_is_a_config_error(bundle: Path, tmp_path
     assert r.returncode == 2 and "nope.env: no such file" in r.stderr
     both = _verify_in(tmp_path, "--bundle", str(bundle), "--env", str(tmp_path / "x.env"), "--no-env")
     assert both.returncode == 2 and "--env and --no-env exclude each other" in both.stderr
+
+
+# --- strict verify (issue 14 item 2): aggregate checksum, unlisted files, paths leaving the bundle -------------
+
+
+def test_manifest_writes_its_aggregate_checksum_in_sha256sum_format(bundle: Path):
+    line = (bundle / "manifest.yaml.sha256").read_text()
+    assert line == hashlib.sha256((bundle / "manifest.yaml").read_bytes()).hexdigest() + "  manifest.yaml\n"
+    r = subprocess.run(["sha256sum", "-c", "manifest.yaml.sha256"], cwd=bundle, capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 0 and "manifest.yaml: OK" in r.stdout  # checkable without provision
+
+
+def test_manifest_edited_after_writing_is_refused(bundle: Path):
+    text = (bundle / "manifest.yaml").read_text()
+    (bundle / "manifest.yaml").write_text(text.replace("roles:\n  - gpu", "roles:\n  - worker"))
+    problems = verify_bundle(bundle)
+    assert problems == [("manifest.yaml: sha256 does not match manifest.yaml.sha256: the manifest was changed "
+                        "after it was written")]
+
+
+def test_bundle_without_aggregate_is_a_warning_not_a_failure(bundle: Path, tmp_path: Path):
+    (bundle / "manifest.yaml.sha256").unlink()
+    assert verify_bundle(bundle) == []
+    assert "manifest.yaml.sha256: missing" in inspect_bundle(bundle).warnings[0]
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    r = _verify_in(cwd, "--bundle", str(bundle))
+    assert r.returncode == 0, r.stderr
+    assert "warning: manifest.yaml.sha256: missing" in r.stderr and "provision bundle manifest" in r.stderr
+
+
+def test_unlisted_files_are_each_named(bundle: Path, tmp_path: Path):
+    (bundle / "images" / "extra.tar").write_bytes(b"not listed")
+    (bundle / "README.md").write_text("notes")
+    (bundle / "charts" / "sub").mkdir()
+    (bundle / "charts" / "sub" / "x.tgz").write_bytes(b"x")
+    (bundle / "charts" / "empty").mkdir()  # an empty directory holds nothing: fine
+    problems = verify_bundle(bundle)
+    assert sorted(p.split(":")[0] for p in problems) == ["README.md", "charts/sub/x.tgz", "images/extra.tar"]
+    assert all("not listed in manifest.yaml" in p for p in problems)
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    r = _verify_in(cwd, "--bundle", str(bundle))
+    assert r.returncode == 3 and "3 problems" in r.stderr and "images/extra.tar: not listed" in r.stderr
+
+
+def test_changed_file_is_named(bundle: Path):
+    tgz = bundle / "charts" / "jupyterhub-4.2.0.tgz"
+    data = bytearray(tgz.read_bytes())
+    data[5] ^= 1
+    tgz.write_bytes(bytes(data))
+    problems = verify_bundle(bundle)
+    assert len(problems) == 1 and problems[0].startswith("charts/jupyterhub-4.2.0.tgz: sha256")
+
+
+def test_paths_leaving_the_bundle_are_refused(bundle: Path, tmp_path: Path):
+    outside = tmp_path / "outside.tgz"
+    chart = bundle / "charts" / "jupyterhub-4.2.0.tgz"
+    outside.write_bytes(chart.read_bytes())  # the right bytes, but not in the bundle
+    chart.unlink()
+    chart.symlink_to(outside)
+    (bundle / "images" / "elsewhere.tar").symlink_to("/etc/passwd")
+    problems = verify_bundle(bundle)
+    assert any(p.startswith("charts/jupyterhub-4.2.0.tgz: leaves the bundle") for p in problems), problems
+    assert any(p.startswith("images/elsewhere.tar: a symlink leaving the bundle (→ /etc/passwd)") for p in problems)
+    assert len(problems) == 2
+    for bad in ("../etc/passwd", "/etc/passwd", "charts/../../x"):
+        doc = yaml.safe_load((bundle / "manifest.yaml").read_text())
+        doc["files"][0]["path"] = bad
+        write_manifest_text(bundle, dump_manifest(doc))
+        assert any("files[0]: path must be relative, inside the bundle" in p for p in verify_bundle(bundle)), bad

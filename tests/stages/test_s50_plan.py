@@ -157,7 +157,8 @@ def test_preflight_names_a_gpu_image_missing_from_the_bundle_before_anything_cha
     (root / "images" / "gpu-operator.tar").unlink()
     write_manifest(root, microk8s_channel="1.30/stable",
                    images={f"images/{n}.tar": ["control-plane", "worker"]
-                           for n in ("microk8s-core", "jupyterhub", "singleuser", "gpu-operator-cluster")})
+                           for n in ("microk8s-core", "jupyterhub", "singleuser", "gpu-operator-cluster",
+                                     "network-operator")})  # every file there listed: verify is strict
     fact = P.bundle_fact(root, ON)
     assert not fact["ok"] and fact["hint"] == G.BUNDLE_HINT
     assert "image nvcr.io/nvidia/k8s/container-toolkit:v1.18.0 (GPU Operator toolkit) is not in the bundle" \
