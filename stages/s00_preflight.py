@@ -64,6 +64,7 @@ class Preflight(Stage):
     def __init__(self) -> None:
         self._bundle_lock = threading.Lock()
         self._bundle: dict[str, Any] | None = None
+        self._payload: dict[str, Any] | None = None
 
     def gather(self, host: Any, settings: Any, node: Node) -> Mapping[str, Any]:
         before = time.time()
@@ -80,6 +81,7 @@ class Preflight(Stage):
         facts["sudo"] = {"ok": not sudo_error, "error": sudo_error}
         facts["local_clock"] = {"before": before, "after": after}
         facts["bundle"] = self._bundle_fact(settings) if node.is_control else {"checked": False}
+        facts["payload"] = self._payload_fact()
         if node.is_control and settings.enable_nginx_proxy:  # the files are on this machine
             facts["tls"] = T.tls_fact(settings.nginx_proxy_cert_file, settings.nginx_proxy_key_file)
         return facts
@@ -102,6 +104,12 @@ class Preflight(Stage):
                    nodes: Sequence[Node]) -> dict[str, list[Check]]:
         return cluster_checks(facts_by_node, settings, nodes)
 
+    def _payload_fact(self) -> dict[str, Any]:
+        with self._bundle_lock:
+            if self._payload is None:
+                self._payload = payload_fact(getattr(getattr(self, "context", None), "bundle_dir", None))
+            return self._payload
+
     def _bundle_fact(self, settings: Any) -> dict[str, Any]:
         with self._bundle_lock:  # the bundle is on this machine: verify it once per run, not once per node
             if self._bundle is None:
@@ -121,6 +129,25 @@ def _sudo_reason(e: ProvisionError) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Facts computed on this machine.
+
+
+def payload_fact(bundle_dir: Any) -> dict[str, Any]:
+    """What the bundle sends a node, by role: the snaps' bytes and each image tarball's bytes with the roles of its
+    images (from the manifest, no hashing). {} without a readable bundle (check_bundle says why)."""
+    from provision.bundle import load_manifest
+
+    if bundle_dir is None:
+        return {}
+    try:
+        m = load_manifest(Path(bundle_dir))
+    except ProvisionError:
+        return {}
+    size = {path: f.size for path, f in m.files.items()}
+    roles: dict[str, set[str]] = {}
+    for img in m.images:
+        roles.setdefault(img.file, set()).update(img.roles)
+    return {"snaps": sum(size.get(x, 0) for s in m.snaps for x in (s.file, s.assert_file)),
+            "images": [[size.get(f, 0), sorted(r)] for f, r in sorted(roles.items())]}
 
 
 def bundle_fact(bundle_dir: Any, settings: Any) -> dict[str, Any]:
@@ -253,12 +280,29 @@ def check_disk(facts: Mapping[str, Any], settings: Any, node: Node) -> Check:
     if not d:
         return Check("disk", False, f"could not read free space under {SNAP_DATA_ROOT} (df failed)",
                      "check the node by hand: df -h /var")
+    why = f"MIN_DISK_FREE={settings.min_disk_free}"
+    sent = payload_bytes(facts, node)
+    if 2 * sent > need:  # the tarballs arrive, then containerd unpacks what they hold: twice what is sent
+        need, why = 2 * sent, (f"2 × the {_gib(sent)} of snaps and images the bundle sends this node, which "
+                               f"is more than MIN_DISK_FREE={settings.min_disk_free}")
     where = SNAP_DATA_ROOT if d["path"] == SNAP_DATA_ROOT else f"{SNAP_DATA_ROOT} (checked at {d['path']})"
     if d["avail"] >= need:
         return Check("disk", True, f"{_gib(d['avail'])} free under {where}")
     return Check("disk", False, f"{_gib(d['avail'])} free under {where} on {d['mount']}; at least {_gib(need)} "
-                 f"needed (MIN_DISK_FREE={settings.min_disk_free})",
+                 f"needed ({why})",
                  f"free space on {d['mount']} or mount a larger disk at /var/snap (snaps and images live there)")
+
+
+def payload_bytes(facts: Mapping[str, Any], node: Node) -> int:
+    """Bytes a node with no MicroK8s yet receives from the bundle: the snaps and the image tarballs holding an image
+    for one of its roles (the GPU/NPU roles found from its facts too). A node with MicroK8s already has most of it
+    (stage 20 sends only missing images): 0, and MIN_DISK_FREE alone applies."""
+    payload = facts.get("payload") or {}
+    if not payload or (facts.get("microk8s") or {}).get("installed"):
+        return 0
+    roles = {r.value for r in node_roles(facts, node)[0]}
+    return int(payload.get("snaps", 0)) + sum(int(size) for size, rr in payload.get("images") or []
+                                              if roles & set(rr))
 
 
 def check_swap(facts: Mapping[str, Any], settings: Any, node: Node) -> Check:

@@ -34,7 +34,11 @@ BASE = {("install",): ["--dry-run", "--env", str(EXAMPLE)], ("render", "values")
         ("diag", "spawn"): ["alice", "--env", "{good_env}"], ("port-forward", "start"): ["--env", str(EXAMPLE)],
         ("uninstall",): ["--dry-run", "--env", str(EXAMPLE)],
         ("backup",): ["--dry-run", "--env", "{good_env}"],
-        ("restore",): [str(ROOT / "no-such-backup.tar.gz"), "--dry-run", "--env", "{good_env}"]}
+        ("restore",): [str(ROOT / "no-such-backup.tar.gz"), "--dry-run", "--env", "{good_env}"],
+        ("bundle", "diff"): ["{bundle}"], ("bundle", "diff", "update_out"): ["{bundle}", "{bundle}"],
+        ("bundle", "join"): ["--bundle", "{bundle}"],
+        ("bundle", "build"): ["--env", "{good_env}", "--out", "{bundle}", "--list", "--charts-from", "{bundle}/charts",
+                              "--snaps-from", "{bundle}/snaps"]}  # (command..., param): for that parameter only
 
 
 def leaf_commands() -> list[tuple[tuple[str, ...], click.Command]]:
@@ -136,7 +140,7 @@ def test_bad_path_is_one_line_and_a_hint(path, name, kind, sandbox, can_mount_ro
     param = next(p for p in path_params(cmd) if p.name == name)
     bad = bad_value(sandbox, param, kind)
     opt = [param.opts[0], bad] if isinstance(param, click.Option) else [bad]
-    base = [a.format(good_env=tmp_path / "good.env", bundle=sandbox / "ro" / "bundle") for a in BASE.get(path, [])]
+    base = [a.format(good_env=tmp_path / "good.env", bundle=sandbox / "ro" / "bundle") for a in BASE.get((*path, name), BASE.get(path, []))]
     before = tree(sandbox)
     r = run([*path, *base, *opt], sandbox, read_only=kind == "read-only")
     assert "Traceback" not in r.stdout + r.stderr, r.stderr

@@ -641,3 +641,31 @@ def test_interface_and_dns_facts_come_in_the_one_probe_round_trip():
     assert host.round_trips == 1
     lines = [check_line(c) for c in Preflight().verify(facts, s, NODE) if c.name in ("interface", "dns")]
     assert lines == ["interface: bond0.100 up, 10.1.0.11/24", "dns: CoreDNS will forward to 10.0.0.2, 10.0.0.3"]
+
+
+PAYLOAD = {"snaps": 1 * GiB, "images": [[4 * GiB, ["control-plane", "worker"]], [60 * GiB, ["gpu"]],
+                                       [9 * GiB, ["npu"]]]}
+
+
+def test_disk_needs_twice_what_the_bundle_sends_this_node_for_its_roles():
+    """A fresh GPU node receives the snaps, the common images and the GPU images: 65 GiB sent, then imported."""
+    gpu = {"nvidia_smi": {"present": True, "ok": True, "gpus": [{"name": "NVIDIA H100", "driver_version": "550",
+                                                                 "memory": "80 GiB"}], "error": ""}}
+    disk = {"path": "/var", "filesystem": "/dev/sda2", "mount": "/", "avail": 100 * GiB, "size": 400 * GiB}
+    [line] = failures(ubuntu2404(payload=PAYLOAD, disk_free=disk, **gpu))
+    assert line == ("disk: 100.0 GiB free under /var/snap (checked at /var) on /; at least 130.0 GiB needed (2 × the "
+                    "65.0 GiB of snaps and images the bundle sends this node, which is more than MIN_DISK_FREE=20Gi) "
+                    "— free space on / or mount a larger disk at /var/snap (snaps and images live there)")
+    assert failures(ubuntu2404(payload=PAYLOAD, disk_free=disk)) == []   # no GPU: 5 GiB sent, 10 GiB needed
+    installed = {"installed": True, "revision": "7394"}                  # a re-run: stage 20 sends what is missing
+    assert failures(ubuntu2404(payload=PAYLOAD, disk_free=disk, microk8s=installed, **gpu)) == []
+
+
+def test_the_payload_comes_from_the_manifest_by_role(tmp_path):
+    from stages.s00_preflight import payload_fact
+    from tests.harness.bundle import write_bundle
+
+    bundle = write_bundle(tmp_path / "b")
+    p = payload_fact(bundle)
+    assert p["snaps"] > 0 and any("gpu" in roles for _, roles in p["images"])
+    assert payload_fact(tmp_path / "nowhere") == {} and payload_fact(None) == {}
