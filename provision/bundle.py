@@ -587,10 +587,17 @@ def read_update(bundle_dir: str | os.PathLike) -> tuple[dict[str, Any] | None, l
             ok = False
             break
         reuse[new] = old
+    rebuild: dict[str, list[str]] = {}  # image tarballs carried as blobs: path → the update's files for it
+    for r in (data.get("rebuild") or []) if ok else ():
+        files = [_safe_relpath(p) for p in r.get("files") or []] if isinstance(r, dict) else [None]
+        if _safe_relpath(r.get("path") if isinstance(r, dict) else None) is None or None in files:
+            ok = False
+            break
+        rebuild[r["path"]] = files  # type: ignore[assignment]
     if not ok:
         return None, [(f"{UPDATE_NAME}: expected format: 1, since and new (sha256 of the old and new "
                        f"{MANIFEST_NAME}) and reuse: [{{path, from}}]")]
-    return {"since": data["since"], "new": data["new"], "reuse": reuse}, []
+    return {"since": data["since"], "new": data["new"], "reuse": reuse, "rebuild": rebuild}, []
 
 
 def _inside(root: Path, path: Path) -> bool:
@@ -724,7 +731,7 @@ def inspect_bundle(bundle_dir: str | os.PathLike, settings: Settings | None = No
                 found = _check_parts(bundle, entry, tick)
                 problems += found
                 report.split += [] if found else [rel]
-            elif rel not in reuse:
+            elif rel not in reuse and rel not in (update or {}).get("rebuild", {}):
                 problems.append(f"{rel}: missing (listed in {MANIFEST_NAME})")
             continue
         if any((bundle / p.path).exists() for p in entry.parts):
@@ -758,6 +765,7 @@ def inspect_bundle(bundle_dir: str | os.PathLike, settings: Settings | None = No
             scanned[rel] = {r: d for r, d in imgs}
     cache.save()
     allowed = {MANIFEST_NAME, CHECKSUM_NAME} | ({UPDATE_NAME} if update or update_problems else set())
+    allowed |= {f for files in (update or {}).get("rebuild", {}).values() for f in files}
     problems += _stray_files(bundle, listed_paths(manifest), allowed)
 
     for img in manifest.images:

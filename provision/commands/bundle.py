@@ -414,10 +414,12 @@ def join(bundle: str, update: str | None) -> None:
 @click.argument("new", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
 @click.option("--update-out", "update_out", type=click.Path(file_okay=False), metavar="DIR",
-              help="Write an update bundle to DIR: only the files whose sha256 OLD lacks, for a site that has OLD.")
+              help="Write an update bundle to DIR: only the files whose sha256 OLD lacks, and of a changed OCI "
+                   "image tarball only the blobs OLD lacks, for a site that has OLD.")
 def diff(old: str, new: str, as_json: bool, update_out: str | None) -> None:
     """What changed from bundle OLD to NEW (images and digests, charts, snaps and revisions, other files),
-    from their manifests; with --update-out, an update bundle carrying only the new files.
+    from their manifests, and per changed image tarball the blobs new and reused; with --update-out, an update
+    bundle carrying only the new files and blobs.
 
     \b
     Examples:
@@ -426,16 +428,17 @@ def diff(old: str, new: str, as_json: bool, update_out: str | None) -> None:
     """
     import json
 
-    from provision.bundle import load_manifest
-    from provision.bundle_diff import diff_manifests, format_diff, write_update
+    from provision.bundle_diff import _human, diff_bundles, format_diff, write_update
 
     _bundle_dir(old)
     _bundle_dir(new)
-    d = diff_manifests(load_manifest(old), load_manifest(new))
+    d = _bundle_io(lambda: diff_bundles(old, new))
     click.echo(json.dumps(d, indent=2) if as_json else format_diff(d))
     if update_out:
         u = _bundle_io(lambda: write_update(old, new, update_out))
-        click.echo(f"{update_out}: update bundle written ({u['files']} files, {u['bytes'] / 2**20:,.1f} MiB); "
+        click.echo(f"{update_out}: update bundle written ({u['files']} files, {_human(u['bytes'])}"
+                   + (f", {_human(u['blob_saving'])} less by carrying blobs" if u["blob_saving"] else "")
+                   + "); "
                    f"apply it with `provision bundle join --bundle COPY_OF_OLD --update {update_out}`",
                    err=as_json)
 
