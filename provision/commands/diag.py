@@ -60,7 +60,7 @@ def diag(ctx: click.Context, env: str, offline_images: str, as_json: bool, suppo
                                    f"`diag {ctx.invoked_subcommand}`; put them after the subcommand where it has them")
         ctx.obj = {k: v for k, v in ctx.params.items() if _given(ctx, k)}
         return
-    from provision.cli import report_error
+    from provision.cli import exit_with
     from provision.errors import ProvisionError
 
     try:
@@ -79,13 +79,8 @@ def diag(ctx: click.Context, env: str, offline_images: str, as_json: bool, suppo
             if support_file:
                 _support_bundle(report, inventory, settings, support_file, user_logs, console)
     except ProvisionError as e:
-        report_error(e)
-        sys.exit(e.exit_code)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        click.echo(render(report, color=sys.stdout.isatty()))
-    sys.exit(report.exit_code)
+        exit_with(e)
+    _finish(report, as_json, lambda: render(report, color=sys.stdout.isatty()))
 
 
 def _bundle_dir(path: str, asked: bool) -> str | None:
@@ -208,7 +203,7 @@ def spawn(ctx: click.Context, user: str, env: str, offline_images: str, as_json:
     Exit codes: 0 the server is running, 1 a cause was found (explained above), 2 nothing found or bad input,
     3 the control-plane node or its API cannot be reached.
     """
-    from provision.cli import report_error
+    from provision.cli import exit_with
     from provision.errors import ConfigError, ProvisionError, TransportError
 
     inherited = {k: v for k, v in (ctx.parent.obj or {}).items() if not _given(ctx, k)} if ctx.parent else {}
@@ -243,10 +238,11 @@ def spawn(ctx: click.Context, user: str, env: str, offline_images: str, as_json:
         manifest, _ = _diag.load_bundle(bundle_dir)
         report = _spawn.explain(user, facts, manifest, settings)
     except ProvisionError as e:
-        report_error(e)
-        sys.exit(e.exit_code)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        click.echo("\n".join(report.lines()))
+        exit_with(e)
+    _finish(report, as_json, lambda: "\n".join(report.lines()))
+
+
+def _finish(report: Any, as_json: bool, text: Any) -> None:
+    """The report on stdout (JSON for scripts, else the text), then its exit code."""
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else text())
     sys.exit(report.exit_code)
