@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "install": ("install", "install", "Run the numbered stages on the nodes (gather, plan, apply, verify)."),
     "stages": ("install", "stages", "List the stages in the order they run."),
     "config": ("config", "config", "Check jhub.env and show the settings (secrets masked)."),
-    "bundle": ("bundle", "bundle", "Check the offline bundle: files, checksums, images."),
+    "bundle": ("bundle", "bundle", "Build, verify, split and update the offline bundle."),
     "render": ("render", "render", "Print what would be deployed (Helm values), without a cluster."),
     "node": ("node", "node", "Add, list and remove the cluster's nodes (over SSH, in parallel)."),
     "port-forward": ("port_forward", "port_forward",

@@ -13,7 +13,13 @@ from provision.commands.options import bundle_option, env_option
 
 @click.group()
 def bundle() -> None:
-    """Check the offline bundle: files, checksums, images."""
+    """Build, verify, split and update the offline bundle.
+
+    \b
+    On a connected machine:  provision bundle build --env jhub.env --out offline-images [--split-size 4G]
+    At the site:             provision bundle join --bundle DIR   (if split), then
+                             provision bundle verify --bundle DIR --env jhub.env
+    """
 
 
 class _Progress:
