@@ -319,7 +319,9 @@ def test_control_plane_join_quorum_leave_and_remove_node(sim_hosts, copied):
     assert h3.read(f"{CERTS}/ca.crt") == h1.read(f"{CERTS}/ca.crt") and h3.path(f"{CERTS}/ca.crt.backup").exists()
     assert url.split("/")[1] in h1.read("/var/snap/microk8s/current/credentials/cluster-tokens.txt")
     assert f"Address: {h3.address}:19001" in h1.read(DQLITE_CLUSTER)
-    assert f"datastore master nodes: {h1.address}:19001 {h3.address}:19001" in ssh(h1, "sudo microk8s status").stdout
+    # right after a control-plane join the API may still be coming back (sim-fidelity row 2): wait as an admin would
+    status = ssh(h1, "sudo microk8s status --wait-ready --timeout 60").stdout
+    assert f"datastore master nodes: {h1.address}:19001 {h3.address}:19001" in status
     nodes = ssh(h3, "sudo microk8s kubectl get nodes -o name", check=True).stdout.split()
     assert {f"node/{h1.name}", f"node/{h3.name}"} <= set(nodes)   # one datastore, served on both
     ssh(h3, "sudo microk8s stop", check=True)   # row 12: 2 voters, one lost -> no quorum, no API on h1
