@@ -345,6 +345,7 @@ A, N, G, S, O, V, P, W = ("Authentication", "Native accounts", "GPUs, NPUs and I
                           "JupyterHub operations", "Versions and images", "Preflight thresholds",
                           "Web access")
 C = "Cluster"
+U = "Usage portal"
 
 
 @dataclass(frozen=True)
@@ -473,10 +474,36 @@ class Settings:
     enable_usage_limit_enforcer: bool = key(BOOL, "false", "Offer each user only the profiles that fit "
                                             "their remaining quota, from USAGE_PORTAL_URL.", O, "true")
     usage_portal_url: str = key(URL, "", "Usage portal base URL; the hub calls GET "
-                                "{URL}/users/{username}/limits.", O, "http://portal.lab.example:8080")
+                                "{URL}/users/{username}/limits. Empty with ENABLE_USAGE_PORTAL=true: the "
+                                "portal on the control node.", O, "http://portal.lab.example:8080")
+    usage_limit_fail_mode: str = key(_choice("closed", "open"), "closed", "When the portal cannot be asked: "
+                                     "closed = no server starts (with a message); open = every profile is "
+                                     "offered.", O, "open")
     singleuser_egress_allow_cidrs: tuple = key(CIDRS, "", "Private networks user servers may reach "
                                                "(site mirrors). In-cluster services are always reachable.",
                                                O, "10.0.5.0/24")
+
+    # --- Usage portal
+    enable_usage_portal: bool = key(BOOL, "false", "Run the usage portal (sessions, GPU/NPU/CPU hours, cost, "
+                                    "quotas) on the control node as a hub service.", U, "true")
+    usage_portal_port: int = key(_int(1024, 65535), "29781", "Port of the usage portal on the control node.",
+                                 U, "29781")
+    usage_portal_token: Secret = key(SECRET, "", "Bearer token of the portal API (the hub and scripts). "
+                                     "Empty: generated at install into /etc/provision/usage-portal.token (0600).",
+                                     U, "a-long-random-string")
+    usage_db_url: Secret = key(DB_URL, "", "Portal database. Empty: SQLite in /var/lib/provision/usage.db.", U,
+                               "postgresql://usage:secret@db.lab.example:5432/usage")
+    usage_collect_interval: int = key(_duration(5, 3600), "30", "How often the portal records user pods.",
+                                      U, "30s")
+    usage_quota_period: str = key(_choice("day", "week", "month"), "month", "Period of GPU-hour and NPU-hour "
+                                  "quotas and of the \"this period\" figures.", U, "week")
+    usage_rate_cpu_core_hour: float = key(_float(0, 1e6), "0", "Cost of one CPU-core-hour (requested).", U,
+                                          "0.02")
+    usage_rate_memory_gib_hour: float = key(_float(0, 1e6), "0", "Cost of one GiB-hour of memory (requested).",
+                                            U, "0.005")
+    usage_rate_gpu_hour: float = key(_float(0, 1e6), "0", "Cost of one GPU-hour.", U, "1.5")
+    usage_rate_npu_hour: float = key(_float(0, 1e6), "0", "Cost of one NPU-hour.", U, "1.0")
+    usage_currency: str = key(STR, "", "Shown beside costs (e.g. EUR); empty: plain numbers.", U, "EUR")
 
     # --- Web access
     nodeport: int = key(_int(30000, 32767), "30080", "NodePort of the hub's web service.", W, "30080")
@@ -795,8 +822,13 @@ def cross_check(s: Settings, at: Callable[[str], str], check_files: bool = True)
     if pw and len(pw) < s.native_min_password_length:
         out.append(f"{at('NATIVE_ADMIN_PASSWORD')}: NATIVE_ADMIN_PASSWORD: shorter than "
                    f"NATIVE_MIN_PASSWORD_LENGTH={s.native_min_password_length}")
-    if s.enable_usage_limit_enforcer:
-        need("ENABLE_USAGE_LIMIT_ENFORCER", "true", "USAGE_PORTAL_URL")
+    if s.enable_usage_limit_enforcer and not s.usage_portal_url and not s.enable_usage_portal:
+        out.append(f"{at('ENABLE_USAGE_LIMIT_ENFORCER')}: ENABLE_USAGE_LIMIT_ENFORCER: needs USAGE_PORTAL_URL, or "
+                   "ENABLE_USAGE_PORTAL=true to run the portal on the control node")
+    usage_db = s.usage_db_url.reveal()
+    if usage_db and not re.match(r"(sqlite|postgresql|postgres)(\+\w+)?://", usage_db):
+        out.append(f"{at('USAGE_DB_URL')}: USAGE_DB_URL: the portal stores its data in PostgreSQL or SQLite "
+                   "(postgresql://... or sqlite:////path); value not shown")
     if s.enable_nginx_proxy:
         need("ENABLE_NGINX_PROXY", "true", "NGINX_PROXY_SERVER_NAME", "NGINX_PROXY_CERT_FILE",
              "NGINX_PROXY_KEY_FILE")

@@ -95,6 +95,19 @@ def node_addresses(nodes: Any) -> list[str]:
     return out
 
 
+def control_address(nodes: Any, hostname: str, address: str) -> str | None:
+    """The control node's InternalIP (where pods reach the usage portal): the Kubernetes node named like the
+    machine (MicroK8s registers the lower-case hostname) or holding the inventory address; the only node
+    of a one-node cluster."""
+    items = (nodes or {}).get("items") or []
+    named = [n for n in items if (n.get("metadata") or {}).get("name") == hostname.strip().lower()]
+    if named:
+        return next(iter(node_addresses({"items": named})), None)
+    if address in node_addresses(nodes):
+        return address
+    return next(iter(node_addresses(nodes)), None) if len(items) == 1 else None
+
+
 def parse_admin(raw: F.Raw) -> dict[str, bool] | None:
     data = parse_json(raw)
     return data if isinstance(data, dict) and "exists" in data else None
@@ -254,6 +267,7 @@ class JupyterHubStage(Stage):
                     parse_json),
             F.Probe("pods", pre + q("timeout 60 microk8s kubectl get pods -n {ns} -o json", ns=ns), parse_json),
             F.Probe("nodes", pre + "timeout 60 microk8s kubectl get nodes -o json", parse_json),
+            F.Probe("hostname", "hostname", lambda r: r.out.strip() if r.ok else ""),
             # volumes an earlier `provision uninstall` kept (stages/_data.py): static PVs for them first
             F.Probe("kept", pre + q("[ -f {f} ] || exit 0\ncat {f}; echo; echo ---\n"
                                     "timeout 60 microk8s kubectl get pv -o json", f=D.KEPT_RECORD), D.parse_kept),
@@ -279,6 +293,7 @@ class JupyterHubStage(Stage):
         facts["hub"] = readiness(raw["deployments"], raw["pods"])
         facts["max_gpus"] = max_gpus(raw["nodes"])
         facts["node_addresses"] = node_addresses(raw["nodes"])
+        facts["control_address"] = control_address(raw["nodes"], raw["hostname"], node.address)
         facts["admin"] = raw.get("admin")
         facts["kept_pvs"] = D.missing_kept_pvs(raw.get("kept"), settings.hub_namespace)
         facts["chart"] = chart
@@ -286,11 +301,11 @@ class JupyterHubStage(Stage):
         return facts
 
     def plan(self, facts: Facts, settings: Any, node: Node) -> Plan:
-        from provision.jupyterhub.values import ClusterFacts, release_values, to_yaml, values_digest
+        from provision.jupyterhub.values import release_values, to_yaml, values_digest
 
         chart = facts["chart"]
         ns = settings.hub_namespace
-        rendered = release_values(settings, ClusterFacts(max_gpus=facts["max_gpus"]), chart, facts["branding"])
+        rendered = release_values(settings, cluster_facts(facts), chart, facts["branding"])
         digest = values_digest(rendered.values)
         release = facts["release"]
         if release == "error":
@@ -370,14 +385,20 @@ def _loopback(address: str) -> bool:
         return address == "localhost"
 
 
+def cluster_facts(facts: Facts) -> Any:
+    from provision.jupyterhub.values import ClusterFacts
+
+    return ClusterFacts(max_gpus=facts.get("max_gpus"), control_address=facts.get("control_address"))
+
+
 def release_warnings(facts: Facts, settings: Any) -> list[tuple[str, str]]:
     """("chart" | "values", text): what the chart check and the values builder warn about (an old chart, a
     GPU count unknown ...), for the stage output and the run summary."""
-    from provision.jupyterhub.values import ClusterFacts, build_values
+    from provision.jupyterhub.values import build_values
 
     chart = facts.get("chart")
     if chart is None:
         return []
-    built = build_values(settings, ClusterFacts(max_gpus=facts.get("max_gpus")), chart_defaults=chart.values,
+    built = build_values(settings, cluster_facts(facts), chart_defaults=chart.values,
                          branding=facts.get("branding"))
     return [("chart", w) for w in chart.warnings] + [("values", w) for w in built.warnings]

@@ -48,6 +48,7 @@ class ClusterFacts:
     """What the values depend on beyond jhub.env; None = unknown (no cluster reachable)."""
 
     max_gpus: int | None = None  # largest nvidia.com/gpu capacity of any node
+    control_address: str | None = None  # the control node's InternalIP: where pods reach the usage portal
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def build_values(settings: Settings, facts: ClusterFacts = ClusterFacts(), *,
     warnings: list[str] = []
     values: dict[str, Any] = {}
     for part in (_images(settings, chart_defaults, warnings), _air_gap(), _web(settings), _auth(settings),
-                 _hub_code(settings), _resources(settings), _profiles(settings, facts, warnings),
+                 _hub_code(settings), _usage(settings, facts, warnings), _resources(settings), _profiles(settings, facts, warnings),
                  _storage(settings), _hub_db(settings), _culler(settings), _egress(settings),
                  _branding(branding)):
         values = merge_values(values, part) if part else values
@@ -432,8 +433,6 @@ def _hub_code(s: Settings) -> dict:
         key = "provision-hub-" + name[:-3].strip("_").replace("_", "-")
         files[key] = {"mountPath": f"{HUB_CODE_DIR}/{name}", "stringData": pkg.joinpath(name).read_text("utf-8")}
     env: dict[str, Any] = {}
-    if s.enable_usage_limit_enforcer:
-        env["PROVISION_USAGE_PORTAL_URL"] = s.usage_portal_url
     if s.auth_mode == "native":
         env["PROVISION_NATIVE_TEMPLATES"] = "1"
     hub: dict[str, Any] = {
@@ -445,6 +444,42 @@ def _hub_code(s: Settings) -> dict:
     if env:
         hub["extraEnv"] = env
     return {"hub": hub}
+
+
+USAGE_SERVICE = "usage"  # the portal's hub service: /services/usage/, OAuth client "service-usage"
+USAGE_TOKEN_KEY = f"hub.services.{USAGE_SERVICE}.apiToken"  # its key in the hub Secret (the chart's)
+
+
+def portal_url(s: Settings, facts: ClusterFacts) -> str:
+    """Where the hub asks for quotas: the site's own portal, else ours on the control node."""
+    if s.usage_portal_url:
+        return s.usage_portal_url
+    return f"http://{facts.control_address or 'CONTROL-NODE-IP'}:{s.usage_portal_port}"
+
+
+def _usage(s: Settings, facts: ClusterFacts, warnings: list[str]) -> dict:
+    """The portal as hub service `usage` (proxied at /services/usage/, signs users in with the hub's OAuth;
+    its api token, USAGE_PORTAL_TOKEN or one the chart generates, is also the portal's bearer token), and
+    the quota enforcer's settings for provision_hub.wiring."""
+    hub: dict[str, Any] = {}
+    service: dict[str, Any] = {}
+    if s.enable_usage_portal:
+        if not facts.control_address:
+            warnings.append("the control node's address is unknown without a cluster: the usage portal's URL "
+                            f"is shown as {portal_url(s, facts)}")
+        service = {"url": f"http://{facts.control_address or 'CONTROL-NODE-IP'}:{s.usage_portal_port}",
+                   "display": True, "oauth_no_confirm": True}
+    if s.usage_portal_token.reveal() and (s.enable_usage_portal or s.enable_usage_limit_enforcer):
+        service["apiToken"] = s.usage_portal_token
+    if service:
+        hub["services"] = {USAGE_SERVICE: service}
+    if s.enable_usage_limit_enforcer:
+        env = {"PROVISION_USAGE_PORTAL_URL": portal_url(s, facts),
+               "PROVISION_USAGE_LIMIT_FAIL_MODE": s.usage_limit_fail_mode}
+        if service:
+            env["PROVISION_USAGE_PORTAL_TOKEN_KEY"] = USAGE_TOKEN_KEY
+        hub["extraEnv"] = env
+    return {"hub": hub} if hub else {}
 
 
 def _resources(s: Settings) -> dict:

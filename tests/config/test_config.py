@@ -85,6 +85,10 @@ def test_unknown_key_has_did_you_mean_and_names_file_and_line(tmp_path):
     ("AUTH_MODE=`reboot`", "AUTH_MODE: unquoted '`' in value"),
     ("WORKSHOP_MODELS_PATH=$UNDEFINED_PROVISION_TEST_VAR/x", "$UNDEFINED_PROVISION_TEST_VAR is not defined"),
     ("HUB_DB_URL=mongodb://u:pw@db/x", "HUB_DB_URL: expected a database URL"),
+    ("USAGE_DB_URL=mysql://u:pw@db/usage", "USAGE_DB_URL: the portal stores its data in PostgreSQL or SQLite"),
+    ("ENABLE_USAGE_LIMIT_ENFORCER=true", ("ENABLE_USAGE_LIMIT_ENFORCER: needs USAGE_PORTAL_URL, or "
+                                         "ENABLE_USAGE_PORTAL=true")),
+    ("USAGE_LIMIT_FAIL_MODE=maybe", "USAGE_LIMIT_FAIL_MODE: expected one of closed, open"),
     ("MICROK8S_CHANNEL=latest", "MICROK8S_CHANNEL: expected a MicroK8s channel such as 1.30/stable"),
     ("HUB_NAMESPACE=Jhub.Prod", "HUB_NAMESPACE: expected a Kubernetes namespace name"),
 ])
@@ -138,7 +142,7 @@ def test_cross_key_rules(tmp_path):
     text = "\n".join(out)
     for expect in ("SPAWNER_CPU_GUARANTEE: 2 is more than SPAWNER_CPU_LIMIT=1",
                    "SPAWNER_MEM_GUARANTEE: 2G is more than SPAWNER_MEM_LIMIT=1G",
-                   "USAGE_PORTAL_URL: required when ENABLE_USAGE_LIMIT_ENFORCER=true",
+                   "ENABLE_USAGE_LIMIT_ENFORCER: needs USAGE_PORTAL_URL",
                    "SHARED_STORAGE_PATH: required when SHARED_STORAGE_ENABLED=true",
                    "NFS_SERVER: required when SHARED_STORAGE_TYPE=nfs",
                    "NATIVE_ADMIN_PASSWORD: shorter than NATIVE_MIN_PASSWORD_LENGTH=12"):
@@ -259,7 +263,7 @@ def secret_key_names() -> list[str]:
 
 def test_every_secret_key_is_in_the_canary_matrix():
     assert set(secret_key_names()) == {"GITHUB_CLIENT_SECRET", "AZUREAD_CLIENT_SECRET", "NATIVE_ADMIN_PASSWORD",
-                                       "HUB_DB_URL"}
+                                       "HUB_DB_URL", "USAGE_PORTAL_TOKEN", "USAGE_DB_URL"}
 
 
 @pytest.mark.parametrize("shape", sorted(MALFORMED))

@@ -24,6 +24,7 @@ from stages.s70_jupyterhub import (
     HelmRelease,
     JupyterHubStage,
     WaitHub,
+    control_address,
     max_gpus,
     parse_digest,
     parse_release,
@@ -402,3 +403,16 @@ def test_stage_is_discovered_with_its_number():
 
     cls = next(c for c in discover() if c.number == 70)
     assert cls is JupyterHubStage and cls.scope is Scope.CLUSTER
+
+
+def test_the_control_address_is_the_internal_ip_of_the_node_named_like_the_machine():
+    def node(name, ip):
+        return {"metadata": {"name": name}, "status": {"addresses": [{"type": "Hostname", "address": name},
+                                                                     {"type": "InternalIP", "address": ip}]}}
+
+    nodes = {"items": [node("gpu-01", "10.0.0.6"), node("ctl", "10.0.0.5")]}
+    assert control_address(nodes, "CTL\n", "localhost") == "10.0.0.5"         # MicroK8s names nodes in lower case
+    assert control_address(nodes, "other", "10.0.0.6") == "10.0.0.6"           # by the inventory's address
+    assert control_address(nodes, "other", "localhost") is None                # unknown: the values warn
+    assert control_address({"items": [node("solo", "10.0.0.9")]}, "x", "localhost") == "10.0.0.9"
+    assert control_address(None, "ctl", "localhost") is None

@@ -308,6 +308,38 @@ def test_usage_limit_enforcer_passes_the_portal_to_the_hub():
     assert v["hub"]["extraEnv"]["PROVISION_USAGE_PORTAL_URL"] == "http://portal.lab:8080"
     assert "provision-hub-usage" in v["hub"]["extraFiles"]
     assert "PROVISION_USAGE_PORTAL_URL" not in render()["hub"].get("extraEnv", {})
+    assert v["hub"]["extraEnv"]["PROVISION_USAGE_LIMIT_FAIL_MODE"] == "closed"
+    assert "services" not in v["hub"] and "PROVISION_USAGE_PORTAL_TOKEN_KEY" not in v["hub"]["extraEnv"]
+
+
+def test_the_portal_is_a_hub_service_on_the_control_node_and_the_enforcer_asks_it():
+    facts = ClusterFacts(control_address="10.0.0.5")
+    v = render(facts, ENABLE_USAGE_PORTAL="true", ENABLE_USAGE_LIMIT_ENFORCER="true", USAGE_LIMIT_FAIL_MODE="open")
+    assert v["hub"]["services"] == {"usage": {"url": "http://10.0.0.5:29781", "display": True,
+                                              "oauth_no_confirm": True}}   # the chart generates the token
+    env = v["hub"]["extraEnv"]
+    assert {k: env[k] for k in env if "USAGE" in k} == {
+        "PROVISION_USAGE_PORTAL_URL": "http://10.0.0.5:29781", "PROVISION_USAGE_LIMIT_FAIL_MODE": "open",
+        "PROVISION_USAGE_PORTAL_TOKEN_KEY": "hub.services.usage.apiToken"}
+    alone = render(facts, ENABLE_USAGE_PORTAL="true")["hub"].get("extraEnv", {})   # the portal, no enforcer
+    assert not [k for k in alone if "USAGE" in k]
+
+
+def test_a_given_portal_token_is_the_services_secret_and_never_shown():
+    rendered = build_values(make_settings(ENABLE_USAGE_PORTAL="true", USAGE_PORTAL_TOKEN="Zq7portaltoken",
+                                          USAGE_PORTAL_PORT="30999"), ClusterFacts(control_address="10.0.0.5"))
+    service = rendered.values["hub"]["services"]["usage"]
+    assert isinstance(service["apiToken"], Secret) and service["url"] == "http://10.0.0.5:30999"
+    assert plain(rendered.values)["hub"]["services"]["usage"]["apiToken"] == "Zq7portaltoken"
+    assert "Zq7portaltoken" not in to_yaml(rendered.values)
+
+
+def test_the_site_portal_wins_and_an_unknown_control_address_is_a_warning():
+    v = render(ClusterFacts(control_address="10.0.0.5"), ENABLE_USAGE_PORTAL="true",
+               ENABLE_USAGE_LIMIT_ENFORCER="true", USAGE_PORTAL_URL="http://portal.lab:8080")
+    assert v["hub"]["extraEnv"]["PROVISION_USAGE_PORTAL_URL"] == "http://portal.lab:8080"
+    rendered = build_values(make_settings(ENABLE_USAGE_PORTAL="true"))
+    assert any("control node's address is unknown" in w for w in rendered.warnings)
 
 
 # ---- storage --------------------------------------------------------------------------------

@@ -29,7 +29,23 @@ def configure(c, environ=None) -> None:
         c.JupyterHub.template_paths = paths + [native_templates_dir()]
     portal = env.get("PROVISION_USAGE_PORTAL_URL", "")
     if portal:
-        from .usage import usage_limited_profiles
+        from .usage import QUOTA_FORM_TEMPLATE, usage_limited_profiles
 
         static = list(c.KubeSpawner.profile_list) if "profile_list" in c.KubeSpawner else []
-        c.KubeSpawner.profile_list = usage_limited_profiles(static, portal)
+        c.KubeSpawner.profile_list = usage_limited_profiles(
+            static, portal, token=portal_token(env.get("PROVISION_USAGE_PORTAL_TOKEN_KEY", "")),
+            fail_open=env.get("PROVISION_USAGE_LIMIT_FAIL_MODE") == "open")
+        if "profile_form_template" not in c.KubeSpawner:
+            c.KubeSpawner.profile_form_template = QUOTA_FORM_TEMPLATE
+
+
+def portal_token(key: str) -> str:
+    """The portal's bearer token from the hub's own k8s Secret (z2jh mounts each key as a file), never from
+    the environment: a Deployment's env is readable by anyone who may read the Deployment."""
+    if not key:
+        return ""
+    try:
+        from z2jh import get_secret_value
+    except ImportError:  # outside the chart's image (tests that load this module directly)
+        return ""
+    return (get_secret_value(key, "") or "").strip()
