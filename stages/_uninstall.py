@@ -8,7 +8,7 @@ What is removed, in this order (wave2-anchors.md §4: k0sctl reset's order, TLJH
    namespace moved out of the snap's tree to KEPT_DIR (a rename: same filesystem, bytes untouched) with a record
    (stages/_data.py) that a re-install turns into PVs bound to the same claims; the Ascend device plugin, its
    node labels, the smoke record, the operators' namespaces; the Nginx site, the NodePort firewall rule, the
-   port-forward unit.
+   port-forward and usage-portal units (the portal's database in /var/lib/provision is kept).
 2. unless --keep-cluster, per node, workers first and the control plane last: `microk8s stop`, every mount
    under /var/snap/microk8s/common and the kubelet's root unmounted deepest first (k0s#4318 deleted data on
    mounted volumes by deleting first), `snap remove --purge microk8s` (only once data is safe: without --purge
@@ -50,6 +50,9 @@ ASCEND_DS = ("kube-system", "ascend-device-plugin-daemonset")
 ASCEND_LABEL = "accelerator"
 MANAGED = "app.kubernetes.io/managed-by"
 PORT_FORWARD_UNIT = "provision-port-forward.service"
+USAGE_PORTAL_UNIT = "provision-usage-portal.service"  # stage 75; its database (/var/lib/provision) is kept
+USAGE_DB = "/var/lib/provision/usage.db"
+UNITS = {PORT_FORWARD_UNIT: "the port-forward unit", USAGE_PORTAL_UNIT: "the usage portal"}
 EXIT_UNMOUNT = 12  # Unmount's script: a mount would not go
 
 
@@ -81,7 +84,7 @@ def parse_node(raw: F.Raw) -> dict[str, Any]:
 
 
 # Run as root on every node: the snap, the links the snap made, the network links, every mount point, the
-# port-forward unit; printed as one JSON object.
+# units provision installed; printed as one JSON object.
 NODE_PY = r"""
 import json, os, subprocess, sys
 links = {}
@@ -97,7 +100,7 @@ with open("/proc/self/mountinfo") as f:
     mountinfo = f.read()
 print(json.dumps({"snap": snap, "links": links, "net": net, "mountinfo": mountinfo,
                   "kubelet_root": os.path.realpath(sys.argv[3]),
-                  "unit": os.path.exists("/etc/systemd/system/" + sys.argv[4]),
+                  "units": [u for u in sys.argv[4].split(",") if os.path.exists("/etc/systemd/system/" + u)],
                   "microk8s": os.path.exists("/snap/bin/microk8s")}))
 """
 
@@ -105,7 +108,7 @@ print(json.dumps({"snap": snap, "links": links, "net": net, "mountinfo": mountin
 def node_probe() -> F.Probe:
     return F.Probe("node", "command -v python3 >/dev/null 2>&1 || exit 127\n" + F.quoted(
         "timeout 90 python3 -c {py} {links} {net} {kubelet} {unit}", py=NODE_PY, links=",".join(SNAP_LINKS),
-        net=",".join(NET_LINKS), kubelet=KUBELET_LINK, unit=PORT_FORWARD_UNIT), parse_node)
+        net=",".join(NET_LINKS), kubelet=KUBELET_LINK, unit=",".join(UNITS)), parse_node)
 
 
 def parse_releases(raw: F.Raw) -> list[dict[str, str]] | None:
@@ -453,27 +456,29 @@ def cluster_steps(facts: Mapping[str, Any], settings: Any, node: str, opts: Opti
         p.steps.append(Step(node, RemoveSite()))
         ours = [f for f in (SITE_LINK, SITE, CERT, KEY) if (ng.get("files") or {}).get(f) or f == SITE_LINK]
         p.removed.append(f"{node}: Nginx site {', '.join(ours)}")
-    port = f"{settings.nodeport}/tcp"
     ufw, fwd = facts.get("ufw") or {}, facts.get("firewalld") or {}
-    if ufw.get("active") and port in ufw.get("allowed", []):
-        p.steps.append(Step(node, RunCommand(("ufw", "delete", "allow", port), f"close {port} in ufw", timeout=60)))
-        p.removed.append(f"{node}: ufw rule allow {port}")
-    if fwd.get("running") and port in fwd.get("permanent", []):
-        p.steps.append(Step(node, RunCommand(("firewall-cmd", "--permanent", f"--remove-port={port}"),
-                                             f"close {port} in firewalld (permanent)", timeout=60)))
-        p.removed.append(f"{node}: firewalld port {port}")
-    if fwd.get("running") and port in fwd.get("runtime", []):
-        p.steps.append(Step(node, RunCommand(("firewall-cmd", f"--remove-port={port}"),
-                                             f"close {port} in firewalld (now)", timeout=60)))
+    ports = [f"{settings.nodeport}/tcp"] + ([f"{settings.usage_portal_port}/tcp"] if settings.enable_usage_portal
+                                            else [])
+    for port in ports:
+        if ufw.get("active") and port in ufw.get("allowed", []):
+            p.steps.append(Step(node, RunCommand(("ufw", "delete", "allow", port), f"close {port} in ufw", timeout=60)))
+            p.removed.append(f"{node}: ufw rule allow {port}")
+        if fwd.get("running") and port in fwd.get("permanent", []):
+            p.steps.append(Step(node, RunCommand(("firewall-cmd", "--permanent", f"--remove-port={port}"),
+                                                 f"close {port} in firewalld (permanent)", timeout=60)))
+            p.removed.append(f"{node}: firewalld port {port}")
+        if fwd.get("running") and port in fwd.get("runtime", []):
+            p.steps.append(Step(node, RunCommand(("firewall-cmd", f"--remove-port={port}"),
+                                                 f"close {port} in firewalld (now)", timeout=60)))
     if settings.enable_nginx_proxy and (ufw.get("active") or fwd.get("running")):
         p.after.append("ports 80/443 stay open in the firewall (other sites may use them): close them by hand if "
                        "nothing else needs them")
-    if facts.get("unit"):
-        for argv, why in ((("systemctl", "disable", "--now", PORT_FORWARD_UNIT), "stop the port-forward unit"),
-                          (("rm", "-f", f"/etc/systemd/system/{PORT_FORWARD_UNIT}"), "remove its unit file"),
+    for unit in facts.get("units") or ():
+        for argv, why in ((("systemctl", "disable", "--now", unit), f"stop {UNITS.get(unit, unit)}"),
+                          (("rm", "-f", f"/etc/systemd/system/{unit}"), "remove its unit file"),
                           (("systemctl", "daemon-reload"), "reload systemd")):
             p.steps.append(Step(node, RunCommand(argv, why, timeout=60)))
-        p.removed.append(f"{node}: systemd unit {PORT_FORWARD_UNIT}")
+        p.removed.append(f"{node}: systemd unit {unit}")
 
 
 def keep_volume_steps(facts: Mapping[str, Any], settings: Any, node: str, opts: Options,
@@ -587,6 +592,9 @@ def kept_lines(facts: Mapping[str, Any], settings: Any, node: str, opts: Options
                 size = (data.get("sizes") or {}).get(path)
                 out.append(f"volume of no hub claim: {kept_path(path)} (moved from {path}) on {node}, "
                            f"{human(size) if size is not None else 'size unknown'}")
+    if settings.enable_usage_portal:  # sessions and quotas: who used what stays answerable after a re-install
+        db = "USAGE_DB_URL (not touched)" if settings.usage_db_url.reveal() else f"{USAGE_DB} on {node}"
+        out.append(f"usage portal records: {db}")
     return out
 
 
@@ -630,7 +638,7 @@ def verify(facts_by_node: Mapping[str, Mapping[str, Any]], control: str, setting
     checks.append(Check("helm releases removed", not left, ", ".join(left) or "none left"))
     checks.append(Check("Nginx site removed", (cf.get("nginx") or {}).get("link") != SITE
                         and not ((cf.get("nginx") or {}).get("files") or {}).get(SITE), SITE))
-    checks.append(Check("port-forward unit removed", not cf.get("unit"), PORT_FORWARD_UNIT))
+    checks.append(Check("provision's units removed", not cf.get("units"), ", ".join(cf.get("units") or UNITS)))
     if not opts.keep_cluster:
         for node, f in facts_by_node.items():
             mounts = mounts_to_unmount(f)

@@ -46,7 +46,8 @@ def control(**over) -> dict:
            pv("jhub-homes", "jhub-homes", "/data/share/homes", "Retain")]
     sizes = {f"{HP}/{DB_DIR}": 40960, f"{HP}/{BOB_DIR}": 3 * 1024 ** 2, "/data/share/homes": 10 ** 9,
              "/data/share/lessons": 2048, "/data/share/work": 4096}
-    f = {"snap": True, "microk8s": True, "unit": True, "net": ["cni0", "vxlan.calico"],
+    f = {"snap": True, "microk8s": True, "net": ["cni0", "vxlan.calico"],
+         "units": ["provision-port-forward.service", "provision-usage-portal.service"],
          "links": {"/var/lib/kubelet": {"target": "/var/snap/microk8s/common/var/lib/kubelet", "dangling": False}},
          "kubelet_root": "/var/snap/microk8s/common/var/lib/kubelet",
          "mounts": ["/", "/var/snap/microk8s/common/var/lib/kubelet/pods/x/volumes/a",
@@ -68,14 +69,14 @@ def control(**over) -> dict:
 
 
 def worker(**over) -> dict:
-    f = {"snap": True, "microk8s": True, "unit": False, "net": ["vxlan.calico"], "links": {}, "mounts": [],
+    f = {"snap": True, "microk8s": True, "units": [], "net": ["vxlan.calico"], "links": {}, "mounts": [],
          "kubelet_root": "/var/snap/microk8s/common/var/lib/kubelet"}
     f.update(over)
     return f
 
 
 def done_control() -> dict:
-    return control(snap=False, microk8s=False, unit=False, net=[], mounts=["/"], links={}, releases=None,
+    return control(snap=False, microk8s=False, units=[], net=[], mounts=["/"], links={}, releases=None,
                    namespaces=None, nodes=None, smoke_cm=None, hub_pods=None,
                    data={"pv": None, "kept": [{"dir": f"{D.KEPT_DIR}/{DB_DIR}", "namespace": "jhub",
                                                "claim": "hub-db-dir"}],
@@ -101,6 +102,7 @@ def test_fresh_cluster_order_data_safe_before_anything_goes():
              index(p, "helm release gpu-operator"), index(p, "stop the 3 pod(s)"),
              index(p, "wait until no pod runs"), index(p, "move"), index(p, "delete namespace gpu-operator"),
              index(p, "remove the Nginx site"), index(p, "close 30080/tcp in ufw"), index(p, "port-forward"),
+             index(p, "stop the usage portal"),
              index(p, "remove the MicroK8s snap", "w1"), index(p, "stop MicroK8s", "node1"),
              index(p, "unmount", "node1"), index(p, "remove the MicroK8s snap", "node1"),
              index(p, "link /var/lib/kubelet", "node1")]
@@ -139,7 +141,7 @@ def test_plan_lists_what_is_kept_with_paths_and_sizes():
 
 def test_partly_done_run_plans_only_what_is_left():
     f = control(snap=False, microk8s=False, releases=None, namespaces=None, hub_pods=None, smoke_cm=None,
-                mounts=["/"], net=["cni0"], unit=False,
+                mounts=["/"], net=["cni0"], units=[],
                 links={"/var/lib/kubelet": {"target": "/var/snap/microk8s/common/var/lib/kubelet", "dangling": True},
                        "/opt/cni/bin": {"target": "/opt/real", "dangling": True}},
                 data={"pv": None, "kept": [], "sizes": {}, "hostpath_dirs": []},
@@ -271,3 +273,14 @@ def test_ascend_plugin_and_only_its_node_labels_go():
     foreign = dict(ds, metadata={"name": ds["metadata"]["name"], "labels": {}})   # not ours: left alone
     q = U.plan({"node1": control(ascend_ds=foreign)}, "node1", [], settings(), U.Options(keep_cluster=True))
     assert not any("ascend" in s.action.describe().lower() for s in q.steps)
+
+
+def test_the_usage_portal_goes_its_port_closes_and_its_records_stay():
+    s = settings(enable_usage_portal=True)
+    p = U.plan({"node1": control(ufw={"present": True, "active": True, "allowed": ["30080/tcp", "29781/tcp"]})},
+               "node1", [], s, U.Options())
+    steps = list(map(text, p.steps))
+    assert any("close 29781/tcp in ufw" in x for x in steps) and any("stop the usage portal" in x for x in steps)
+    assert "usage portal records: /var/lib/provision/usage.db on node1" in p.kept
+    assert not any("29781" in x for x in map(text, U.plan({"node1": control()}, "node1", [], settings(),
+                                                            U.Options()).steps))
