@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(openssh-server openssh-client containerd nginx iptables iproute2 sudo openssl curl procps python3 skopeo docker-registry)
+APT_PACKAGES=(openssh-server openssh-client containerd nginx iptables iproute2 sudo openssl curl procps python3 skopeo docker-registry
+              postgresql chromium chromium-driver)
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()

@@ -40,6 +40,38 @@ def _string_data(res: Resource, obj: dict) -> None:
         obj["data"] = data
 
 
+_SI = ((18, "E"), (15, "P"), (12, "T"), (9, "G"), (6, "M"), (3, "k"), (0, ""), (-3, "m"), (-6, "u"), (-9, "n"))
+
+
+def canonical_quantity(value: float) -> str:
+    """A Quantity sent as a JSON number (KubeSpawner sends cpu 1.0, memory 1073741824), as the API server returns
+    it: a string in canonical form, no fraction, the largest decimal SI suffix (1.0 -> "1", 0.5 -> "500m",
+    2000 -> "2k"; apimachinery pkg/api/resource/quantity.go, Quantity.UnmarshalJSON + CanonicalizeBytes)."""
+    import decimal
+    d = decimal.Decimal(repr(value) if isinstance(value, float) else value)
+    if d == 0:
+        return "0"
+    for exp, suffix in _SI:
+        m = d.scaleb(-exp)
+        if m == m.to_integral_value():
+            return f"{int(m)}{suffix}"
+    return f"{int(d.scaleb(9).to_integral_value(decimal.ROUND_CEILING))}n"   # below a nano: rounded up
+
+
+def _pod_quantities(res: Resource, obj: dict) -> None:
+    """A Pod's container resources come back as strings, whatever JSON type the client sent (typed clients
+    such as the official Python one refuse numbers there)."""
+    if res.kind != "Pod" or res.group != "":
+        return
+    spec = obj.get("spec") or {}
+    for c in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+        for part in ("limits", "requests"):
+            values = (c.get("resources") or {}).get(part) or {}
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    values[k] = canonical_quantity(v)
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -408,6 +440,7 @@ class Store:
                 obj.setdefault("status", {}).setdefault("phase", "Pending")
                 obj["status"].setdefault("qosClass", pod_qos(obj))
             _string_data(res, obj)
+            _pod_quantities(res, obj)
             if check:
                 validate(obj, self, res, field_validation, apply)
             if dry_run:
