@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "uninstall": ("uninstall", "uninstall", "Remove what provision installed; keep user data unless asked."),
     "backup": ("backup", "backup", "Back up the hub database, the settings and (optionally) user files."),
     "restore": ("backup", "restore", "Restore a backup into an installed hub."),
+    "usage": ("usage", "usage", "The usage portal (sessions, GPU/CPU hours, cost, quotas) and its reports."),
 }
 
 

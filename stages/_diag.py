@@ -64,11 +64,24 @@ def cluster_probes(settings: Any) -> list[F.Probe]:
            F.Probe("helm", pre + "timeout 60 microk8s helm3 list -A --all -o json", parse_json)]
     access = AccessStage().probes(settings)  # service, reach, ufw, firewalld, nginx
     out += access
+    out += usage_portal_probes(settings)
     if settings.enable_nginx_proxy:
         out.append(F.Probe("nginx_test", "command -v nginx >/dev/null 2>&1 || exit 127\ntimeout 30 nginx -t 2>&1",
                            parse_text))
         out.append(F.Probe("cert_pem", q("cat -- {c}", c=NGINX_CERT), parse_text))
     return out
+
+
+def usage_portal_probes(settings: Any) -> list[F.Probe]:
+    """With ENABLE_USAGE_PORTAL=true: stage 75's unit state and the portal's GET /healthz (database, collector)."""
+    if not settings.enable_usage_portal:
+        return []
+    from stages import s75_usage_portal as P
+
+    q = F.quoted
+    url = f"http://127.0.0.1:{settings.usage_portal_port}/healthz"
+    return [F.Probe("usage_active", q("timeout 30 systemctl is-active {u}", u=P.UNIT), P.word),
+            F.Probe("usage_health", q("timeout 10 python3 -c {py} {url} 5", py=P.HEALTH_PY, url=url), P.parse_health)]
 
 
 def gather(host: Any, settings: Any, node: Node) -> dict[str, Any]:

@@ -232,6 +232,78 @@ def check_firewall(c: Mapping[str, Any], settings: Any) -> list[Check]:
     return out
 
 
+def check_usage_portal(c: Mapping[str, Any], settings: Any) -> list[Check]:
+    """ENABLE_USAGE_PORTAL=true: the portal's service runs, answers /healthz, reaches its database, and its
+    collector recorded the user pods within 3 collection intervals."""
+    from stages.s75_usage_portal import UNIT
+
+    if not settings.enable_usage_portal:
+        return []
+    port, every = settings.usage_portal_port, int(settings.usage_collect_interval)
+    journal = f"`sudo journalctl -u {UNIT} -n 50` says why; fix it, then `provision install --only 75`"
+    state = c.get("usage_active") or "unknown"
+    out = [Check("usage portal service", state == "active", f"{UNIT} is {state}"
+                 + ("" if state == "active" else " (the hub's quota checks fail "
+                    f"{settings.usage_limit_fail_mode} while it is down)" if settings.enable_usage_limit_enforcer
+                    else ""), journal)]
+    want = f"{port}/tcp"
+    ufw, fwd = c.get("ufw") or {}, c.get("firewalld") or {}
+    shut = [n for n, on, allowed in (("ufw", ufw.get("active"), ufw.get("allowed", [])),
+                                     ("firewalld", fwd.get("running"), fwd.get("permanent", [])))
+            if on and want not in allowed]
+    if shut:
+        out.append(Check("usage portal port", False, f"{' and '.join(shut)} active without {want}: the hub's pods "
+                         "cannot reach the portal's API", "`provision install --only 75` opens it"))
+    health = c.get("usage_health") or {}
+    body = health.get("body") or {}
+    if not health.get("status"):
+        why = body.get("text", "")
+        out.append(Check("usage portal health", False, f"http://127.0.0.1:{port}/healthz does not answer"
+                         + (f" ({why})" if why else ""), journal))
+        return out
+    out.append(Check("usage portal health", True, f"http://127.0.0.1:{port}/healthz answers (HTTP {health['status']})"))
+    db = body.get("db")
+    out.append(Check("usage database", db == "ok", "reachable" if db == "ok" else
+                     f"the portal cannot use its database: {db or 'no answer about it'}",
+                     "check USAGE_DB_URL and that its server runs (the portal reconnects by itself); " + journal))
+    out.append(_collector_check(body, every))
+    return out
+
+
+def _collector_check(body: Mapping[str, Any], every: int) -> Check:
+    """Fresh: the last successful collection is younger than 3 intervals (the portal's own clock)."""
+    fix = ("the Kubernetes API must answer the portal through MicroK8s' kubeconfig: `sudo microk8s status`; "
+           "`sudo journalctl -u provision-usage-portal -n 50`")
+    if body.get("collector") == "off":
+        return Check("usage collector", False, "off: " + str(body.get("collector_reason") or "no reason given")
+                     + "; no sessions are recorded", fix, warning=True)
+    last = body.get("last_collection")
+    if not isinstance(last, dict) or last.get("age_seconds") is None:
+        return Check("usage collector", False, "no collection recorded yet (the portal just started?)",
+                     f"wait {every} s and run `provision diag` again; if it stays, {fix}", warning=True)
+    age = float(last["age_seconds"])
+    if not last.get("ok"):  # the latest run failed: how long since one worked
+        at, ok_at = _when(last.get("at")), _when(last.get("last_ok_at"))
+        age = age + (at - ok_at).total_seconds() if at and ok_at else float("inf")
+    limit = 3 * every
+    if age < limit:
+        return Check("usage collector", True, f"last collection {age:.0f} s ago (every {every} s)")
+    since = "never succeeded" if age == float("inf") else f"last successful collection {age:.0f} s ago"
+    error = f"; last error: {last.get('error')}" if last.get("error") else ""
+    return Check("usage collector", False, f"stale: {since} (limit 3 x USAGE_COLLECT_INTERVAL = {limit} s): "
+                 f"sessions are not being recorded{error}", fix)
+
+
+def _when(text: Any) -> datetime.datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        t = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=datetime.timezone.utc)
+
+
 def snap_revisions(results: Mapping[str, Mapping[str, Any]]) -> list[Check]:
     revs = {}
     for name, f in results.items():
@@ -248,10 +320,10 @@ def snap_revisions(results: Mapping[str, Mapping[str, Any]]) -> list[Check]:
 def cluster_checks(c: Mapping[str, Any], settings: Any, control: Node, results: Mapping[str, Any]) -> tuple[list[Check], dict[str, Check]]:
     if c.get("k_nodes") is None:
         return [Check("api server", False, "the Kubernetes API does not answer on the control node",
-                      f"`sudo microk8s status`; {INSPECT}")], {}
+                      f"`sudo microk8s status`; {INSPECT}")] + check_usage_portal(c, settings), {}
     out = [Check("api server", True, f"{len(_items(c.get('k_nodes')))} node(s)")]
     out += check_dns(c, settings) + check_storage(c, settings) + check_helm(c, settings) + check_hub(c, settings)
     access, per_node = check_access(c, settings, control)
     out += access + check_nginx(c, settings, (c.get("local_clock") or {}).get("after", 0.0))
-    out += check_firewall(c, settings) + snap_revisions(results)
+    out += check_firewall(c, settings) + check_usage_portal(c, settings) + snap_revisions(results)
     return out, per_node

@@ -34,6 +34,8 @@ BASE = {("install",): ["--dry-run", "--env", str(EXAMPLE)], ("render", "values")
         ("diag", "spawn"): ["alice", "--env", "{good_env}"], ("port-forward", "start"): ["--env", str(EXAMPLE)],
         ("uninstall",): ["--dry-run", "--env", str(EXAMPLE)],
         ("backup",): ["--dry-run", "--env", "{good_env}"],
+        ("usage", "serve"): ["--env", "{good_env}"], ("usage", "quota", "set"): ["--user", "alice", "--gpu", "1"],
+        ("usage", "quota", "delete"): ["--user", "alice"],
         ("restore",): [str(ROOT / "no-such-backup.tar.gz"), "--dry-run", "--env", "{good_env}"],
         ("bundle", "diff"): ["{bundle}"], ("bundle", "diff", "update_out"): ["{bundle}", "{bundle}"],
         ("bundle", "join"): ["--bundle", "{bundle}"],

@@ -379,3 +379,103 @@ def test_facts_are_json_for_the_support_bundle():
     for out, rc in (("", 0), ("", 1), ("", 127), ('{"items": []}', 0), ("[]", 0)):
         parsed = {p.name: p.parse(F.Raw(out, rc)) for p in D.node_probes() + D.cluster_probes(settings())}
         json.dumps(parsed)
+
+
+# ---------------------------------------------------------------------------------------------
+# The usage portal (ENABLE_USAGE_PORTAL=true): service, /healthz, database, collector freshness, its port
+
+
+def portal_facts(active="active", status=200, db="ok", collector="on", last=None, reason="", **more):
+    body = {"db": db, "collector": collector, "ok": db == "ok",
+            "last_collection": last if last is not None else {"at": "2026-11-30T12:00:00Z", "ok": True, "error": "",
+                                                              "age_seconds": 12.0, "last_ok_at": "2026-11-30T12:00:00Z"}}
+    if reason:
+        body["collector_reason"] = reason
+    return {"usage_active": active, "usage_health": {"status": status, "body": body if status else {"text": "refused"}}} | more
+
+
+def portal_checks(facts, **kw):
+    return {c.name: c for c in K.check_usage_portal(facts, settings(enable_usage_portal=True, **kw))}
+
+
+def test_usage_portal_checks_and_probes_only_when_it_is_enabled():
+    assert K.check_usage_portal(portal_facts(active="inactive"), settings()) == []
+    assert not [p for p in D.cluster_probes(settings()) if p.name.startswith("usage_")]
+    probes = {p.name: p.script for p in D.cluster_probes(settings(enable_usage_portal=True, usage_portal_port=29999))}
+    assert "systemctl is-active provision-usage-portal.service" in probes["usage_active"]
+    assert "http://127.0.0.1:29999/healthz" in probes["usage_health"]
+
+
+def test_a_healthy_portal_is_four_ok_checks():
+    checks = portal_checks(portal_facts())
+    assert list(checks) == ["usage portal service", "usage portal health", "usage database", "usage collector"]
+    assert all(c.ok for c in checks.values())
+    assert checks["usage collector"].detail == "last collection 12 s ago (every 30 s)"
+
+
+def test_a_stopped_portal_fails_with_the_journal_and_says_what_the_hub_does_meanwhile():
+    checks = portal_checks(portal_facts(active="failed", status=0), enable_usage_limit_enforcer=True,
+                           usage_limit_fail_mode="open")
+    svc, health = checks["usage portal service"], checks["usage portal health"]
+    assert not svc.ok and not svc.warning and "is failed" in svc.detail and "fail open" in svc.detail
+    assert "journalctl -u provision-usage-portal.service" in svc.hint and "--only 75" in svc.hint
+    assert not health.ok and "does not answer (refused)" in health.detail
+    assert "usage database" not in checks and "usage collector" not in checks  # nothing more can be said
+
+
+def test_an_unreachable_database_fails_with_the_portals_own_words():
+    checks = portal_checks(portal_facts(status=503, db="unreachable: ProvisionError: connection refused",
+                                        last={}))
+    assert checks["usage portal health"].ok  # it answers
+    db = checks["usage database"]
+    assert not db.ok and "connection refused" in db.detail and "USAGE_DB_URL" in db.hint
+
+
+def test_collector_off_warns_with_why_and_a_stale_one_fails():
+    off = portal_checks(portal_facts(collector="off", reason="no cluster at /x (no such file); recording stops "
+                                     "until it is reachable"))["usage collector"]
+    assert not off.ok and off.warning and "no cluster at /x" in off.detail
+    stale = portal_checks(portal_facts(last={"at": "2026-11-30T12:00:00Z", "ok": True, "error": "",
+                                             "age_seconds": 95.0, "last_ok_at": "2026-11-30T12:00:00Z"}))
+    c = stale["usage collector"]
+    assert not c.ok and not c.warning and "95 s ago" in c.detail and "3 x USAGE_COLLECT_INTERVAL = 90 s" in c.detail
+    assert "microk8s status" in c.hint
+    # the latest run 10 s ago failed, the last good one 80 s before it: 90 s, stale, with the error
+    failing = portal_checks(portal_facts(last={"at": "2026-11-30T12:01:20Z", "ok": False, "error": "API down",
+                                               "age_seconds": 10.0, "last_ok_at": "2026-11-30T12:00:00Z"}))
+    c = failing["usage collector"]
+    assert not c.ok and "90 s ago" in c.detail and "last error: API down" in c.detail
+    recent = portal_checks(portal_facts(last={"at": "2026-11-30T12:00:40Z", "ok": False, "error": "blip",
+                                              "age_seconds": 5.0, "last_ok_at": "2026-11-30T12:00:00Z"}))
+    assert recent["usage collector"].ok  # one failed run within the limit is fine
+    never = portal_checks(portal_facts(last={"at": "2026-11-30T12:00:40Z", "ok": False, "error": "403",
+                                             "age_seconds": 5.0, "last_ok_at": None}))["usage collector"]
+    assert not never.ok and "never succeeded" in never.detail
+    fresh_start = portal_checks(portal_facts(last={}), usage_collect_interval=60)["usage collector"]
+    assert fresh_start.warning and "no collection recorded yet" in fresh_start.detail and "60 s" in fresh_start.hint
+
+
+def test_a_firewall_without_the_portals_port_fails():
+    facts = portal_facts(ufw={"present": True, "active": True, "allowed": ["30080/tcp"]}, firewalld={})
+    c = portal_checks(facts)["usage portal port"]
+    assert not c.ok and "ufw active without 29781/tcp" in c.detail and "--only 75" in c.hint
+    facts["ufw"]["allowed"].append("29781/tcp")
+    assert "usage portal port" not in portal_checks(facts)
+
+
+def test_portal_checks_run_even_when_the_api_server_does_not_answer():
+    out, _ = K.cluster_checks(portal_facts(active="inactive"), settings(enable_usage_portal=True), CONTROL, {})
+    assert [c.name for c in out][:2] == ["api server", "usage portal service"]
+
+
+def test_portal_probes_only_read_and_parse_to_json():
+    import json
+
+    from provision import facts as F
+
+    s = settings(enable_usage_portal=True)
+    script = "\n".join(p.script for p in D.cluster_probes(s))
+    for word in ("systemctl start", "systemctl restart", "systemctl stop", "curl -X", "POST", "DELETE"):
+        assert word not in script, word
+    for out, rc in (("", 0), ("", 1), ("200\n{\"db\": \"ok\"}", 0), ("active\n", 0)):
+        json.dumps({p.name: p.parse(F.Raw(out, rc)) for p in D.cluster_probes(s)})
