@@ -267,7 +267,7 @@ class JupyterHubStage(Stage):
                     parse_json),
             F.Probe("pods", pre + q("timeout 60 microk8s kubectl get pods -n {ns} -o json", ns=ns), parse_json),
             F.Probe("nodes", pre + "timeout 60 microk8s kubectl get nodes -o json", parse_json),
-            F.Probe("hostname", "hostname", lambda r: r.out.strip() if r.ok else ""),
+            F.Probe("hostname", "timeout 60 hostname", lambda r: r.out.strip() if r.ok else ""),
             # volumes an earlier `provision uninstall` kept (stages/_data.py): static PVs for them first
             F.Probe("kept", pre + q("[ -f {f} ] || exit 0\ncat {f}; echo; echo ---\n"
                                     "timeout 60 microk8s kubectl get pv -o json", f=D.KEPT_RECORD), D.parse_kept),

@@ -356,8 +356,9 @@ class RemoveNginxSite(Action):
                                  "fix the other site nginx names (`sudo nginx -t`), then `sudo systemctl reload nginx`")
 
 
-def firewall_actions(facts: Facts, settings: Any, done: list[str]) -> list[Action]:
-    want = open_ports(settings)
+def firewall_actions(facts: Facts, settings: Any, done: list[str], ports: list[str] | None = None) -> list[Action]:
+    """Open `ports` (default: this stage's, open_ports) where ufw/firewalld is active; stage 75 passes its own."""
+    want = open_ports(settings) if ports is None else ports
     ufw, fwd = facts["ufw"], facts["firewalld"]
     actions: list[Action] = []
     if ufw["active"]:

@@ -446,6 +446,7 @@ def _hub_code(s: Settings) -> dict:
     return {"hub": hub}
 
 
+PROFILE_ANNOTATION = "provision/profile"  # read by provision/jupyterhub/portal/collector.py
 USAGE_SERVICE = "usage"  # the portal's hub service: /services/usage/, OAuth client "service-usage"
 USAGE_TOKEN_KEY = f"hub.services.{USAGE_SERVICE}.apiToken"  # its key in the hub Secret (the chart's)
 
@@ -469,6 +470,8 @@ def _usage(s: Settings, facts: ClusterFacts, warnings: list[str]) -> dict:
                             f"is shown as {portal_url(s, facts)}")
         service = {"url": f"http://{facts.control_address or 'CONTROL-NODE-IP'}:{s.usage_portal_port}",
                    "display": True, "oauth_no_confirm": True}
+        # JupyterHub 5's default user role ("self") may not sign in to a service: "my usage" needs this
+        hub["loadRoles"] = {"user": {"scopes": ["self", f"access:services!service={USAGE_SERVICE}"]}}
     if s.usage_portal_token.reveal() and (s.enable_usage_portal or s.enable_usage_limit_enforcer):
         service["apiToken"] = s.usage_portal_token
     if service:
@@ -555,6 +558,8 @@ def _profiles(s: Settings, facts: ClusterFacts, warnings: list[str]) -> dict:
                 "description": _describe(s, f"{n} {resource.split('/')[1]} reserved for you"),
                 "kubespawner_override": {"extra_resource_limits": {resource: str(n), **ib}, **group, **ib_caps},
             })
+    for p in profiles:  # the usage portal records which profile a server runs (KubeSpawner labels none)
+        p.setdefault("kubespawner_override", {})["extra_annotations"] = {PROFILE_ANNOTATION: p["slug"]}
     return {"singleuser": {"profileList": profiles}}
 
 

@@ -144,6 +144,9 @@ def test_the_form_says_why_profiles_are_hidden(server, values):
     assert "Hidden: 4 GPUs, 8 GPUs" in html and "gpu-4" not in html
     assert "100.5 of 100 GPU-hours used this week" in asyncio.run(form("ivan"))
     assert "provision-quota-note" not in asyncio.run(form("carol"))           # nothing hidden, no note
+    assert "Your quota: it allows 2 GPUs. Hidden: 4 GPUs, 8 GPUs." in asyncio.run(form("bob"))
+    alice = asyncio.run(form("alice"))   # only what hides profiles is named (her CPU use does not)
+    assert "1 of 4 GPUs in use by your other servers" in alice and "CPU" not in alice.split("Hidden")[0]
 
 
 def test_the_token_is_sent_and_a_refused_one_fails_like_a_down_portal(server, values):
@@ -162,3 +165,19 @@ def test_fail_open_offers_everything_with_a_note(values):
     assert [p["slug"] for p in got] == ["cpu", "gpu-1", "gpu-2", "gpu-4", "gpu-8"]
     assert "cannot be reached" in got[0]["provision_quota_note"] and "every profile is offered" in \
         got[0]["provision_quota_note"]
+
+
+def test_starting_a_hidden_profile_says_the_quota_not_no_such_profile(server, values):
+    async def start(profile):
+        sp = spawner_for(values, server.url, "hana")
+        sp.user_options = {"profile": profile}
+        sp._spawn_pending = True   # what JupyterHub sets while it starts a server (spawner.pending == "spawn")
+        await sp.load_user_options()
+        return sp
+
+    with pytest.raises(web.HTTPError) as e:
+        asyncio.run(start("gpu-4"))
+    assert e.value.status_code == 403
+    assert "2 of 4 GPUs in use by your other servers" in e.value.jupyterhub_message
+    assert "You asked for gpu-4" in e.value.jupyterhub_message
+    assert asyncio.run(start("gpu-2")).extra_resource_limits["nvidia.com/gpu"] == "2"

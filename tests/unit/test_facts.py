@@ -67,7 +67,7 @@ def test_each_stage_gets_a_limit_longer_than_its_own_probes():
     from stages.s70_jupyterhub import JupyterHubStage
 
     s70 = JupyterHubStage().probes(Settings(auth_mode="native", admin_users_csv=("admin",)))
-    assert len(s70) == 7 and all("timeout 60 " in p.script for p in s70)  # 7th: volumes uninstall kept
+    assert len(s70) == 8 and all("timeout 60 " in p.script for p in s70)  # volumes uninstall kept, hostname
     assert F.script_timeout(s70) >= 7 * 60 + F.SCRIPT_MARGIN
     assert F.script_timeout([M.ctr_images, M.status]) >= 180
 

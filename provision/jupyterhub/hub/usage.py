@@ -87,19 +87,24 @@ def remaining(doc) -> dict[str, float | None]:
     return left
 
 
-def quota_note(doc, hidden: list[str], period: str = "") -> str:
-    """Why profiles are hidden, in the user's words: "2 of 4 GPUs in use by your other servers"."""
+def quota_note(doc, hidden: list[str], binding: set[str] | None = None) -> str:
+    """Why profiles are hidden, in the user's words: "2 of 4 GPUs in use by your other servers". `binding`:
+    the dimensions the hidden profiles need more of than is left (None: every limited one)."""
     if not hidden:
         return ""
     limits, used, hours = _quota(doc)
-    period = period or str((doc or {}).get("period") or "period")
+    period = str((doc or {}).get("period") or "period") if isinstance(doc, dict) else "period"
     parts = []
     for dim in DIMENSIONS:
+        if binding is not None and dim not in binding:
+            continue
         if dim in hours and hours[dim][0] >= hours[dim][1]:
             parts.append(f"{hours[dim][0]:g} of {hours[dim][1]:g} {dim.upper()}-hours used this {period}")
         elif limits[dim] is not None and used[dim] > 0:
             parts.append(f"{used[dim]:g} of {limits[dim]:g} {_NAMES[dim]} in use by your other servers")
-    why = "; ".join(parts) or "your quota is smaller than they need"
+        elif limits[dim] is not None:
+            parts.append(f"it allows {limits[dim]:g} {_NAMES[dim]}")
+    why = "; ".join(parts) or "it is smaller than they need"
     return f"Your quota: {why}. Hidden: {', '.join(hidden)}."
 
 
@@ -208,16 +213,24 @@ def usage_limited_profiles(profiles, portal_url: str, timeout: float = 5.0, toke
                 offered[0]["provision_quota_note"] = f"{e.message}; every profile is offered for now."
             return offered
         left = remaining(doc)
-        offered, hidden = [], []
+        offered, hidden, binding = [], [], set()
         for p in static:
-            (offered if fits(needs(p, spawner), left) else hidden).append(dict(p))
+            need = needs(p, spawner)
+            (offered if fits(need, left) else hidden).append(dict(p))
+            binding |= {d for d in DIMENSIONS if left[d] is not None and need.get(d, 0.0) > left[d] + 1e-9}
         if not offered:
             raise _spawn_error(403, f"Your quota has no room for any server (left: {_describe(left)}). Stop a "
                                     "running server or ask the hub admins for more.")
         first_default = next((p for p in offered if p.get("default")), offered[0])
         for p in offered:  # exactly one default, or KubeSpawner picks the first one it sees
             p["default"] = p is first_default
-        note = quota_note(doc, [p.get("display_name") or p.get("slug", "?") for p in hidden])
+        note = quota_note(doc, [p.get("display_name") or p.get("slug", "?") for p in hidden], binding)
+        wanted = (getattr(spawner, "user_options", None) or {}).get("profile")
+        if getattr(spawner, "pending", None) == "spawn" and wanted in [p.get("slug") for p in hidden]:
+            # asked for (API, an old form, a bookmark) rather than picked from the list: say why, not
+            # KubeSpawner's "No such profile"
+            raise _spawn_error(403, f"{note} You asked for {wanted}: choose a smaller profile, stop another "
+                                    "server, or ask the hub admins for more.")
         if note:
             offered[0]["provision_quota_note"] = note
         return offered
