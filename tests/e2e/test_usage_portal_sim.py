@@ -9,7 +9,8 @@ with the official kubernetes client, the REAL hub (KubeSpawner with the quota-li
 portal for the student's limits with the token. The tests share the cluster and run in order: install (ufw active:
 the port is opened), a re-run with nothing to do, quota gpu=0 (the GPU profile is refused with the quota's reason,
 the CPU one starts), quota gpu=1 (the GPU server starts, the collector records it within two intervals with
-its GPU and node, a portal restart neither loses nor duplicates it, stopping the server ends it).
+its GPU and node, a portal restart neither loses nor duplicates it, stopping the server ends it), and the pages
+through the hub's proxy with JupyterHub OAuth (the student's own page; the dashboard for the admin only).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -285,3 +287,33 @@ def test_gpu_quota_1_session_recorded_survives_a_portal_restart_and_ends_with_th
     assert ended and ended[0]["end_time"], c.sessions(STUDENT)
     assert len([s for s in c.sessions(STUDENT) if s["gpu"] == 1]) == 1
     print(f"\nGPU session recorded {took:.1f}s after ready; ended {time.monotonic() - t:.1f}s after the stop")
+
+
+def follow(browser: Browser, path: str, hops: int = 8) -> tuple[int, str, str]:
+    """GET `path` and the redirects after it, as a browser does: (status, final path, body)."""
+    for _ in range(hops):
+        status, headers, body = browser.req(path)
+        if status not in (301, 302, 303, 307):
+            return status, path, body
+        location = next(v for k, v in headers.items() if k.lower() == "location")  # uvicorn sends lower case
+        where = urllib.parse.urlsplit(location)
+        path = urllib.parse.urlunsplit(("", "", where.path or "/", where.query, ""))
+    raise AssertionError(f"more than {hops} redirects, last {path}")
+
+
+def test_users_and_admins_sign_in_to_the_pages_through_the_hub(cluster):
+    """The real path: the hub's proxy → the portal → JupyterHub OAuth (the portal exchanges the code at the hub's
+    API through the NodePort on the control node) → the user's page; the dashboard is for admins only."""
+    c = cluster
+    need(c, "student")
+    student = Browser(c.hub)
+    assert student.login(STUDENT, STUDENT_PW)
+    status, where, page = follow(student, "/services/usage/me")
+    assert status == 200 and where == "/services/usage/me", (status, where, page[-2000:], c.journal())
+    assert f"Usage of {STUDENT}" in page and "GPU-hours" in page, page[-2000:]
+    assert follow(student, "/services/usage/dashboard")[0] == 403          # not an admin
+    assert follow(student, "/services/usage/users/admin/limits")[0] == 403  # nor anyone else's
+    admin = Browser(c.hub)
+    assert admin.login("admin", ADMIN_PW)
+    status, _, page = follow(admin, "/services/usage/dashboard")
+    assert status == 200 and "Usage dashboard" in page and STUDENT in page, page[-2000:]
