@@ -267,6 +267,12 @@ def check_usage_portal(c: Mapping[str, Any], settings: Any) -> list[Check]:
                      f"the portal cannot use its database: {db or 'no answer about it'}",
                      "check USAGE_DB_URL and that its server runs (the portal reconnects by itself); " + journal))
     out.append(_collector_check(body, every))
+    groups = body.get("hub_groups")
+    if isinstance(groups, dict) and groups.get("ok") is False:
+        out.append(Check("usage hub groups", False, "the portal cannot read JupyterHub's groups: "
+                         f"{groups.get('error') or 'no answer'}; group quotas use the last groups it read",
+                         "re-run `provision install --from 70` (it gives hub service `usage` the role "
+                         "`usage-portal`); " + journal, warning=True))
     return out
 
 

@@ -232,8 +232,8 @@ def _who(scope: str, name: str) -> str:
 def _scope_options(f):
     f = click.option("--default", "default", is_flag=True, help="The quota of everyone without their own or a "
                      "group's.")(f)
-    f = click.option("--group", metavar="NAME", help="A group's quota (its members: --members or the API; the most "
-                     "generous of a user's groups applies).")(f)
+    f = click.option("--group", metavar="NAME", help="A group's quota (its members: JupyterHub's group of that "
+                     "name, plus --members or the API; the most generous of a user's groups applies).")(f)
     f = click.option("--user", metavar="NAME", help="One user's quota (wins over their groups').")(f)
     return env_option(f)
 
@@ -267,8 +267,8 @@ def quota() -> None:
 @click.option("--npu", type=click.IntRange(min=0), help="NPUs at once.")
 @click.option("--gpu-hours", type=click.FloatRange(min=0), help="GPU-hours per period.")
 @click.option("--npu-hours", type=click.FloatRange(min=0), help="NPU-hours per period.")
-@click.option("--members", metavar="USER,USER", help="With --group: its members, replacing the list (the "
-              "portal counts a user's usage under their groups by this list).")
+@click.option("--members", metavar="USER,USER", help="With --group: its members, replacing the list kept "
+              "in the portal (JupyterHub's group of the same name counts too: the portal reads the hub's groups).")
 def quota_set(env: str, user: str | None, group: str | None, default: bool, members: str | None,
               **limits: Any) -> None:
     """Set (replace) a quota: the limits given; a limit not given is no limit.
@@ -316,9 +316,11 @@ def quota_list(env: str, as_json: bool) -> None:
         with _store(env) as store:
             quotas = store.list_quotas()
             groups = store.list_groups()
+            own, hub = store.list_groups(source="portal"), store.list_groups(source="hub")
         for q in quotas:
-            if q.get("scope") == "group":
+            if q.get("scope") == "group":  # members: the portal's list and JupyterHub's group of that name
                 q["members"] = groups.get(q["name"], [])
+                q["hub_members"] = hub.get(q["name"], [])
         if as_json:
             click.echo(json.dumps(quotas, indent=2, default=str))
             return
@@ -334,12 +336,19 @@ def quota_list(env: str, as_json: bool) -> None:
         for q in quotas:
             table.add_row(q.get("scope", ""), q.get("name", "") or "-",
                           *("" if q.get(k) is None else num(q[k]) for k, _ in QUOTA_FIELDS),
-                          ", ".join(q.get("members", [])))
+                          _members_cell(own.get(q.get("name", ""), []), q.get("hub_members", []))
+                          if q.get("scope") == "group" else "")
         if not quotas:
             table.caption = "no quotas: nobody is limited (set one with `provision usage quota set`)"
         Console(soft_wrap=False, width=max(Console().width, 160)).print(table)
 
     _run(work)
+
+
+def _members_cell(own: list[str], hub: list[str]) -> str:
+    """"alice, bob; hub: carol": the portal's own list, then JupyterHub's group of the same name."""
+    parts = ([", ".join(own)] if own else []) + (["hub: " + ", ".join(hub)] if hub else [])
+    return "; ".join(parts)
 
 
 @quota.command("delete")

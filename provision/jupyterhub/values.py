@@ -448,6 +448,7 @@ def _hub_code(s: Settings) -> dict:
 
 PROFILE_ANNOTATION = "provision/profile"  # read by provision/jupyterhub/portal/collector.py
 USAGE_SERVICE = "usage"  # the portal's hub service: /services/usage/, OAuth client "service-usage"
+USAGE_ROLE = "usage-portal"  # the service's role: GET /hub/api/groups with members (portal/hubgroups.py)
 USAGE_TOKEN_KEY = f"hub.services.{USAGE_SERVICE}.apiToken"  # its key in the hub Secret (the chart's)
 
 
@@ -471,7 +472,9 @@ def _usage(s: Settings, facts: ClusterFacts, warnings: list[str]) -> dict:
         service = {"url": f"http://{facts.control_address or 'CONTROL-NODE-IP'}:{s.usage_portal_port}",
                    "display": True, "oauth_no_confirm": True}
         # JupyterHub 5's default user role ("self") may not sign in to a service: "my usage" needs this
-        hub["loadRoles"] = {"user": {"scopes": ["self", f"access:services!service={USAGE_SERVICE}"]}}
+        hub["loadRoles"] = {"user": {"scopes": ["self", f"access:services!service={USAGE_SERVICE}"]},
+                            # the portal reads the hub's groups (and their members) for group reports and quotas
+                            USAGE_ROLE: {"scopes": ["list:groups", "read:groups"], "services": [USAGE_SERVICE]}}
     if s.usage_portal_token.reveal() and (s.enable_usage_portal or s.enable_usage_limit_enforcer):
         service["apiToken"] = s.usage_portal_token
     if service:

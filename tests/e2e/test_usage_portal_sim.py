@@ -204,6 +204,9 @@ def test_install_runs_the_portal_as_a_unit_with_the_hub_token_0600(cluster):
     assert summary["notes"]["usage_portal"]["api_url"] == f"{c.portal}/", summary["notes"]
     assert c.call("GET", "/sessions", token="")[0] == 401
     assert c.call("GET", "/sessions", token="wrong")[0] == 401
+    # the hub's groups reach the portal (the service's role from stage 70; the hub's API through the NodePort)
+    synced = wait_for(lambda: (c.call("GET", "/healthz", token="")[1].get("hub_groups") or {}).get("ok"), 3 * INTERVAL)
+    assert synced, c.why("no hub groups sync")
     c.state["up"] = True
     print(f"\ninstall 00-80 with the usage portal: {seconds:.1f}s")
 

@@ -205,6 +205,15 @@ def test_quotas_api(portal):
             "gpu_hours": 50.0, "npu_hours": None} in q["quotas"]
     assert q["groups"]["vision"] == ["frank", "gina"]
     assert call("GET", u + "/users/gina/limits", token=TOKEN).json()["gpu_limit"] == 8
+    portal.store.replace_hub_groups({"vision": ["hana"]})   # JupyterHub's group of that name counts too
+    try:
+        r = call("PUT", u + "/quotas/groups/vision", token=TOKEN, json={"gpu": 8})
+        assert (r.json()["members"], r.json()["hub_members"]) == (["frank", "gina", "hana"], ["hana"])
+        q = call("GET", u + "/quotas", token=TOKEN).json()
+        assert q["groups"]["vision"] == ["frank", "gina", "hana"] and q["hub_groups"] == {"vision": ["hana"]}
+        assert call("GET", u + "/users/hana/limits", token=TOKEN).json()["gpu_limit"] == 8
+    finally:
+        portal.store.replace_hub_groups({})
     assert call("PUT", u + "/quotas/users/frank", token=TOKEN, json={"gpus": 2}).status == 422
     assert call("PUT", u + "/quotas/users/frank", token=TOKEN, json={"gpu": -2}).status == 422
     assert call("PUT", u + "/quotas/users/frank", token=TOKEN, json={"members": ["x"]}).status == 422

@@ -130,12 +130,15 @@ def test_serve_without_a_cluster_answers_guards_the_api_and_stops_cleanly_on_sig
         assert call("GET", portal.url + "/sessions", token="wrong-token").status == 401
         ok = call("GET", portal.url + "/sessions", token=TOKEN)
         assert ok.status == 200 and ok.json() == []
+        hub_groups = call("GET", portal.url + "/healthz").json()["hub_groups"]   # nothing on the hub's port here
+        assert hub_groups["ok"] is False and "the hub is unreachable" in hub_groups["error"], hub_groups
         rc, took = portal.stop()
     finally:
         portal.kill()
     assert rc == 0 and took < 8, portal.log()
     log = portal.log()
     assert log.count("collector off: no cluster at") == 1, log  # said plainly, once
+    assert log.count("hub groups: the hub is unreachable at") == 1, log  # no hub either: said once, serves on
     assert "Traceback" not in log and TOKEN not in log
     assert db.is_file() and (db.parent.stat().st_mode & 0o777) == 0o700 and (db.stat().st_mode & 0o777) == 0o600
 
@@ -383,7 +386,13 @@ def test_quota_set_list_delete(tmp_path):
     assert "alice" in r.stdout and "default" in r.stdout
     s = Store.open(url)
     assert s.get_quota("user", "alice")["gpu"] == 2 and s.groups_of("bob") == ["physics"]
+    s.replace_hub_groups({"physics": ["carol"]})            # JupyterHub's group of that name, as the portal synced it
     s.close()
+    r = provision("usage", "quota", "list", "--env", env, cwd=tmp_path)
+    assert "alice, bob; hub: carol" in r.stdout, r.stdout
+    group = next(q for q in json.loads(provision("usage", "quota", "list", "--env", env, "--json",
+                                                 cwd=tmp_path).stdout) if q["scope"] == "group")
+    assert (group["members"], group["hub_members"]) == (["alice", "bob", "carol"], ["carol"])
     r = provision("usage", "quota", "delete", "--env", env, "--user", "alice", cwd=tmp_path)
     assert r.returncode == 0 and "deleted user alice's quota" in r.stdout
     r = provision("usage", "quota", "delete", "--env", env, "--user", "alice", cwd=tmp_path)

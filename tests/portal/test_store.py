@@ -101,6 +101,22 @@ def test_quotas_and_groups(store):
     assert store.list_groups() == {"ml": ["alice", "bob"]}
 
 
+def test_hub_groups_join_the_portals_own_and_each_sync_replaces_the_last(store):
+    store.set_group_members("ml", ["alice"])
+    store.replace_hub_groups({"ml": ["carol", "alice"], "physics": ["alice", "dan"], "empty": []})
+    assert store.groups_of("alice") == ["ml", "physics"] and store.groups_of("carol") == ["ml"]
+    assert store.list_groups() == {"ml": ["alice", "carol"], "physics": ["alice", "dan"]}
+    assert store.list_groups(source="portal") == {"ml": ["alice"]}
+    assert store.list_groups(source="hub") == {"ml": ["alice", "carol"], "physics": ["alice", "dan"]}
+    store.replace_hub_groups({"physics": ["dan"]})         # alice left physics, hub group ml is gone
+    assert store.groups_of("alice") == ["ml"] and store.groups_of("carol") == []
+    assert store.list_groups() == {"ml": ["alice"], "physics": ["dan"]}
+    store.replace_hub_groups({})
+    assert store.list_groups(source="hub") == {} and store.groups_of("dan") == []
+    with pytest.raises(ValueError, match="source"):
+        store.list_groups(source="ldap")
+
+
 def test_collector_health_keeps_last_success(store):
     assert store.last_collection() is None
     store.note_collection(T0, True)
@@ -124,6 +140,7 @@ def test_old_schema_is_migrated_keeping_rows_and_reopening_is_a_no_op(db_url):
         assert s.get_session(sid)["username"] == "alice"
         s.set_quota("user", "alice", gpu=1)                    # tables of later steps exist
         s.note_collection(T0, True)
+        s.replace_hub_groups({"ml": ["alice"]})
     finally:
         s.close()
     again = Store.open(db_url)

@@ -317,7 +317,11 @@ def test_the_portal_is_a_hub_service_on_the_control_node_and_the_enforcer_asks_i
     v = render(facts, ENABLE_USAGE_PORTAL="true", ENABLE_USAGE_LIMIT_ENFORCER="true", USAGE_LIMIT_FAIL_MODE="open")
     assert v["hub"]["services"] == {"usage": {"url": "http://10.0.0.5:29781", "display": True,
                                               "oauth_no_confirm": True}}   # the chart generates the token
-    assert v["hub"]["loadRoles"] == {"user": {"scopes": ["self", "access:services!service=usage"]}}
+    assert v["hub"]["loadRoles"] == {
+        "user": {"scopes": ["self", "access:services!service=usage"]},
+        "usage-portal": {"scopes": ["list:groups", "read:groups"], "services": ["usage"]}}
+    assert "loadRoles" not in render(facts, ENABLE_USAGE_LIMIT_ENFORCER="true",
+                                     USAGE_PORTAL_URL="http://portal.lab:8080")["hub"]
     env = v["hub"]["extraEnv"]
     assert {k: env[k] for k in env if "USAGE" in k} == {
         "PROVISION_USAGE_PORTAL_URL": "http://10.0.0.5:29781", "PROVISION_USAGE_LIMIT_FAIL_MODE": "open",

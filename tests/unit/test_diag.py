@@ -479,3 +479,12 @@ def test_portal_probes_only_read_and_parse_to_json():
         assert word not in script, word
     for out, rc in (("", 0), ("", 1), ("200\n{\"db\": \"ok\"}", 0), ("active\n", 0)):
         json.dumps({p.name: p.parse(F.Raw(out, rc)) for p in D.cluster_probes(s)})
+
+
+def test_a_portal_that_cannot_read_the_hubs_groups_warns_with_the_role_fix():
+    facts = portal_facts()
+    facts["usage_health"]["body"]["hub_groups"] = {"ok": False, "error": "HTTP 403: the service needs list:groups"}
+    c = portal_checks(facts)["usage hub groups"]
+    assert not c.ok and c.warning and "HTTP 403" in c.detail and "--from 70" in c.hint
+    facts["usage_health"]["body"]["hub_groups"] = {"ok": True, "error": ""}
+    assert "usage hub groups" not in portal_checks(facts)

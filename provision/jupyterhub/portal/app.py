@@ -349,6 +349,9 @@ def create_app(cfg: PortalConfigLike, store, *, collector=None, core_v1=None, co
                                       "last_ok_at": iso(last.get("last_ok_at"))}
         else:
             out["last_collection"] = None
+        sync = getattr(p, "hub_groups", None)  # serve() sets it: JupyterHub's groups, read every interval
+        if sync is not None:
+            out["hub_groups"] = dict(sync.state(), error=_redact(sync.last_error))
         out["ok"] = out["db"] == "ok"
         return JSONResponse(out, status_code=200 if out["ok"] else 503)
 
@@ -430,7 +433,8 @@ def create_app(cfg: PortalConfigLike, store, *, collector=None, core_v1=None, co
     @app.get("/quotas")
     def quotas(request: Request):
         p.need(request, admin=True)
-        return {"quotas": store.list_quotas(), "groups": store.list_groups(), "period": p.period}
+        return {"quotas": store.list_quotas(), "groups": store.list_groups(), "period": p.period,
+                "hub_groups": store.list_groups(source="hub")}  # groups: the portal's lists and the hub's merged
 
     def _quota_values(body: dict) -> dict:
         unknown = sorted(set(body) - set(QUOTA_KEYS) - {"members"})
@@ -457,7 +461,8 @@ def create_app(cfg: PortalConfigLike, store, *, collector=None, core_v1=None, co
             store.set_group_members(name, members)
         out = store.get_quota(scope, name)
         if scope == "group":
-            out = dict(out, members=store.list_groups().get(name, []))
+            out = dict(out, members=store.list_groups().get(name, []),
+                       hub_members=store.list_groups(source="hub").get(name, []))
         return out
 
     @app.put("/quotas/users/{name}")

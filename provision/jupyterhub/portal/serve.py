@@ -297,6 +297,7 @@ def serve(cfg: PortalConfig) -> int:
     import uvicorn
 
     from .app import create_app
+    from .hubgroups import HubGroupSync
 
     _logging()
     stopping = threading.Event()
@@ -317,9 +318,13 @@ def serve(cfg: PortalConfig) -> int:
             raise
         link = ClusterLink(cfg, store)
         link.start()
+        hub_groups = HubGroupSync(store, cfg.hub_api_url, cfg.token, cfg.interval)  # JupyterHub's groups count too
+        hub_groups.start()
         app = create_app(cfg, store, collector=link.collector, core_v1=link.factory if link.collector else None,
                          collector_off_reason=link.reason)
         link.portal = getattr(app.state, "portal", None)
+        if link.portal is not None:
+            link.portal.hub_groups = hub_groups  # /healthz shows its state
         if link.collector is None and link.portal is not None:
             link.portal.collector_off_reason = link.reason
         server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
@@ -331,6 +336,7 @@ def serve(cfg: PortalConfig) -> int:
         try:
             server.run(sockets=[sock])
         finally:
+            hub_groups.stop(STOP_TIMEOUT)
             clean = link.stop()
             if clean:
                 store.close()

@@ -85,6 +85,13 @@ MIGRATIONS: list[list[str]] = [
             error TEXT NOT NULL DEFAULT '',
             last_ok_at TEXT)""",
     ],
+    [  # 4: JupyterHub's groups as the portal last read them from the hub's API (replaced whole on each sync)
+        """CREATE TABLE hub_group_members (
+            group_name TEXT NOT NULL,
+            username TEXT NOT NULL,
+            PRIMARY KEY (group_name, username))""",
+        "CREATE INDEX hub_group_members_user ON hub_group_members (username)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -443,13 +450,35 @@ class Store:
                 self._exec(cur, "INSERT INTO group_members (group_name, username) VALUES (?, ?)", (group, m))
         self._call(work, tx=True)
 
+    def replace_hub_groups(self, groups: dict[str, list[str]]) -> None:
+        """JupyterHub's groups and their members, as just read from the hub: replace what the last sync stored
+        (one transaction, so readers see the old or the new set, never half). Empty groups store nothing."""
+        pairs = sorted({(g, m) for g, members in groups.items() if g for m in (members or []) if m})
+
+        def work(cur) -> None:
+            self._exec(cur, "DELETE FROM hub_group_members")
+            for g, m in pairs:
+                self._exec(cur, "INSERT INTO hub_group_members (group_name, username) VALUES (?, ?)", (g, m))
+        self._call(work, tx=True)
+
     def groups_of(self, username: str) -> list[str]:
-        rows = self._query("SELECT group_name FROM group_members WHERE username = ? ORDER BY group_name", (username,))
+        """The user's groups: the portal's own member lists and JupyterHub's groups together."""
+        rows = self._query("SELECT group_name FROM group_members WHERE username = ? UNION "
+                           "SELECT group_name FROM hub_group_members WHERE username = ? ORDER BY group_name",
+                           (username, username))
         return [r["group_name"] for r in rows]
 
-    def list_groups(self) -> dict[str, list[str]]:
+    def list_groups(self, *, source: str | None = None) -> dict[str, list[str]]:
+        """{group: sorted members}: source None = the portal's lists and JupyterHub's merged (a group of the
+        same name is one group), "portal" = only the lists set here (quota set --members, the API), "hub" =
+        only JupyterHub's as last synced."""
+        tables = {"portal": ("group_members",), "hub": ("hub_group_members",),
+                  None: ("group_members", "hub_group_members")}
+        if source not in tables:
+            raise ValueError(f"group source must be portal, hub or None, not {source!r}")
+        sql = " UNION ".join(f"SELECT group_name, username FROM {t}" for t in tables[source])
         out: dict[str, list[str]] = {}
-        for r in self._query("SELECT group_name, username FROM group_members ORDER BY group_name, username"):
+        for r in self._query(sql + " ORDER BY group_name, username"):
             out.setdefault(r["group_name"], []).append(r["username"])
         return out
 
