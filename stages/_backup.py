@@ -13,6 +13,9 @@ member):
   settings/jhub.env               the settings file used (holds secrets)
   homes/<dir>.tar.gz              with --homes: one user's home (shared storage home/<dir>, or claim-<dir>)
   student-work/<dir>.tar.gz       with --homes: one student's folder under WORKSHOP_STUDENT_WORK_PATH
+  usage/usage.sqlite              ENABLE_USAGE_PORTAL=true: the usage portal's records (sessions, quotas,
+                                  groups), a consistent copy (sqlite online backup API, on the control node)
+  usage/usage.dump                ... or, with USAGE_DB_URL=postgresql://..., its pg_dump (custom format)
 
 Not in it: the hub's generated Secret (cookie secret, proxy token, CryptKeeper keys). A fresh install makes
 new ones and nothing a user keeps depends on them: NativeAuthenticator stores bcrypt hashes in the database
@@ -48,7 +51,9 @@ HUB_LABEL = "component=hub"
 HUB_DEPLOYMENT = "hub"
 RESTORE_POD = "provision-restore-db"
 UID, GID = 1000, 100  # jovyan:users, as the z2jh singleuser image expects its home
-_MEMBER = re.compile(r"(hub|settings|homes|student-work)/[A-Za-z0-9@._+-]{1,200}")
+USAGE_SQLITE = "usage/usage.sqlite"  # the usage portal's SQLite database (stage 75's, or USAGE_DB_URL=sqlite:)
+USAGE_DUMP = "usage/usage.dump"  # its PostgreSQL database (USAGE_DB_URL=postgresql://...), pg_dump custom format
+_MEMBER = re.compile(r"(hub|settings|homes|student-work|usage)/[A-Za-z0-9@._+-]{1,200}")
 _DIR = re.compile(r"[^/\x00]{1,255}")
 
 
@@ -100,8 +105,10 @@ class Member:
 
 def manifest(members: Sequence[Member], *, cluster: str, created: datetime.datetime, namespace: str,
              release: Mapping[str, Any] | None, hub: Mapping[str, Any], storage: Mapping[str, Any],
-             provision_version: str, checksum: Callable[[Path], str] = sha256_file) -> dict[str, Any]:
-    """manifest.json: versions, time, and per member its size and sha256 (computed here from the files)."""
+             provision_version: str, checksum: Callable[[Path], str] = sha256_file,
+             usage: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """manifest.json: versions, time, and per member its size and sha256 (computed here from the files); with
+    usage (the portal's database: kind and counts), a "usage" entry."""
     rows = []
     for m in members:
         if not _MEMBER.fullmatch(m.name) or m.name.count("..") or m.name == MANIFEST:
@@ -111,7 +118,7 @@ def manifest(members: Sequence[Member], *, cluster: str, created: datetime.datet
     return {"format": FORMAT, "kind": KIND, "provision_version": provision_version,
             "created": created.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "cluster": cluster, "namespace": namespace, "release": dict(release or {}), "hub": dict(hub),
-            "storage": dict(storage), "members": rows}
+            "storage": dict(storage), "members": rows, **({"usage": dict(usage)} if usage is not None else {})}
 
 
 def write_archive(path: Path, members: Sequence[Member], man: Mapping[str, Any],
@@ -622,6 +629,181 @@ def external_db(url: str) -> ExternalDb:
     u = urlparse(url)
     return ExternalDb(kind, u.hostname or "localhost", u.port, unquote(u.username or ""),
                       unquote(u.password or ""), (u.path or "/").lstrip("/").split("?")[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# The usage portal's records (ENABLE_USAGE_PORTAL): its SQLite file on the control node, or its PostgreSQL
+# database (USAGE_DB_URL) dumped and restored like the hub's external one
+
+
+@dataclass(frozen=True)
+class UsageDb:
+    """Where the usage portal keeps its records under the given settings."""
+
+    kind: str  # sqlite | postgres
+    path: str = ""  # sqlite: the file on the control node
+    ext: ExternalDb | None = None  # postgres: the database, dumped with pg_dump as the hub's external one
+
+    @property
+    def member(self) -> str:
+        return USAGE_SQLITE if self.kind == "sqlite" else USAGE_DUMP
+
+    def describe(self) -> str:
+        if self.ext:
+            return f"PostgreSQL {self.ext.database} on {self.ext.host}"
+        return self.path
+
+
+def usage_db(settings: Any) -> UsageDb | None:
+    """The usage portal's database (None when ENABLE_USAGE_PORTAL=false): USAGE_DB_URL, else the portal's
+    default SQLite file (store.DEFAULT_DB_PATH, /var/lib/provision/usage.db)."""
+    from provision.jupyterhub.portal.store import DEFAULT_DB_PATH, sqlite_path
+
+    if not settings.enable_usage_portal:
+        return None
+    url = settings.usage_db_url.reveal()
+    if not url:
+        return UsageDb("sqlite", DEFAULT_DB_PATH)
+    path = sqlite_path(url)
+    if path is not None:
+        if not path.startswith("/"):
+            raise BackupError("USAGE_DB_URL names a relative SQLite path, which backup cannot find on the control "
+                              "node", "use an absolute one (sqlite:////var/lib/provision/usage.db)",
+                              exit_code=EXIT_CONFIG)
+        return UsageDb("sqlite", path)
+    if db_kind(url) == "postgres":
+        return UsageDb("postgres", ext=external_db(url))
+    raise BackupError(f"USAGE_DB_URL uses {db_kind(url)}:, which backup cannot copy",
+                      "the usage portal keeps its records in SQLite or PostgreSQL", exit_code=EXIT_CONFIG)
+
+
+def usage_member(man: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The archive's usage portal member (its manifest row), None in an archive without one."""
+    return next((m for m in man.get("members") or [] if str(m.get("name", "")).startswith("usage/")), None)
+
+
+def usage_restore_target(man: Mapping[str, Any], settings: Any, skip: bool) -> UsageDb | None:
+    """Where restore puts the archive's usage records (None: nothing to do). Refused (exit 6) before anything is
+    touched when the settings have no portal or keep its records in another kind of database."""
+    from provision.errors import EXIT_REFUSED
+
+    row = usage_member(man)
+    if row is None or skip:
+        return None
+    target = usage_db(settings)
+    if target is None:
+        raise BackupError(f"the backup holds the usage portal's records ({row['name']}) but the settings have "
+                          "ENABLE_USAGE_PORTAL=false: nothing was changed",
+                          "set ENABLE_USAGE_PORTAL=true in jhub.env and run `sudo provision install`, then restore; "
+                          "or restore without them: add --skip-usage", exit_code=EXIT_REFUSED)
+    if target.member != row["name"]:
+        have = "SQLite" if row["name"] == USAGE_SQLITE else "PostgreSQL"
+        now = "SQLite" if target.kind == "sqlite" else "PostgreSQL"
+        raise BackupError(f"the backup holds a {have} usage portal database but USAGE_DB_URL uses {now}: nothing "
+                          "was changed", "restore with the USAGE_DB_URL the backup was taken with (settings/jhub.env "
+                          "in the archive), or add --skip-usage", exit_code=EXIT_REFUSED)
+    return target
+
+
+# On the control node as root: argv[1] = the portal's database, argv[2] = the copy to write (0600). Prints one
+# JSON line: {"missing": true} when there is no database yet, else what the copy holds, its size and sha256. The
+# copy is taken with sqlite's online backup API (consistent while the portal's collector writes), made a
+# single file (rollback journal, not WAL) and checked with integrity_check; mode=rw never creates a database.
+USAGE_BACKUP_PY = r"""# provision backup: usage portal database (sqlite online backup)
+import hashlib, json, os, sqlite3, sys, urllib.parse
+os.umask(0o077)
+path, out = sys.argv[1], sys.argv[2]
+if not os.path.isfile(path):
+    print(json.dumps({"missing": True}))
+    sys.exit(0)
+os.close(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+src = sqlite3.connect("file:" + urllib.parse.quote(path) + "?mode=rw", uri=True, timeout=60)
+dst = sqlite3.connect(out)
+src.backup(dst)
+src.close()
+dst.execute("PRAGMA journal_mode=DELETE")
+def one(sql):
+    try:
+        return dst.execute(sql).fetchone()[0]
+    except (sqlite3.Error, TypeError):
+        return None
+meta = {"integrity": one("PRAGMA integrity_check") or "", "schema_version": one("SELECT max(version) FROM schema_version"),
+        "sessions": one("SELECT count(*) FROM sessions"),
+        "running": one("SELECT count(*) FROM sessions WHERE end_time IS NULL"),
+        "quotas": one("SELECT count(*) FROM quotas"),
+        "groups": one("SELECT count(DISTINCT group_name) FROM group_members")}
+dst.close()
+h = hashlib.sha256()
+with open(out, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+meta.update(size=os.path.getsize(out), sha256=h.hexdigest())
+print(json.dumps(meta))
+"""
+
+# On the control node as root, the portal stopped: argv[1] = the portal's database, argv[2] = the expected
+# sha256, argv[3] = the copy from the archive. Written beside the target (0600 root; a missing folder is made
+# 0700), fsynced, checked (sha256, integrity_check), then renamed over it, so a failure leaves the old database
+# as it was; the old database's journal files are removed.
+USAGE_RESTORE_PY = r"""# provision restore: usage portal database
+import hashlib, json, os, sqlite3, sys
+os.umask(0o077)
+path, want, src = sys.argv[1], sys.argv[2], sys.argv[3]
+h = hashlib.sha256()
+with open(src, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+if h.hexdigest() != want:
+    print(json.dumps({"error": "the usage database arrived damaged (sha256 differs)"}))
+    sys.exit(3)
+d = os.path.dirname(path) or "."
+if not os.path.isdir(d):
+    os.makedirs(d, 0o700)
+    os.chmod(d, 0o700)
+tmp = os.path.join(d, "." + os.path.basename(path) + ".provision-restore")
+for f in (tmp, tmp + "-journal", tmp + "-wal", tmp + "-shm"):
+    if os.path.lexists(f):
+        os.unlink(f)
+size = 0
+with open(src, "rb") as f, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        out.write(chunk)
+        size += len(chunk)
+    out.flush()
+    os.fsync(out.fileno())
+os.chmod(tmp, 0o600)
+if os.getuid() == 0:
+    os.chown(tmp, 0, 0)
+con = sqlite3.connect(tmp)
+check = con.execute("PRAGMA integrity_check").fetchone()[0]
+con.close()
+if check != "ok":
+    os.unlink(tmp)
+    print(json.dumps({"error": "integrity_check: " + str(check)[:200]}))
+    sys.exit(4)
+for suffix in ("-journal", "-wal", "-shm"):
+    if os.path.lexists(path + suffix):
+        os.unlink(path + suffix)
+os.replace(tmp, path)
+fd = os.open(d, os.O_RDONLY)
+os.fsync(fd)
+os.close(fd)
+print(json.dumps({"ok": True, "size": size}))
+"""
+
+
+def parse_usage_meta(text: str) -> dict[str, Any]:
+    """USAGE_BACKUP_PY's JSON line, refused when the copy fails integrity_check."""
+    try:
+        meta = json.loads(text.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise BackupError("the usage portal's database copy could not be read",
+                          "re-run; if it repeats, check python3 and sudo on the control node") from None
+    if not meta.get("missing") and meta.get("integrity") != "ok":
+        raise BackupError(f"the usage portal's database fails sqlite's integrity_check "
+                          f"({str(meta.get('integrity'))[:100]})",
+                          "the database itself is damaged; an older backup may be intact")
+    return dict(meta)
 
 
 def human(n: int | None) -> str:

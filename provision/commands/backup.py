@@ -1,5 +1,6 @@
-"""`provision backup` and `provision restore`: the hub database, the settings and (with --homes) the users'
-files, as one dated archive with a manifest and sha256 sums; restore puts them into a fresh install.
+"""`provision backup` and `provision restore`: the hub database, the settings, the usage portal's records (with
+ENABLE_USAGE_PORTAL) and (with --homes) the users' files, as one dated archive with a manifest and sha256 sums;
+restore puts them into a fresh install.
 
 The domain (what goes in, the manifest, the code run in the hub pod, the restore pod) is stages/_backup.py;
 this module reaches the control node as `install` does (this machine or --host) and drives it. Nothing a
@@ -45,12 +46,14 @@ def _common(f):
 @_common
 def backup(to_dir: str, homes: bool, env: str, dry_run: bool, log_file: str | None, verbose: bool,
            **host_kwargs: Any) -> None:
-    """Back up the hub database, the settings and, with --homes, the users' files into one archive.
+    """Back up the hub database, the settings, the usage portal's records and, with --homes, the users' files.
 
     Writes DIR/provision-backup-<cluster>-<UTC time>.tar.gz (mode 0600: it holds jhub.env's secrets and the
     users' password hashes) and beside it the archive's sha256 (`sha256sum -c FILE.sha256` checks it). The
     database is copied while the hub runs, consistently (sqlite's online backup API inside the hub pod); an
-    external HUB_DB_URL database is dumped with pg_dump/mysqldump on the control node.
+    external HUB_DB_URL database is dumped with pg_dump/mysqldump on the control node. With
+    ENABLE_USAGE_PORTAL=true the portal's sessions, quotas and groups go in too: its SQLite database copied the
+    same consistent way on the control node, or its USAGE_DB_URL PostgreSQL database dumped with pg_dump.
 
     \b
     Examples:
@@ -69,16 +72,20 @@ def backup(to_dir: str, homes: bool, env: str, dry_run: bool, log_file: str | No
 @click.command()
 @click.argument("archive", metavar="FROM", type=click.Path(dir_okay=False))
 @click.option("--yes", "-y", is_flag=True, help="Do not ask (needed when stdin is not a terminal).")
+@click.option("--skip-usage", is_flag=True,
+              help="Leave the usage portal's records as they are (restore the rest of the backup).")
 @_common
-def restore(archive: str, yes: bool, env: str, dry_run: bool, log_file: str | None, verbose: bool,
-            **host_kwargs: Any) -> None:
+def restore(archive: str, yes: bool, skip_usage: bool, env: str, dry_run: bool, log_file: str | None,
+            verbose: bool, **host_kwargs: Any) -> None:
     """Restore a backup into an installed hub: the database (users, passwords, approvals) and any homes.
 
     FROM is the .tar.gz `provision backup` wrote; its .sha256 must lie beside it. The archive and every member
     are verified first (a damaged one changes nothing). Then the plan says what will be replaced and asks
     (--yes without a terminal). The hub is stopped while its database is replaced (through a short-lived pod
     that mounts the hub's volume), homes and student work are unpacked over the current ones (owner
-    1000:100), the hub is started again and the users are checked. Running it again gives the same result.
+    1000:100), the hub is started again and the users are checked. The usage portal's records, when the
+    backup has them, replace the portal's database (its service stopped meanwhile), unless --skip-usage.
+    Running it again gives the same result.
 
     \b
     Examples:
@@ -88,9 +95,11 @@ def restore(archive: str, yes: bool, env: str, dry_run: bool, log_file: str | No
 
     Exit codes: 0 restored, 1 a step failed (re-run to finish), 2 bad settings, options or file,
     4 another run holds the lock, 5 the archive is damaged, or the users are not back after the restore,
-    6 refused: a newer JupyterHub's database, a database kind the settings do not use, or not confirmed.
+    6 refused: a newer JupyterHub's database, a database kind the settings do not use, usage portal records
+    with ENABLE_USAGE_PORTAL=false (enable it, or --skip-usage), or not confirmed.
     """
-    _main(lambda console, settings: _restore(console, settings, Path(archive), yes, dry_run, host_kwargs),
+    _main(lambda console, settings: _restore(console, settings, Path(archive), yes, dry_run, host_kwargs,
+                                             skip_usage),
           env, log_file, verbose, host_kwargs)
 
 
@@ -238,6 +247,7 @@ def _backup(console, settings, env: str, to_dir: Path, homes: bool, dry_run: boo
         raise ConfigError(f"--homes: {B.homes_refusal(settings)}")
     kind = B.db_kind(settings.hub_db_url.reveal())
     ext = B.external_db(settings.hub_db_url.reveal()) if kind != "sqlite" else None
+    usage = B.usage_db(settings)
     ns = settings.hub_namespace
     with open_inventory(on_command=console.on_command, **host_kwargs) as inv:
         host = inv.host(inv.control)
@@ -250,6 +260,9 @@ def _backup(console, settings, env: str, to_dir: Path, homes: bool, dry_run: boo
         console.line(f"  hub database: {kind}" + (f" ({ext.kind} on {ext.host}, dumped with {ext.tools[0]})"
                                                    if ext else " (online copy in the hub pod, while it runs)"))
         console.line(f"  settings: {env} (0600 in the archive)")
+        if usage:
+            console.line(f"  usage portal records: {usage.describe()}" + (" (dumped with pg_dump)" if usage.ext else
+                                                                           " (online copy on the control node)"))
         if homes:
             _show_folders(console, folders)
         when = datetime.datetime.now(datetime.timezone.utc)
@@ -277,10 +290,11 @@ def _backup(console, settings, env: str, to_dir: Path, homes: bool, dry_run: boo
                 env_copy.write_bytes(Path(env).read_bytes())
                 env_copy.chmod(0o600)
                 members.append(B.Member("settings/jhub.env", env_copy, "the settings file used (jhub.env; secrets)"))
+                usage_meta = _copy_usage(console, host, st, usage, work, members) if usage else None
                 _copy_folders(console, host, st, folders, work, members)
             man = B.manifest(members, cluster=cluster, created=when, namespace=ns, release=release, hub=hub,
                              storage={"homes": B.storage_kind(settings), "with_homes": homes},
-                             provision_version=__version__)
+                             provision_version=__version__, usage=usage_meta)
             digest = B.write_archive(target, members, man, _progress(console))
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -348,27 +362,64 @@ def _copy_sqlite(console, host, st: Staging, ns: str, pod: str, db_path: str, wo
                                                      "integrity")}}
 
 
-def _dump_external(console, host, st: Staging, ext, work: Path, members: list) -> dict[str, Any]:
+def _dump_external(console, host, st: Staging, ext, work: Path, members: list, member: str = "",
+                   what: str = "hub database", key: str = "HUB_DB_URL") -> dict[str, Any]:
+    """The external database into member (default: the hub's, ext.member) with pg_dump/mysqldump on the control
+    node; the password only in a 0600 file of the staging folder."""
     from provision.errors import EXIT_PREFLIGHT
     from stages import _backup as B
 
     tool = ext.tools[0]
+    member = member or ext.member
     if host.run(["sh", "-c", 'command -v "$1"', "sh", tool], timeout=30, check=False).exit_status:
-        raise B.BackupError(f"{tool} is not installed on the control node, so the {ext.kind} hub database cannot be "
+        raise B.BackupError(f"{tool} is not installed on the control node, so the {ext.kind} {what} cannot be "
                             "dumped", f"install it there (apt install {_client_package(ext.kind)}), then re-run",
                             exit_code=EXIT_PREFLIGHT)
     cred = st.send_bytes(ext.credentials().encode(), "db-credentials")
-    name = Path(ext.member).name
+    name = Path(member).name
     r = host.run(ext.dump_argv(cred, st.remote(name)), timeout=EXEC_TIMEOUT, check=False)
     host.run(["rm", "-f", "--", cred], timeout=30, check=False)
     if r.exit_status:
-        raise B.BackupError(f"{tool} failed: {_tail(r)}", "check HUB_DB_URL and that the database answers from the "
+        raise B.BackupError(f"{tool} failed: {_tail(r)}", f"check {key} and that the database answers from the "
                             "control node, then re-run")
-    local = work / ext.member
+    local = work / member
     st.fetch(name, local)
-    members.append(B.Member(ext.member, local, f"hub database ({ext.kind}, {tool})"))
-    console.line(f"  hub database: {ext.kind} dump {B.human(local.stat().st_size)}")
+    members.append(B.Member(member, local, f"{what} ({ext.kind}, {tool})"))
+    console.line(f"  {what}: {ext.kind} dump {B.human(local.stat().st_size)}")
     return {"db": ext.kind, "users": None}
+
+
+def _copy_usage(console, host, st: Staging, usage, work: Path, members: list) -> dict[str, Any] | None:
+    """The usage portal's records: its PostgreSQL database dumped as the hub's external one, or its SQLite file
+    copied on the control node with the online backup API (consistent while the collector writes). None when
+    the portal has no database yet."""
+    from stages import _backup as B
+
+    if usage.ext:
+        _dump_external(console, host, st, usage.ext, work, members, B.USAGE_DUMP, "usage portal database",
+                       "USAGE_DB_URL")
+        return {"db": "postgres"}
+    t = time.monotonic()
+    r = _sh(host, "copy the usage portal's database (sqlite online backup)", "python3 -c {py} {db} {out}",
+            py=B.USAGE_BACKUP_PY, db=usage.path, out=st.remote("usage.sqlite"))
+    if r.exit_status:
+        raise B.BackupError(f"copying the usage portal's database {usage.path} failed: {_tail(r)}",
+                            "check python3 and that the file is a SQLite database on the control node, then re-run")
+    meta = B.parse_usage_meta(r.stdout)
+    if meta.get("missing"):
+        console.warn(f"usage portal: no database at {usage.path} yet (the portal has not recorded anything): "
+                     "none in the archive")
+        return None
+    local = work / B.USAGE_SQLITE
+    st.fetch("usage.sqlite", local)
+    if local.stat().st_size != meta.get("size") or B.sha256_file(local) != meta.get("sha256"):
+        raise B.BackupError("the usage portal's database copy arrived damaged (size or sha256 differs)",
+                            "re-run the backup")
+    members.append(B.Member(B.USAGE_SQLITE, local, "usage portal database (sqlite online backup, integrity_check ok)"))
+    console.line(f"  usage portal: {B.human(meta['size'])}, {meta.get('sessions')} sessions ({meta.get('running')} "
+                 f"running), {meta.get('quotas')} quotas, {meta.get('groups')} groups, integrity ok, "
+                 f"{time.monotonic() - t:.1f}s")
+    return {"db": "sqlite", **{k: meta.get(k) for k in ("schema_version", "sessions", "running", "quotas", "groups")}}
 
 
 def _client_package(kind: str) -> str:
@@ -450,7 +501,8 @@ def _progress(console):
 # restore
 
 
-def _restore(console, settings, archive: Path, yes: bool, dry_run: bool, host_kwargs: dict) -> None:
+def _restore(console, settings, archive: Path, yes: bool, dry_run: bool, host_kwargs: dict,
+             skip_usage: bool = False) -> None:
     from provision.inventory import open_inventory
 
     # the options are checked first (hosts connect lazily: nothing is contacted yet), then the archive, before
@@ -458,12 +510,13 @@ def _restore(console, settings, archive: Path, yes: bool, dry_run: bool, host_kw
     with open_inventory(on_command=console.on_command, **host_kwargs) as inv:
         work = Path(tempfile.mkdtemp(prefix="provision-restore-"))
         try:
-            _restore_with(console, settings, archive, yes, dry_run, inv, work)
+            _restore_with(console, settings, archive, yes, dry_run, inv, work, skip_usage)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _restore_with(console, settings, archive: Path, yes: bool, dry_run: bool, inv, work: Path) -> None:
+def _restore_with(console, settings, archive: Path, yes: bool, dry_run: bool, inv, work: Path,
+                  skip_usage: bool = False) -> None:
     from provision.errors import EXIT_REFUSED, ConfigError, ProvisionError
     from provision.lock import NodeLock, RunLock, RunLocks
     from stages import _backup as B
@@ -477,6 +530,7 @@ def _restore_with(console, settings, archive: Path, yes: bool, dry_run: bool, in
         raise B.BackupError(f"the backup holds a {hub.get('db')} hub database but the settings use {kind_now}",
                             "restore with the settings the backup was taken with (settings/jhub.env in the "
                             "archive) or a matching HUB_DB_URL", exit_code=EXIT_REFUSED)
+    usage = B.usage_restore_target(man, settings, skip_usage)
     ns = settings.hub_namespace
     host = inv.host(inv.control)
     facts = _gather(host, settings)
@@ -488,7 +542,7 @@ def _restore_with(console, settings, archive: Path, yes: bool, dry_run: bool, in
                             exit_code=EXIT_REFUSED)
     folders = [m for m in man["members"] if m.get("area")]
     targets, missing = _folder_targets(host, settings, facts, folders)
-    _show_plan(console, man, installed, folders, targets, missing)
+    _show_plan(console, man, installed, folders, targets, missing, usage)
     if dry_run:
         console.line("dry run: nothing changed", "ok")
         return
@@ -505,6 +559,8 @@ def _restore_with(console, settings, archive: Path, yes: bool, dry_run: bool, in
         with staging(host) as st:
             _put_database(console, host, st, settings, deploy, man, work,
                           lambda: _put_folders(console, host, st, folders, targets, work))
+            if usage:
+                _put_usage(console, host, st, usage, man, work)
         _check_users(console, host, settings, hub)
     finally:
         locks.release()
@@ -543,7 +599,8 @@ def _folder_targets(host, settings, facts: dict, folders: list[dict]) -> tuple[d
     return out, missing
 
 
-def _show_plan(console, man: dict, installed: dict, folders: list, targets: dict, missing: list) -> None:
+def _show_plan(console, man: dict, installed: dict, folders: list, targets: dict, missing: list,
+               usage=None) -> None:
     from stages import _backup as B
 
     hub = man["hub"]
@@ -563,6 +620,14 @@ def _show_plan(console, man: dict, installed: dict, folders: list, targets: dict
                          "(files of the same name are overwritten, owner 1000:100)")
     for d in missing:
         console.line(f"  home {d}: not now (no volume yet)", "warn")
+    row, counts = B.usage_member(man), man.get("usage") or {}
+    if row and usage:
+        held = (f" ({counts.get('sessions')} sessions, {counts.get('quotas')} quotas, {counts.get('groups')} groups)"
+                if counts.get("sessions") is not None else "")
+        console.line(f"  usage portal records: {usage.describe()} is REPLACED by the backup's{held}; the portal's "
+                     "service is stopped meanwhile and started again")
+    elif row:
+        console.line("  usage portal records: kept as they are (--skip-usage)", "warn")
     console.line("  not in the backup, so kept as installed: the hub's generated secrets (users log in again), "
                  "the settings (settings/jhub.env in the archive is for a new machine's install)")
 
@@ -591,7 +656,7 @@ def _put_database(console, host, st: Staging, settings, deploy: dict, man: dict,
         if member["name"] == f"hub/{B.DB_FILE}":
             _sqlite_into_volume(console, host, st, ns, deploy, remote, member["sha256"], timeout)
         else:
-            _external_restore(console, host, st, settings, remote)
+            _external_restore(console, host, st, B.external_db(settings.hub_db_url.reveal()), remote)
         also()
     finally:
         _replicas(host, ns, replicas, "start the hub")
@@ -630,11 +695,10 @@ def _sqlite_into_volume(console, host, st: Staging, ns: str, deploy: dict, remot
         _delete_restore_pod(host, ns)
 
 
-def _external_restore(console, host, st: Staging, settings, remote: str) -> None:
+def _external_restore(console, host, st: Staging, ext, remote: str, key: str = "HUB_DB_URL") -> None:
     from provision.errors import EXIT_PREFLIGHT
     from stages import _backup as B
 
-    ext = B.external_db(settings.hub_db_url.reveal())
     tool = ext.tools[1]
     if host.run(["sh", "-c", 'command -v "$1"', "sh", tool], timeout=30, check=False).exit_status:
         raise B.BackupError(f"{tool} is not installed on the control node", f"install it there (apt install "
@@ -645,7 +709,43 @@ def _external_restore(console, host, st: Staging, settings, remote: str) -> None
     finally:
         host.run(["rm", "-f", "--", cred], timeout=30, check=False)
     if r.exit_status:
-        raise B.BackupError(f"{tool} failed: {_tail(r)}", "check HUB_DB_URL and the database, then re-run")
+        raise B.BackupError(f"{tool} failed: {_tail(r)}", f"check {key} and the database, then re-run")
+
+
+def _put_usage(console, host, st: Staging, usage, man: dict, work: Path) -> None:
+    """The usage portal's records back: its service (stage 75's unit, when installed) stopped, the SQLite file
+    replaced atomically (or pg_restore into USAGE_DB_URL), the service started again whatever happened."""
+    from stages import _backup as B
+    from stages.s75_usage_portal import UNIT
+
+    row = B.usage_member(man)
+    remote = st.send(work / row["name"], Path(row["name"]).name)
+    r = _sh(host, "stop the usage portal", "if systemctl cat {u} >/dev/null 2>&1; then systemctl stop {u} && "
+            "echo present; fi", timeout=120, u=UNIT)
+    if r.exit_status:
+        raise B.BackupError(f"stopping {UNIT} failed: {_tail(r)}", f"see `journalctl -u {UNIT}`, then re-run the "
+                            "restore (it is safe to repeat)")
+    present = "present" in r.stdout
+    started = None
+    t = time.monotonic()
+    try:
+        if usage.ext:
+            _external_restore(console, host, st, usage.ext, remote, "USAGE_DB_URL")
+        else:
+            w = _sh(host, "write the usage portal's database", "python3 -c {py} {db} {sha} {src}",
+                    py=B.USAGE_RESTORE_PY, db=usage.path, sha=row["sha256"], src=remote)
+            if w.exit_status:
+                raise B.BackupError(f"writing the usage portal's database {usage.path} failed: {_tail(w)}",
+                                    "the old database is untouched; re-run the restore")
+    finally:
+        if present:
+            started = _sh(host, "start the usage portal", "systemctl start {u}", timeout=120, u=UNIT)
+    if started is not None and started.exit_status:
+        raise B.BackupError(f"the usage portal did not start again after the restore: {_tail(started)}",
+                            f"see `journalctl -u {UNIT} -n 50` and `provision diag`")
+    console.line(f"  usage portal records restored into {usage.describe()} ({time.monotonic() - t:.1f}s"
+                 + (f"; {UNIT} started again)" if present else f"; {UNIT} is not installed: `sudo provision install` "
+                    "runs it with these records)"))
 
 
 def _put_folders(console, host, st: Staging, folders: list, targets: dict, work: Path) -> None:

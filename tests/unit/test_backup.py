@@ -360,3 +360,214 @@ def test_restore_targets_follow_the_current_settings():
     with pytest.raises(B.BackupError) as e:
         _folder_targets(None, load_settings(None, {}, check_files=False), {}, folders[2:])
     assert "WORKSHOP_STUDENT_WORK_PATH" in e.value.hint
+
+
+# ---------------------------------------------------------------------------------------------
+# The usage portal's records (ENABLE_USAGE_PORTAL): members, the refusal, and the node-side code run for real
+
+
+def usage_settings(**keys: str):
+    from provision.config import load_settings
+
+    return load_settings(None, {"ENABLE_USAGE_PORTAL": "true", **keys}, check_files=False)
+
+
+def test_usage_members_are_listed_and_verified_like_the_others(tmp_path):
+    path = make_archive(tmp_path, **{"hub/jupyterhub.sqlite": b"db", "settings/jhub.env": b"X=1\n",
+                                     B.USAGE_SQLITE: b"usage db"})
+    assert path.stat().st_mode & 0o777 == 0o600
+    man = B.read_archive(path, extract_to=tmp_path / "x")
+    row = B.usage_member(man)
+    assert row["name"] == "usage/usage.sqlite" and row["size"] == 8
+    assert row["sha256"] == hashlib.sha256(b"usage db").hexdigest()
+    assert (tmp_path / "x" / B.USAGE_SQLITE).stat().st_mode & 0o777 == 0o600
+    (tmp_path / "old").mkdir()
+    assert B.usage_member(B.read_archive(make_archive(tmp_path / "old"))) is None   # an archive from before
+    src = tmp_path / "u"
+    src.write_bytes(b"d")
+    man = B.manifest([B.Member(B.USAGE_DUMP, src, "usage")], cluster="c", created=WHEN, namespace="jhub",
+                     release=None, hub={}, storage={}, provision_version="0", usage={"db": "postgres"})
+    assert man["usage"] == {"db": "postgres"} and man["members"][0]["name"] == "usage/usage.dump"
+    assert "usage" not in B.manifest([], cluster="c", created=WHEN, namespace="jhub", release=None, hub={},
+                                     storage={}, provision_version="0")
+    for bad in ("usage/../x", "usage/a/b", "usages/x"):
+        with pytest.raises(ValueError):
+            B.manifest([B.Member(bad, src, "x")], cluster="c", created=WHEN, namespace="n", release=None, hub={},
+                       storage={}, provision_version="0")
+
+
+def test_where_the_usage_records_are_follows_the_settings():
+    from provision.config import load_settings
+    from provision.jupyterhub.portal.store import DEFAULT_DB_PATH
+
+    assert B.usage_db(load_settings(None, {}, check_files=False)) is None   # no portal: nothing to keep
+    assert B.usage_db(usage_settings()) == B.UsageDb("sqlite", DEFAULT_DB_PATH)
+    assert B.usage_db(usage_settings(USAGE_DB_URL="sqlite:////srv/usage/u.db")).path == "/srv/usage/u.db"
+    pg = B.usage_db(usage_settings(USAGE_DB_URL="postgresql+psycopg://usage:pw%3Ax@db.lab:5433/usage"))
+    assert pg.kind == "postgres" and pg.member == B.USAGE_DUMP and pg.ext.database == "usage"
+    assert pg.ext.password == "pw:x" and "pw" not in pg.describe()
+    for argv in (pg.ext.dump_argv("/s/cred", "/s/out"), pg.ext.restore_argv("/s/cred", "/s/in")):
+        assert not any("pw" in a for a in argv) and "PGPASSFILE=/s/cred" in argv   # the password only in the file
+    with pytest.raises(B.BackupError) as e:
+        B.usage_db(usage_settings(USAGE_DB_URL="sqlite:///relative.db"))
+    assert e.value.exit_code == 2
+
+
+def test_restore_refuses_usage_records_the_settings_have_no_portal_for():
+    from provision.config import load_settings
+
+    man = {"members": [{"name": "hub/jupyterhub.sqlite"}, {"name": B.USAGE_SQLITE, "sha256": "0" * 64}]}
+    off = load_settings(None, {}, check_files=False)
+    with pytest.raises(B.BackupError) as e:
+        B.usage_restore_target(man, off, skip=False)
+    assert e.value.exit_code == 6
+    assert "ENABLE_USAGE_PORTAL=false" in str(e.value) and "--skip-usage" in e.value.hint
+    assert B.usage_restore_target(man, off, skip=True) is None
+    assert B.usage_restore_target(man, usage_settings(), skip=False).path == "/var/lib/provision/usage.db"
+    assert B.usage_restore_target({"members": man["members"][:1]}, off, skip=False) is None   # none: as before
+    with pytest.raises(B.BackupError) as e:   # a SQLite copy is not pg_restored into PostgreSQL
+        B.usage_restore_target(man, usage_settings(USAGE_DB_URL="postgresql://u:p@db/usage"), skip=False)
+    assert e.value.exit_code == 6 and "PostgreSQL" in str(e.value)
+
+
+class _NoNode:   # hosts connect lazily: only using one would reach the node
+    control = "node1"
+
+    def __init__(self):
+        self.contacted = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def host(self, node):
+        self.contacted.append(node)
+        raise RuntimeError("the control node was contacted")
+
+
+def test_restore_with_usage_records_and_no_portal_is_one_line_exit_6_before_the_node(tmp_path, monkeypatch):
+    from provision.cli import cli
+
+    path = make_archive(tmp_path, **{"hub/jupyterhub.sqlite": b"db", "settings/jhub.env": b"X=1\n",
+                                     B.USAGE_SQLITE: b"usage db"})
+    env = tmp_path / "jhub.env"
+    env.write_text("AUTH_MODE=native\nENABLE_USAGE_PORTAL=false\n")
+    inv = _NoNode()
+    monkeypatch.setattr("provision.inventory.open_inventory", lambda *a, **k: inv)
+    args = ["restore", str(path), "--env", str(env), "--yes", "--log-file", str(tmp_path / "r.log")]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 6, r.output
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "usage portal's records" in errors[0], r.output
+    assert "--skip-usage" in r.output and inv.contacted == []
+    r = CliRunner().invoke(cli, [*args, "--skip-usage"])   # past the refusal: on to the node
+    assert inv.contacted == ["node1"], r.output
+
+
+def portal_db(path: Path):
+    """The usage portal's own database (its Store: real schema, WAL), with sessions, quotas and a group."""
+    from provision.jupyterhub.portal.store import Store
+
+    store = Store.open(f"sqlite:///{path}")
+    t0 = datetime.datetime(2026, 11, 30, 8, tzinfo=datetime.timezone.utc)
+    for i in range(20):
+        store.add_session(username=f"user{i % 4}", start_time=t0, end_time=t0 + datetime.timedelta(hours=2),
+                          gpu=i % 3, cpu_cores=2, memory_gib=8)
+    store.add_session(username="alice", start_time=t0, gpu=2)   # running
+    store.set_quota("user", "alice", gpu=4, gpu_hours=100)
+    store.set_quota("default", "", gpu=1)
+    store.set_group_members("lab-a", ["alice", "user1"])
+    return store
+
+
+class _Console:
+    def __init__(self):
+        self.lines = []
+
+    def line(self, text, *style):
+        self.lines.append(text)
+
+    warn = line
+
+
+def test_usage_sqlite_backup_and_restore_run_for_real_on_a_node(tmp_path):
+    """_copy_usage and _put_usage through a real LocalHost and staging folder: USAGE_BACKUP_PY copies the
+    portal's WAL database while the portal keeps recording, USAGE_RESTORE_PY puts it back atomically."""
+    from provision.commands.backup import _copy_usage, _put_usage, staging
+    from provision.hosts.local import LocalHost
+
+    live = tmp_path / "lib" / "usage.db"
+    live.parent.mkdir()
+    portal = portal_db(live)
+    stop = threading.Event()
+    added = [0]
+
+    def collector() -> None:   # the portal keeps recording while the copy is taken
+        from provision.jupyterhub.portal.store import Store
+
+        s = Store.open(f"sqlite:///{live}")
+        while not stop.is_set():
+            s.add_session(username="bob", start_time=datetime.datetime.now(datetime.timezone.utc), gpu=1)
+            added[0] += 1
+        s.close()
+
+    host, console, work = LocalHost("node1"), _Console(), tmp_path / "work"
+    work.mkdir()
+    members: list = []
+    writer = threading.Thread(target=collector)
+    writer.start()
+    try:
+        with staging(host) as st:
+            meta = _copy_usage(console, host, st, B.UsageDb("sqlite", str(live)), work, members)
+    finally:
+        stop.set()
+        writer.join()
+    assert added[0] > 0
+    assert [m.name for m in members] == [B.USAGE_SQLITE]
+    copy = members[0].source
+    assert copy.stat().st_mode & 0o777 == 0o600 and copy.read_bytes()[18:20] == b"\x01\x01"   # one file, no WAL
+    assert meta["db"] == "sqlite" and meta["quotas"] == 2 and meta["groups"] == 1 and meta["sessions"] >= 21
+    con = sqlite3.connect(copy)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("SELECT count(*) FROM sessions").fetchone()[0] == meta["sessions"]
+    con.close()
+    assert any("usage portal:" in ln and "2 quotas" in ln for ln in console.lines)
+    portal.close()
+
+    # restore onto a machine whose portal has other records (and the WAL files of its last run)
+    man = B.manifest(members, cluster="c", created=WHEN, namespace="jhub", release=None, hub={}, storage={},
+                     provision_version="0", usage=meta)
+    target = tmp_path / "new" / "usage.db"
+    target.parent.mkdir(parents=True, mode=0o700)
+    other = portal_db(target)
+    other.add_session(username="stranger", start_time=WHEN)
+    assert Path(str(target) + "-wal").exists()   # the running portal's WAL
+    other.close()
+    Path(str(target) + "-wal").write_bytes(b"stale")
+    before = target.read_bytes()
+    r = subprocess.run([sys.executable, "-c", B.USAGE_RESTORE_PY, str(target), "0" * 64, str(copy)],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 3 and "damaged" in r.stdout and target.read_bytes() == before   # a bad copy leaves the old database as it was
+    for _ in range(2):   # idempotent
+        with staging(host) as st:
+            _put_usage(console, host, st, B.UsageDb("sqlite", str(target)), man, work)
+        assert target.read_bytes() == copy.read_bytes()
+        assert target.stat().st_mode & 0o777 == 0o600 and target.stat().st_uid == os.geteuid()
+        assert sorted(p.name for p in target.parent.iterdir()) == ["usage.db"]   # no -wal, no temporary file
+    assert "not installed" in console.lines[-1]   # no provision-usage-portal.service here: nothing to start
+    from provision.jupyterhub.portal.store import Store
+
+    s = Store.open(f"sqlite:///{target}")
+    assert s.get_quota("user", "alice")["gpu"] == 4 and s.list_groups() == {"lab-a": ["alice", "user1"]}
+    assert "stranger" not in {x["username"] for x in s.list_sessions()}
+    s.close()
+    fresh = tmp_path / "fresh" / "usage.db"   # a machine where the portal never ran
+    r = subprocess.run([sys.executable, "-c", B.USAGE_RESTORE_PY, str(fresh), B.sha256_file(copy), str(copy)],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert fresh.parent.stat().st_mode & 0o777 == 0o700 and fresh.stat().st_mode & 0o777 == 0o600
+    with staging(host) as st:   # no database yet: nothing in the archive, said plainly
+        assert _copy_usage(console, host, st, B.UsageDb("sqlite", str(tmp_path / "none.db")), work, []) is None
+    assert "no database at" in console.lines[-1] and not (tmp_path / "none.db").exists()
