@@ -1,5 +1,5 @@
-"""The portal's web application: the bash tool's API (sessions, limits, quotas, report), the admin dashboard and
-"my usage" pages, sign-in through JupyterHub OAuth.
+"""The portal's web application: the bash tool's API (sessions, limits, quotas, report) here; the admin dashboard,
+"my usage" and sign-in through JupyterHub OAuth in pages.py.
 
 Who may do what (see oauth.py for the sign-in):
   - `Authorization: Bearer <token>` (or `token <token>`): the hub and scripts, full access, no CSRF token needed;
@@ -29,12 +29,12 @@ from typing import Any, Protocol
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from provision.errors import ProvisionError
 
-from . import accounting, charts, oauth
+from . import accounting, oauth
 from .oauth import Identity
 
 log = logging.getLogger("provision.usage.portal")
@@ -124,7 +124,7 @@ def _json_body(raw: bytes, *, required: bool = True) -> dict:
     return body
 
 
-def _redact(text: str) -> str:
+def safe_line(text: Any) -> str:
     """No URL with credentials, no token-like words in anything /healthz shows."""
     return re.sub(r"[a-zA-Z][\w+.-]*://\S+", "<url>", str(text)).splitlines()[0][:300] if text else ""
 
@@ -180,7 +180,7 @@ class Portal:
             try:
                 c = c()
             except Exception as e:  # noqa: BLE001 (no kubeconfig, no cluster: deleting is off, said so)
-                log.warning("no Kubernetes client for deleting pods: %s: %s", type(e).__name__, _redact(e))
+                log.warning("no Kubernetes client for deleting pods: %s: %s", type(e).__name__, safe_line(e))
                 return None
         return c
 
@@ -229,6 +229,17 @@ class Portal:
 
     def period_bounds(self, now: datetime) -> tuple[datetime, datetime]:
         return accounting.period_bounds(self.period, now)
+
+    def time_range(self, q, now: datetime) -> tuple[datetime, datetime]:
+        """?from=&to= (ISO dates or times; a date as `to` counts whole), default this period; BadInput if empty."""
+        start, end = self.period_bounds(now)
+        if q.get("from"):
+            start = parse_time(q["from"], "from")
+        if q.get("to"):
+            end = parse_time(q["to"], "to", end_of_day=True)
+        if end <= start:
+            raise BadInput("to must be after from")
+        return start, end
 
     def usage(self, start: datetime, end: datetime, by: str, *, user: str | None = None,
               now: datetime | None = None) -> list[dict]:
@@ -289,10 +300,6 @@ def fmt_when(t) -> str:
     return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _form(raw: bytes) -> dict:
-    return {k: v[-1] for k, v in urllib.parse.parse_qs(raw.decode("utf-8", "replace")).items()}
-
-
 def create_app(cfg: PortalConfigLike, store, *, collector=None, core_v1=None, collector_off_reason: str = "",
                clock: Callable[[], datetime] = _now) -> FastAPI:
     """The portal. `core_v1`: a kubernetes CoreV1Api (or a callable returning one) for deleting pods, None without
@@ -331,7 +338,7 @@ def create_app(cfg: PortalConfigLike, store, *, collector=None, core_v1=None, co
             store.ping()
             out["db"] = "ok"
         except Exception as e:  # noqa: BLE001 (reported, not raised)
-            out["db"] = f"unreachable: {type(e).__name__}: {_redact(e)}"
+            out["db"] = f"unreachable: {type(e).__name__}: {safe_line(e)}"
         on, why = p.collector_state()
         out["collector"] = "on" if on else "off"
         if not on:
@@ -344,14 +351,14 @@ def create_app(cfg: PortalConfigLike, store, *, collector=None, core_v1=None, co
                 last = None
         if last:
             at = last.get("at")
-            out["last_collection"] = {"at": iso(at), "ok": bool(last.get("ok")), "error": _redact(last.get("error")),
+            out["last_collection"] = {"at": iso(at), "ok": bool(last.get("ok")), "error": safe_line(last.get("error")),
                                       "age_seconds": round((p.clock() - at).total_seconds(), 1) if at else None,
                                       "last_ok_at": iso(last.get("last_ok_at"))}
         else:
             out["last_collection"] = None
         sync = getattr(p, "hub_groups", None)  # serve() sets it: JupyterHub's groups, read every interval
         if sync is not None:
-            out["hub_groups"] = dict(sync.state(), error=_redact(sync.last_error))
+            out["hub_groups"] = dict(sync.state(), error=safe_line(sync.last_error))
         out["ok"] = out["db"] == "ok"
         return JSONResponse(out, status_code=200 if out["ok"] else 503)
 
@@ -498,16 +505,6 @@ def create_app(cfg: PortalConfigLike, store, *, collector=None, core_v1=None, co
 
     # ------------------------------------------------------------------ report (admin)
 
-    def _range(q, now: datetime) -> tuple[datetime, datetime]:
-        start, end = p.period_bounds(now)
-        if q.get("from"):
-            start = parse_time(q["from"], "from")
-        if q.get("to"):
-            end = parse_time(q["to"], "to", end_of_day=True)
-        if end <= start:
-            raise BadInput("to must be after from")
-        return start, end
-
     @app.get("/report")
     def report(request: Request):
         p.need(request, admin=True)
@@ -519,7 +516,7 @@ def create_app(cfg: PortalConfigLike, store, *, collector=None, core_v1=None, co
         if fmt not in ("json", "csv"):
             raise BadInput("format must be json or csv")
         now = p.clock()
-        start, end = _range(q, now)
+        start, end = p.time_range(q, now)
         rows = p.usage(start, end, by, now=now)
         if fmt == "csv":
             name = f"usage-by-{by}-{start:%Y%m%d}-{end:%Y%m%d}.csv"
@@ -527,212 +524,11 @@ def create_app(cfg: PortalConfigLike, store, *, collector=None, core_v1=None, co
                                      headers={"Content-Disposition": f'attachment; filename="{name}"'})
         return rows
 
-    # ------------------------------------------------------------------ sign-in
+    from . import pages  # after this module is loaded: pages builds on Portal
 
-    @app.get("/login")
-    def login(request: Request):
-        root = request.scope.get("root_path", "").rstrip("/")
-        nxt = oauth.safe_next(request.query_params.get("next"), default=f"{root}/")
-        state, cookie = oauth.new_state(p.token, nxt)
-        r = RedirectResponse(oauth.authorize_url(getattr(cfg, "hub_public_prefix", "/hub"), p.redirect_uri, state),
-                             status_code=302)
-        _set_cookie(request, r, oauth.STATE_COOKIE, cookie, oauth.STATE_MAX_AGE)
-        return r
-
-    @app.get("/oauth_callback")
-    def oauth_callback(request: Request):
-        q = request.query_params
-        root = request.scope.get("root_path", "").rstrip("/")
-        if q.get("error"):
-            return p.page(request, "message.html", 403, title="Sign-in refused",
-                          message=f"JupyterHub refused the sign-in: {q.get('error_description') or q['error']}")
-        try:
-            nxt = oauth.check_state(p.token, request.cookies.get(oauth.STATE_COOKIE), q.get("state"))
-            if not q.get("code"):
-                raise oauth.OAuthError("the hub sent no OAuth code: sign in again")
-            access = oauth.exchange_code(cfg.hub_api_url, p.token, q["code"], p.redirect_uri)
-            ident = oauth.fetch_identity(cfg.hub_api_url, access)
-        except oauth.OAuthError as e:
-            log.warning("sign-in failed: %s", e)
-            r = p.page(request, "message.html", 403, title="Sign-in failed", message=str(e),
-                       link=(f"{root}/login", "Sign in again"))
-            r.delete_cookie(oauth.STATE_COOKIE, path=_cookie_path(request))
-            return r
-        r = RedirectResponse(nxt or f"{root}/", status_code=302)
-        r.delete_cookie(oauth.STATE_COOKIE, path=_cookie_path(request))
-        _set_cookie(request, r, oauth.SESSION_COOKIE,
-                    oauth.session_cookie_value(p.token, ident["name"], ident["admin"], ident["groups"]),
-                    oauth.SESSION_MAX_AGE)
-        log.info("signed in: %s%s", ident["name"], " (admin)" if ident["admin"] else "")
-        return r
-
-    @app.get("/logout")
-    def logout(request: Request):
-        r = p.page(request, "message.html", title="Signed out",
-                   message="You are signed out of the usage portal (your JupyterHub session is unchanged).",
-                   link=(f"{request.scope.get('root_path', '').rstrip('/')}/login", "Sign in again"))
-        r.delete_cookie(oauth.SESSION_COOKIE, path=_cookie_path(request))
-        return r
-
-    # ------------------------------------------------------------------ pages
-
-    def _page_user(request: Request, *, admin: bool = False) -> Identity | Response:
-        try:
-            who = p.identify(request)
-        except Unauthorized:
-            who = None
-        if who is None:
-            return p.login_redirect(request)
-        if admin and not who.admin:
-            return p.page(request, "message.html", 403, who=who, title="Admins only",
-                          message="This page is for JupyterHub admins. Your own usage is under “My usage”.")
-        return who
-
-    @app.get("/")
-    def index(request: Request):
-        who = _page_user(request)
-        if isinstance(who, Response):
-            return who
-        root = request.scope.get("root_path", "").rstrip("/")
-        return RedirectResponse(f"{root}/dashboard" if who.admin else f"{root}/me", status_code=302)
-
-    @app.get("/dashboard")
-    def dashboard(request: Request):
-        who = _page_user(request, admin=True)
-        if isinstance(who, Response):
-            return who
-        now = p.clock()
-        q = request.query_params
-        try:
-            start, end = _range(q, now)
-            error = ""
-        except BadInput as e:
-            start, end = p.period_bounds(now)
-            error = str(e)
-        by_user = p.usage(start, end, "user", now=now)
-        by_group = p.usage(start, end, "group", now=now)
-        running = store.list_sessions(running=True)
-        on, why = p.collector_state()
-        try:
-            last = store.last_collection()
-        except Exception:  # noqa: BLE001
-            last = None
-        totals = {k: round(sum(r.get(k, 0) for r in by_user), 4)
-                  for k in ("cpu_core_hours", "memory_gib_hours", "gpu_hours", "npu_hours", "cost")}
-        cur = p.rates.currency
-        ch = {
-            "user_gpu": charts.bar_chart([(r["user"], r["gpu_hours"]) for r in by_user], title="GPU-hours per user",
-                                         unit="GPU-h", chart_id="chart-user-gpu"),
-            "user_cost": charts.bar_chart([(r["user"], r["cost"]) for r in by_user], title="Cost per user",
-                                          unit=cur, chart_id="chart-user-cost"),
-            "group_gpu": charts.bar_chart([(r["group"], r["gpu_hours"]) for r in by_group],
-                                          title="GPU-hours per group", unit="GPU-h", chart_id="chart-group-gpu"),
-            "group_cost": charts.bar_chart([(r["group"], r["cost"]) for r in by_group], title="Cost per group",
-                                           unit=cur, chart_id="chart-group-cost"),
-        }
-        shown_to = end - timedelta(days=1) if (end.hour, end.minute, end.second) == (0, 0, 0) else end
-        csv_q = urllib.parse.urlencode({"from": iso(start), "to": iso(end), "format": "csv"})
-        return p.page(request, "dashboard.html", who=who, now=now, start=start, end=end,
-                      form_from=start.date().isoformat(), form_to=shown_to.date().isoformat(), error=error,
-                      by_user=by_user, by_group=by_group, running=running, totals=totals, rates=p.rates,
-                      charts=ch, collector_on=on, collector_why=why,
-                      last=last, csv_q=csv_q, can_delete=p.core_v1() is not None, period=p.period,
-                      notice=q.get("notice", ""))
-
-    @app.get("/me")
-    def me(request: Request):
-        who = _page_user(request)
-        if isinstance(who, Response):
-            return who
-        name = request.query_params.get("user") or who.name
-        if name is None:  # the bearer token has no "me"
-            raise BadInput("the API token is nobody: give ?user=<name>")
-        if name != who.name and not who.admin:
-            return p.page(request, "message.html", 403, who=who, title="Not yours",
-                          message=f"{who.name} may not read {name}'s usage.")
-        now = p.clock()
-        start, end = p.period_bounds(now)
-        doc = p.limits(name, now)
-        rows = p.usage(start, end, "user", user=name, now=now)
-        mine = next((r for r in rows if r.get("user") == name), None) or {
-            "cpu_core_hours": 0.0, "memory_gib_hours": 0.0, "gpu_hours": 0.0, "npu_hours": 0.0, "cost": 0.0,
-            "sessions": 0}
-        sessions = store.list_sessions(user=name, start=start, end=end)
-        for s in sessions:
-            s["hours"] = accounting.hours_in(s, start, end, now)
-        chart = charts.bar_chart([("CPU core-hours", mine["cpu_core_hours"]),
-                                  ("Memory GiB-hours", mine["memory_gib_hours"]),
-                                  ("GPU-hours", mine["gpu_hours"]), ("NPU-hours", mine["npu_hours"])],
-                                 title=f"{name}'s usage this {p.period}", chart_id="chart-me")
-        return p.page(request, "me.html", who=who, name=name, now=now, start=start, end=end, doc=doc, mine=mine,
-                      sessions=sessions, running=[s for s in sessions if s["end_time"] is None], chart=chart,
-                      rates=p.rates, period=p.period)
-
-    # ------------------------------------------------------------------ delete a user's pod (admin)
-
-    def _deletable(session_id: int) -> dict:
-        s = store.get_session(session_id)
-        if s is None:
-            raise HTTPException(404, f"no session {session_id}")
-        if s["end_time"] is not None:
-            raise HTTPException(409, f"session {session_id} has ended: no pod to delete")
-        if not s.get("pod_name"):
-            raise HTTPException(409, f"session {session_id} was recorded through the API: it has no pod")
-        return s
-
-    @app.get("/servers/{session_id}/delete")
-    def confirm_delete(request: Request, session_id: int):
-        who = _page_user(request, admin=True)
-        if isinstance(who, Response):
-            return who
-        try:
-            s = _deletable(session_id)
-        except HTTPException as e:
-            return p.page(request, "message.html", e.status_code, who=who, title="Cannot delete", message=e.detail)
-        return p.page(request, "confirm_delete.html", who=who, s=s, can_delete=p.core_v1() is not None,
-                      why=p.collector_state()[1])
-
-    @app.post("/servers/{session_id}/delete")
-    async def delete_server(request: Request, session_id: int):
-        who = p.identify(request)
-        if who is None:
-            raise Unauthorized("sign in through JupyterHub or send Authorization: Bearer <token>")
-        if not who.admin:
-            raise HTTPException(403, "admins only")
-        form = _form(await request.body()) if not who.via_token else {}
-        p.check_csrf(request, who, form)
-        api = p.core_v1()
-        if api is None:
-            raise HTTPException(503, "collector off: no cluster")
-        s = _deletable(session_id)
-        namespace = s.get("namespace") or getattr(cfg, "namespace", "")
-        try:
-            api.delete_namespaced_pod(name=s["pod_name"], namespace=namespace)
-        except Exception as e:  # noqa: BLE001 (the Kubernetes API's answer, passed on)
-            status = getattr(e, "status", None)
-            if status == 404:
-                raise HTTPException(404, f"pod {namespace}/{s['pod_name']} is already gone") from None
-            raise HTTPException(502, f"the Kubernetes API refused: {type(e).__name__}: "
-                                     f"{getattr(e, 'reason', '') or _redact(e)}") from None
-        by = who.name or "API token"
-        log.info("pod %s/%s (session %s, user %s) deleted by %s", namespace, s["pod_name"], s["id"], s["username"], by)
-        if who.via_token:
-            return {"deleted": {"session": s["id"], "namespace": namespace, "pod": s["pod_name"],
-                                "username": s["username"]}}
-        root = request.scope.get("root_path", "").rstrip("/")
-        notice = f"Deleted {s['username']}'s server (pod {s['pod_name']}); the session ends at the next collection."
-        return RedirectResponse(f"{root}/dashboard?" + urllib.parse.urlencode({"notice": notice}), status_code=303)
+    pages.add_pages(app, p)  # sign-in, the dashboard and "my usage", deleting a pod
 
     if p.prefix:
         app.add_middleware(PrefixMiddleware, prefix=p.prefix)
     return app
 
-
-def _cookie_path(request: Request) -> str:
-    return request.scope.get("root_path", "").rstrip("/") + "/"
-
-
-def _set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
-    secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "") == "https"
-    response.set_cookie(name, value, max_age=max_age, path=_cookie_path(request), httponly=True, samesite="lax",
-                        secure=secure)
