@@ -148,6 +148,8 @@ class Stage:
     number: ClassVar[int]
     title: ClassVar[str]
     scope: ClassVar[Scope] = Scope.NODE
+    # False for a cluster stage whose result cannot change when nodes join (`node add` does not check it again)
+    depends_on_nodes: ClassVar[bool] = True
     # Error raised when checks fail after apply; preflight uses PreflightError (exit 3).
     check_error: ClassVar[type[Exception] | None] = None
     # Set by the runner before gather: settings and bundle dir for stages that read the bundle.

@@ -290,6 +290,7 @@ class UsagePortalStage(Stage):
     number = 75
     title = "Usage portal"
     scope = Scope.CLUSTER
+    depends_on_nodes = False  # one service on the control node: a new worker changes nothing here
 
     def probes(self, settings: Any) -> list[F.Probe]:
         from provision.jupyterhub.values import USAGE_TOKEN_KEY

@@ -488,7 +488,7 @@ class AddJob:
         converged = []
         for cls in discover():
             stage = cls()
-            if stage.scope is not Scope.CLUSTER or stage.number <= STAGES_UP_TO:
+            if stage.scope is not Scope.CLUSTER or stage.number <= STAGES_UP_TO or not stage.depends_on_nodes:
                 continue
             stage.context = ApplyContext(self.settings, Path(self.bundle))  # type: ignore[attr-defined]
             try:

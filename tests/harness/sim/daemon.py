@@ -367,7 +367,10 @@ def apply_launch_configs() -> None:
                       f"{r.stdout}{r.stderr}", flush=True)
                 ok = ok and r.returncode == 0
         if ok:
-            os.rename(f, str(f) + ".applied")
+            try:
+                os.rename(f, str(f) + ".applied")
+            except FileNotFoundError:  # `microk8s enable` applied it meanwhile (the same tick, another process)
+                pass
 
 
 def launch_configs_forever(stop: threading.Event) -> None:
