@@ -42,7 +42,8 @@ if [ ! -x .tools/chp/node_modules/.bin/configurable-http-proxy ]; then
 fi
 
 # The simulated-cluster tests mostly wait (simulated MicroK8s timing, polls): 3 workers on 2 cores take the
-# whole suite to ~13.5 minutes (--dist loadfile keeps each file and its shared cluster on one worker).
+# whole suite to ~14 minutes (--dist loadfile keeps each file and its shared cluster on one worker; 4 workers
+# overload the node-join tests).
 echo "==> pytest (${PYTEST_WORKERS:-3} workers)"
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-3}" --dist loadfile "$@"
