@@ -148,20 +148,41 @@ def kubeconfig_client(path: str | None = None) -> Callable[[], Any]:
     return make
 
 
-def _utcnow() -> datetime:
+def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class Collector(threading.Thread):
+class Periodic(threading.Thread):
+    """A daemon thread that calls tick() now and then every `interval` seconds until stop() (the collector and
+    the hub-groups sync); tick() must not raise."""
+
+    def __init__(self, name: str, interval: float, clock: Callable[[], datetime]):
+        super().__init__(name=name, daemon=True)
+        self.interval, self.clock = interval, clock
+        self._stop_event = threading.Event()
+
+    def tick(self) -> Any:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.tick()
+            self._stop_event.wait(self.interval)
+
+    def stop(self, timeout: float | None = 10) -> None:
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(timeout)
+
+
+class Collector(Periodic):
     """Collects every `interval` seconds until stop(). Nothing it meets ends the thread: a failed run is noted (in
     the database when it answers, and in last_error) and the next run catches up."""
 
     def __init__(self, store: Store, core_v1_factory: Callable[[], Any], namespace: str, interval: float = 30,
-                 clock: Callable[[], datetime] = _utcnow):
-        super().__init__(name="usage-collector", daemon=True)
+                 clock: Callable[[], datetime] = utcnow):
+        super().__init__("usage-collector", interval, clock)
         self.store, self.factory, self.namespace = store, core_v1_factory, namespace
-        self.interval, self.clock = interval, clock
-        self._stop_event = threading.Event()
         self._core = None
         self.last_at: datetime | None = None
         self.last_result: dict | None = None
@@ -192,13 +213,3 @@ class Collector(threading.Thread):
             log.info("usage collection works again")
         self.last_error, self.last_result = "", result
         return result
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            self.tick()
-            self._stop_event.wait(self.interval)
-
-    def stop(self, timeout: float | None = 10) -> None:
-        self._stop_event.set()
-        if self.is_alive():
-            self.join(timeout)

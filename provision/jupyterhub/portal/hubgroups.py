@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
+
+from .collector import Periodic, utcnow
 
 log = logging.getLogger("provision.usage")
 
@@ -90,19 +91,14 @@ def _get(url: str, token: str, timeout: float) -> Any:
         raise HubGroupsError(f"the hub's answer from {where} is not JSON") from None
 
 
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-class HubGroupSync(threading.Thread):
+class HubGroupSync(Periodic):
     """Reads the hub's groups into the store every `interval` seconds until stop(); nothing it meets ends it."""
 
     def __init__(self, store: Any, hub_api_url: str, token: str, interval: float = 30,
-                 clock: Callable[[], datetime] = _utcnow, timeout: float = 10):
-        super().__init__(name="usage-hub-groups", daemon=True)
+                 clock: Callable[[], datetime] = utcnow, timeout: float = 10):
+        super().__init__("usage-hub-groups", interval, clock)
         self.store, self.hub_api_url, self.token = store, hub_api_url, token
-        self.interval, self.clock, self.timeout = interval, clock, timeout
-        self._stop_event = threading.Event()
+        self.timeout = timeout
         self.last_at: datetime | None = None
         self.last_ok_at: datetime | None = None
         self.last_error = ""
@@ -130,13 +126,3 @@ class HubGroupSync(threading.Thread):
         return {"ok": None if self.last_at is None else not self.last_error,
                 "at": self.last_at.isoformat() if self.last_at else None, "error": self.last_error,
                 "last_ok_at": self.last_ok_at.isoformat() if self.last_ok_at else None, "groups": self.groups}
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            self.tick()
-            self._stop_event.wait(self.interval)
-
-    def stop(self, timeout: float | None = 10) -> None:
-        self._stop_event.set()
-        if self.is_alive():
-            self.join(timeout)
