@@ -452,11 +452,14 @@ USAGE_ROLE = "usage-portal"  # the service's role: GET /hub/api/groups with memb
 USAGE_TOKEN_KEY = f"hub.services.{USAGE_SERVICE}.apiToken"  # its key in the hub Secret (the chart's)
 
 
+def own_portal_url(s: Settings, facts: ClusterFacts) -> str:
+    """Our portal on the control node, as the hub's pods reach it."""
+    return f"http://{facts.control_address or 'CONTROL-NODE-IP'}:{s.usage_portal_port}"
+
+
 def portal_url(s: Settings, facts: ClusterFacts) -> str:
     """Where the hub asks for quotas: the site's own portal, else ours on the control node."""
-    if s.usage_portal_url:
-        return s.usage_portal_url
-    return f"http://{facts.control_address or 'CONTROL-NODE-IP'}:{s.usage_portal_port}"
+    return s.usage_portal_url or own_portal_url(s, facts)
 
 
 def _usage(s: Settings, facts: ClusterFacts, warnings: list[str]) -> dict:
@@ -468,8 +471,8 @@ def _usage(s: Settings, facts: ClusterFacts, warnings: list[str]) -> dict:
     if s.enable_usage_portal:
         if not facts.control_address:
             warnings.append("the control node's address is unknown without a cluster: the usage portal's URL "
-                            f"is shown as {portal_url(s, facts)}")
-        service = {"url": f"http://{facts.control_address or 'CONTROL-NODE-IP'}:{s.usage_portal_port}",
+                            f"is shown as {own_portal_url(s, facts)}")
+        service = {"url": own_portal_url(s, facts),
                    "display": True, "oauth_no_confirm": True}
         # JupyterHub 5's default user role ("self") may not sign in to a service: "my usage" needs this
         hub["loadRoles"] = {"user": {"scopes": ["self", f"access:services!service={USAGE_SERVICE}"]},
